@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what microfaas's tests and its main job need on a Debian 12 machine, idempotently:
+# QEMU from bookworm-backports (the default suite's qemu-system conflicts with the image's
+# qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents, and the
+# static-agent Rust target.
+set -euo pipefail
+
+need_apt=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+if [ ! -f /etc/apt/sources.list.d/bookworm-backports.list ]; then
+  echo 'deb http://deb.debian.org/debian bookworm-backports main' \
+    > /etc/apt/sources.list.d/bookworm-backports.list
+  apt_updated=
+fi
+
+for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv; do
+  have "$p" || need_apt+=("$p")
+done
+have qemu-system-x86 || need_qemu=1
+
+if [ ${#need_apt[@]} -gt 0 ] || [ -n "${need_qemu:-}" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  fi
+  if [ -n "${need_qemu:-}" ]; then
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86
+  fi
+fi
+
+# snmpd's package starts a system daemon; tests run their own instances on loopback.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop snmpd 2>/dev/null || true; fi
+
+rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
+  || rustup target add x86_64-unknown-linux-musl

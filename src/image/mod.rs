@@ -1,0 +1,1 @@
+//! VM image builder: kernel + initramfs with the static agent as /init.
