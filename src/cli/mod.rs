@@ -1,1 +1,176 @@
-//! placeholder
+//! `microfaasctl`: argument parsing, dispatch to one module per subcommand, exit codes.
+
+mod apply;
+mod delete;
+mod describe;
+mod diff;
+mod get;
+mod manifests;
+mod output;
+mod schema;
+mod validate;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (diff: no differences)
+  1  invalid manifests, object not found (diff: differences found)
+  2  bad command line (diff: any error)
+  3  the state store could not be used (unreadable, locked by another engine, I/O error)";
+
+const ABOUT: &str = "\
+Declarative testbed-as-code for energy-efficient FaaS clusters.
+
+Describe BeagleBone workers, QEMU VMs, switches, power meters, functions and workloads in YAML
+(apiVersion microfaas.dev/v1alpha1); microfaasctl validates them, stores the desired state and
+converges the testbed to it.
+
+Quick start:
+  microfaasctl validate -f examples/reference.yaml --no-fs-checks
+  microfaasctl apply -f cluster.yaml
+  microfaasctl get workers -o wide
+  microfaasctl describe worker vm-0";
+
+#[derive(Debug, Parser)]
+#[command(name = "microfaasctl", version, about = ABOUT, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Where state lives (SQLite store, VM sockets and logs).
+    /// Default: $XDG_STATE_HOME/microfaas or ~/.local/state/microfaas.
+    #[arg(long, global = true, env = "MICROFAAS_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check manifests: syntax, schema, references, collisions. Every error names FILE:LINE:COL.
+    Validate(validate::Args),
+    /// Store the desired state in the manifests (all or nothing) and report each object.
+    Apply(apply::Args),
+    /// Show how the manifests differ from the stored desired state (exit 1 when they do).
+    Diff(diff::Args),
+    /// List objects of a kind: workers (wk), workersets (ws), functions (fn), workloads (wl),
+    /// switches (sw), powermeters (pm), clusters (cl).
+    Get(get::Args),
+    /// Show one object in detail: spec, status, conditions and recent events.
+    Describe(describe::Args),
+    /// Delete objects named in manifests, or one object by kind and name.
+    Delete(delete::Args),
+    /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
+    Schema(schema::Args),
+    /// Print a shell completion script, e.g. `microfaasctl completions bash > /etc/bash_completion.d/microfaasctl`.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// A failed command: what to print and the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub report: Option<miette::Report>,
+}
+
+impl Failure {
+    /// Input was wrong (manifests, names): exit 1.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            report: Some(miette::miette!("{}", msg.into())),
+        }
+    }
+
+    /// Already reported on stderr; just exit with `code`.
+    pub fn silent(code: u8) -> Self {
+        Self { code, report: None }
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        let code = if matches!(e, crate::store::StoreError::NotFound(_)) {
+            1
+        } else {
+            3
+        };
+        Self {
+            code,
+            report: Some(miette::Report::msg(e.to_string())),
+        }
+    }
+}
+
+impl From<crate::store::LockError> for Failure {
+    fn from(e: crate::store::LockError) -> Self {
+        Self {
+            code: 3,
+            report: Some(miette::Report::msg(e.to_string())),
+        }
+    }
+}
+
+pub type CmdResult = Result<ExitCode, Failure>;
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Entry point of the `microfaasctl` binary.
+pub fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`microfaasctl get workers | head`), like other CLI tools,
+    // instead of panicking inside println!.
+    // SAFETY: restoring the default disposition of a signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(crate::store::default_state_dir);
+    let result = match cli.command {
+        Command::Validate(a) => validate::run(a),
+        Command::Apply(a) => apply::run(a, &state_dir),
+        Command::Diff(a) => diff::run(a, &state_dir),
+        Command::Get(a) => get::run(a, &state_dir),
+        Command::Describe(a) => describe::run(a, &state_dir),
+        Command::Delete(a) => delete::run(a, &state_dir),
+        Command::Schema(a) => schema::run(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "microfaasctl",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            if let Some(report) = f.report {
+                eprintln!("Error: {report}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,1 +1,6 @@
-//! placeholder
+//! The benchmark function suite (placeholder until the suite lands).
+
+/// Names of the builtin functions.
+pub fn names() -> &'static [&'static str] {
+    &[]
+}

@@ -1,1 +1,58 @@
-//! placeholder
+//! Manifests: the resource types, reading YAML with positions, validation and JSON Schemas.
+
+pub mod diag;
+pub mod expand;
+pub mod load;
+pub mod node;
+pub mod pins;
+pub mod quantity;
+pub mod resource;
+pub mod schema;
+pub mod types;
+pub mod validate;
+
+pub use diag::{Diagnostic, Severity};
+pub use load::{Loaded, Source};
+pub use resource::{Kind, Resource, Spec};
+
+use std::path::PathBuf;
+
+/// Reads, expands and validates everything named by `-f` arguments. The result holds every
+/// resource that parsed and every diagnostic, sorted by file and position.
+pub fn load_and_validate(paths: &[PathBuf], opts: validate::Options) -> Loaded {
+    let mut loaded = load::load_paths(paths);
+    resolve_relative_paths(&mut loaded);
+    expand::expand_all(&mut loaded.resources);
+    let more = validate::validate(&loaded.resources, opts);
+    loaded.diagnostics.extend(more);
+    loaded.diagnostics.sort_by(|a, b| {
+        (a.file.as_ref(), a.pos, a.severity).cmp(&(b.file.as_ref(), b.pos, b.severity))
+    });
+    loaded
+}
+
+/// Relative VM kernel and initrd paths are relative to the manifest that names them, so a
+/// repository of manifests works from any current directory. They are stored absolute.
+fn resolve_relative_paths(loaded: &mut Loaded) {
+    for res in &mut loaded.resources {
+        let base = loaded
+            .sources
+            .iter()
+            .find(|s| s.name == res.origin.file)
+            .and_then(|s| s.path.as_ref())
+            .and_then(|p| p.parent().map(|p| p.to_path_buf()));
+        let vm = match &mut res.spec {
+            Spec::Worker(w) => w.vm.as_mut(),
+            Spec::WorkerSet(s) => s.template.spec.vm.as_mut(),
+            _ => None,
+        };
+        let (Some(vm), Some(base)) = (vm, base) else {
+            continue;
+        };
+        for p in std::iter::once(&mut vm.kernel).chain(vm.initrd.as_mut()) {
+            if !p.is_empty() && std::path::Path::new(p).is_relative() {
+                *p = base.join(&*p).display().to_string();
+            }
+        }
+    }
+}

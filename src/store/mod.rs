@@ -1,1 +1,95 @@
-//! placeholder
+//! The durable store: desired objects with generations, their status, and events, in SQLite
+//! (WAL, `synchronous=FULL`) under the state directory. Later tables (invocations, energy)
+//! arrive as further migrations.
+
+pub mod clock;
+mod events;
+pub mod lock;
+mod migrations;
+mod objects;
+
+pub use events::{Event, EventType};
+pub use lock::{LockError, StateLock};
+pub use objects::{ApplyOutcome, DesiredObject, StoredObject};
+
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the state database {path} was written by a newer microfaas (schema {found}, this one knows {known})"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("corrupt record {what} in the state database: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// `--state-dir`, else `$MICROFAAS_STATE_DIR` (clap reads it), else `$XDG_STATE_HOME/microfaas`,
+/// else `~/.local/state/microfaas`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("microfaas");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/state/microfaas")
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("state.db");
+        let sq = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sq)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sq)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sq)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
+        migrations::run(&mut conn, &path)?;
+        Ok(Store { conn, path })
+    }
+
+    pub(crate) fn sq(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,624 @@
+//! The resource kinds of `microfaas.dev/v1alpha1`, as users write them in YAML.
+//!
+//! Field names are camelCase as in Kubernetes. Every struct rejects unknown fields so a typo is
+//! an error with a suggestion, never a silently ignored setting. Secrets are only ever named
+//! (`*Env`, `*File`), never given inline.
+
+use super::quantity::{Duration, Size};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const API_VERSION: &str = "microfaas.dev/v1alpha1";
+
+/// Labels and label selectors are plain string maps, ordered for stable output.
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// A DNS label: lowercase letters, digits and `-`, at most 63 characters.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    /// Free-form notes; never interpreted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Selects objects whose labels contain every `matchLabels` pair. An empty selector matches all.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: Labels,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+    }
+}
+
+// ---------------------------------------------------------------- Cluster
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    #[serde(default)]
+    pub orchestrator: OrchestratorSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub shutdown_policy: ShutdownPolicy,
+    /// How long finished invocations and events are kept, e.g. `720h`; forever when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrchestratorSpec {
+    /// Where agents dial in, `HOST:PORT`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The address boards use to reach `listen`; VMs on user networking get theirs from QEMU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:63302".to_string()
+}
+
+impl Default for OrchestratorSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            advertise: None,
+        }
+    }
+}
+
+/// The shared token agents prove they know (HMAC of a server nonce). Exactly one source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    pub listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BasicAuth {
+    pub user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default = "d60s")]
+    pub boot_timeout: Duration,
+    #[serde(default = "d120s")]
+    pub job_timeout: Duration,
+    #[serde(default = "d10s")]
+    pub power_on_holdoff: Duration,
+    #[serde(default = "d10s")]
+    pub power_off_holdoff: Duration,
+    #[serde(default = "three")]
+    pub max_attempts: i64,
+    /// Failed recoveries before a worker is marked Bad.
+    #[serde(default = "three")]
+    pub quarantine_after: i64,
+}
+
+fn d60s() -> Duration {
+    Duration::new("60s")
+}
+fn d120s() -> Duration {
+    Duration::new("120s")
+}
+fn d10s() -> Duration {
+    Duration::new("10s")
+}
+fn three() -> i64 {
+    3
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            boot_timeout: d60s(),
+            job_timeout: d120s(),
+            power_on_holdoff: d10s(),
+            power_off_holdoff: d10s(),
+            max_attempts: 3,
+            quarantine_after: 3,
+        }
+    }
+}
+
+/// What `serve` does to workers when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum ShutdownPolicy {
+    /// Leave workers as they are; the next engine adopts them.
+    #[default]
+    LeaveRunning,
+    PowerOff,
+}
+
+// ---------------------------------------------------------------- Switch
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwitchSpec {
+    /// `HOST[:PORT]`, port 161 by default.
+    pub address: String,
+    pub snmp: SnmpSpec,
+    #[serde(default = "d5s")]
+    pub poll_interval: Duration,
+    #[serde(default = "d2s")]
+    pub timeout: Duration,
+    #[serde(default = "two")]
+    pub retries: i64,
+}
+
+fn d5s() -> Duration {
+    Duration::new("5s")
+}
+fn d2s() -> Duration {
+    Duration::new("2s")
+}
+fn two() -> i64 {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnmpSpec {
+    pub version: SnmpVersion,
+    /// v2c: the community, read from this environment variable or file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub community_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub community_file: Option<String>,
+    /// v3: the USM user name and its secrets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_protocol: Option<SnmpAuthProtocol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_password_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_password_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priv_protocol: Option<SnmpPrivProtocol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priv_password_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priv_password_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SnmpVersion {
+    V2c,
+    V3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SnmpAuthProtocol {
+    #[serde(rename = "MD5")]
+    Md5,
+    #[serde(rename = "SHA")]
+    Sha1,
+    #[serde(rename = "SHA256")]
+    Sha256,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SnmpPrivProtocol {
+    #[serde(rename = "DES")]
+    Des,
+    #[serde(rename = "AES")]
+    Aes128,
+}
+
+// ---------------------------------------------------------------- PowerMeter
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PowerMeterSpec {
+    /// A WattsUp Pro on a serial port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wattsup: Option<WattsUpMeter>,
+    /// A command printing watts, run every interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandMeter>,
+    /// A power model per worker phase instead of a measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelMeter>,
+    /// The workers whose power this meter's reading includes.
+    #[serde(default)]
+    pub covers: LabelSelector,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WattsUpMeter {
+    pub device: String,
+    #[serde(default = "d1s")]
+    pub interval: Duration,
+}
+
+fn d1s() -> Duration {
+    Duration::new("1s")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandMeter {
+    /// Program and arguments; it prints one number, the watts, on stdout.
+    pub command: Vec<String>,
+    #[serde(default = "d1s")]
+    pub interval: Duration,
+    #[serde(default = "d5s")]
+    pub timeout: Duration,
+}
+
+/// Watts per phase; unset values take the documented defaults for the worker's kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelMeter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub off: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub booting: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<f64>,
+    #[serde(default = "d1s")]
+    pub interval: Duration,
+}
+
+// ---------------------------------------------------------------- Worker
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerSpec {
+    #[serde(default)]
+    pub power: PowerPolicy,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// A BeagleBone-class board powered through a GPIO line wired to its power button.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub board: Option<BoardSpec>,
+    /// A QEMU virtual machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum PowerPolicy {
+    On,
+    Off,
+    /// Powered when work is queued for it, off otherwise.
+    #[default]
+    OnDemand,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Lifecycle {
+    #[serde(default)]
+    pub mode: LifecycleMode,
+    /// Warm workers: powered off after this long without work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum LifecycleMode {
+    /// One invocation per boot, as in MicroFaaS v1.
+    #[default]
+    OneShot,
+    /// Stays up and connected between invocations.
+    Warm,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BoardSpec {
+    #[serde(default = "default_board_model")]
+    pub model: String,
+    pub power_button: PowerButton,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<BoardNetwork>,
+}
+
+fn default_board_model() -> String {
+    "beaglebone-black".to_string()
+}
+
+/// The GPIO line wired to the board's power button: a header `pin`, or `chip` + `line`, or a
+/// `lineName` given by the device tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PowerButton {
+    /// Orchestrator header pin, e.g. `P9_12`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// `/dev/gpiochipN`, `gpiochipN` or a chip label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chip: Option<String>,
+    /// Line offset on `chip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line_name: Option<String>,
+    #[serde(default = "yes")]
+    pub active_low: bool,
+    #[serde(default = "d500ms")]
+    pub pulse: Duration,
+    /// Long press that cuts power when the agent cannot.
+    #[serde(default = "d8s")]
+    pub force_off: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn d500ms() -> Duration {
+    Duration::new("500ms")
+}
+fn d8s() -> Duration {
+    Duration::new("8s")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BoardNetwork {
+    /// Name of a `Switch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch: Option<String>,
+    /// ifName, ifDescr or ifIndex of the board's port on that switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub bounce_on_failure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmSpec {
+    /// Path of the kernel (bzImage).
+    pub kernel: String,
+    /// Path of the initramfs; the built agent image by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Extra kernel command line; identity, orchestrator and token are added by microfaas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default = "default_memory")]
+    pub memory: Size,
+    #[serde(default = "one")]
+    pub cpus: i64,
+    #[serde(default)]
+    pub machine: Machine,
+    #[serde(default)]
+    pub accel: Accel,
+    #[serde(default)]
+    pub network: VmNetwork,
+}
+
+fn default_memory() -> Size {
+    Size("256Mi".to_string())
+}
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    #[default]
+    Microvm,
+    Q35,
+    Pc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when a probe shows it can run guests, TCG otherwise.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmNetwork {
+    #[serde(default)]
+    pub mode: VmNetworkMode,
+    /// tap mode: the bridge to attach the tap device to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VmNetworkMode {
+    /// QEMU user networking, restricted to the orchestrator endpoint.
+    #[default]
+    User,
+    Tap,
+}
+
+// ---------------------------------------------------------------- WorkerSet
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerSetSpec {
+    /// Workers `NAME-0` .. `NAME-(replicas-1)`.
+    pub replicas: i64,
+    pub template: WorkerTemplate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerTemplate {
+    #[serde(default)]
+    pub metadata: TemplateMetadata,
+    pub spec: WorkerSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateMetadata {
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+// ---------------------------------------------------------------- Function
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FunctionSpec {
+    pub runtime: Runtime,
+    /// builtin: the function's name in the agent's suite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// wasm: path of the module.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// exec: program and arguments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Invocation deadline; the Cluster's `jobTimeout` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Services the function talks to, by name (e.g. `redis: 127.0.0.1:6379`).
+    #[serde(default)]
+    pub services: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Builtin,
+    Wasm,
+    Exec,
+}
+
+// ---------------------------------------------------------------- Workload
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSpec {
+    pub functions: Vec<FunctionMix>,
+    #[serde(default)]
+    pub arrival: Arrival,
+    /// Stop after this long even if invocations remain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+    /// Which workers may run this workload's invocations; all workers when unset.
+    #[serde(default)]
+    pub workers: LabelSelector,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default = "one")]
+    pub concurrency: i64,
+    /// Attempts per invocation; the Cluster's `maxAttempts` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+}
+
+fn default_seed() -> u64 {
+    63302
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FunctionMix {
+    /// Name of a `Function`.
+    pub function: String,
+    /// Invocations of this function.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    /// Relative share when the workload is bounded by `duration` instead of counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// Inputs drawn in turn; omitted = seeded inputs generated as MicroFaaS did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<serde_json::Value>")]
+    pub inputs: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Arrival {
+    #[serde(default)]
+    pub pattern: ArrivalPattern,
+    /// balanced/fixed: one round per period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<Duration>,
+    /// fixed/poisson: invocations per second, written `5/s` or `300/m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// trace: CSV of `offset, function, input`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl Default for Arrival {
+    fn default() -> Self {
+        Self {
+            pattern: ArrivalPattern::Balanced,
+            period: Some(d1s()),
+            rate: None,
+            file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ArrivalPattern {
+    /// The original MicroFaaS generator: each period, one job on each of a random subset of workers.
+    #[default]
+    Balanced,
+    Fixed,
+    Poisson,
+    Trace,
+}

@@ -1,0 +1,100 @@
+//! Events about objects, kubectl style: a repeat of the same (type, reason, message) on an
+//! object bumps the count and last-seen time of the existing row instead of adding one.
+
+use super::{Result, Store, clock};
+use crate::manifest::Kind;
+use rusqlite::params;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: Kind,
+    pub name: String,
+    pub event_type: String,
+    pub reason: String,
+    pub message: String,
+    pub count: i64,
+    pub first_time: String,
+    pub last_time: String,
+}
+
+impl Store {
+    pub fn record_event(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        event_type: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        let now = clock::now();
+        let updated = self
+            .conn
+            .execute(
+                "UPDATE events SET count = count + 1, last_time = ?6
+                 WHERE id = (SELECT id FROM events WHERE kind = ?1 AND name = ?2 AND type = ?3
+                             AND reason = ?4 AND message = ?5 ORDER BY id DESC LIMIT 1)",
+                params![
+                    kind.as_str(),
+                    name,
+                    event_type.as_str(),
+                    reason,
+                    message,
+                    now
+                ],
+            )
+            .map_err(self.sq())?;
+        if updated == 0 {
+            self.conn
+                .execute(
+                    "INSERT INTO events (kind, name, type, reason, message, count, first_time, last_time)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
+                    params![kind.as_str(), name, event_type.as_str(), reason, message, now],
+                )
+                .map_err(self.sq())?;
+        }
+        Ok(())
+    }
+
+    /// The most recent `limit` events of an object, oldest first.
+    pub fn events(&self, kind: Kind, name: &str, limit: usize) -> Result<Vec<Event>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT type, reason, message, count, first_time, last_time FROM events
+                 WHERE kind = ?1 AND name = ?2 ORDER BY last_time DESC, id DESC LIMIT ?3",
+            )
+            .map_err(self.sq())?;
+        let rows = stmt
+            .query_map(params![kind.as_str(), name, limit as i64], |r| {
+                Ok(Event {
+                    kind,
+                    name: name.to_string(),
+                    event_type: r.get(0)?,
+                    reason: r.get(1)?,
+                    message: r.get(2)?,
+                    count: r.get(3)?,
+                    first_time: r.get(4)?,
+                    last_time: r.get(5)?,
+                })
+            })
+            .map_err(self.sq())?;
+        let mut out: Vec<Event> = rows.collect::<rusqlite::Result<_>>().map_err(self.sq())?;
+        out.reverse();
+        Ok(out)
+    }
+}

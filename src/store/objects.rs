@@ -1,0 +1,311 @@
+//! Desired objects: apply (create / configure / unchanged / prune) in one transaction, reads,
+//! deletes and status writes.
+
+use super::{Result, Store, StoreError, clock};
+use crate::manifest::Kind;
+use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+
+/// What a manifest asks for, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredObject {
+    pub kind: Kind,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Canonical spec JSON (defaults filled in).
+    pub spec: Value,
+    /// WorkerSet that made this worker.
+    pub owner: Option<String>,
+    /// `FILE:LINE:COL` of the declaration.
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredObject {
+    pub kind: Kind,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub spec: Value,
+    pub generation: i64,
+    pub status: Value,
+    pub owner: Option<String>,
+    pub source: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Created,
+    Configured,
+    Unchanged,
+    Pruned,
+}
+
+impl ApplyOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Configured => "configured",
+            ApplyOutcome::Unchanged => "unchanged",
+            ApplyOutcome::Pruned => "pruned",
+        }
+    }
+}
+
+const COLUMNS: &str = "kind, name, labels, annotations, spec, generation, status, owner, source, created_at, updated_at";
+
+fn parse_json(what: &str, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn row_to_object(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredObject>> {
+    let kind: String = row.get(0)?;
+    let name: String = row.get(1)?;
+    let labels: String = row.get(2)?;
+    let annotations: String = row.get(3)?;
+    let spec: String = row.get(4)?;
+    let generation: i64 = row.get(5)?;
+    let status: String = row.get(6)?;
+    let owner: Option<String> = row.get(7)?;
+    let source: Option<String> = row.get(8)?;
+    let created_at: String = row.get(9)?;
+    let updated_at: String = row.get(10)?;
+    Ok((|| {
+        let what = format!("{kind}/{name}");
+        let kind: Kind = kind.parse().map_err(|detail| StoreError::Corrupt {
+            what: what.clone(),
+            detail,
+        })?;
+        let map = |v: Value| -> Result<BTreeMap<String, String>> {
+            serde_json::from_value(v).map_err(|e| StoreError::Corrupt {
+                what: what.clone(),
+                detail: e.to_string(),
+            })
+        };
+        Ok(StoredObject {
+            kind,
+            labels: map(parse_json(&what, &labels)?)?,
+            annotations: map(parse_json(&what, &annotations)?)?,
+            spec: parse_json(&what, &spec)?,
+            status: parse_json(&what, &status)?,
+            name,
+            generation,
+            owner,
+            source,
+            created_at,
+            updated_at,
+        })
+    })())
+}
+
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
+}
+
+impl Store {
+    pub fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>> {
+        let sql = format!("SELECT {COLUMNS} FROM objects WHERE kind = ?1 AND name = ?2");
+        let row = self
+            .conn
+            .query_row(&sql, params![kind.as_str(), name], row_to_object)
+            .optional()
+            .map_err(self.sq())?;
+        row.transpose()
+    }
+
+    /// Objects of a kind (all kinds when `None`), ordered by kind then name.
+    pub fn list(&self, kind: Option<Kind>) -> Result<Vec<StoredObject>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM objects WHERE (?1 IS NULL OR kind = ?1) ORDER BY kind, name"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(self.sq())?;
+        let rows = stmt
+            .query_map(params![kind.map(|k| k.as_str())], row_to_object)
+            .map_err(self.sq())?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(self.sq())??);
+        }
+        Ok(out)
+    }
+
+    /// Stores a complete desired state in one transaction: every object is created, configured
+    /// (generation + 1 when its spec changed) or left unchanged; with `prune`, objects that were
+    /// applied from the same `applyset` before and are absent now are deleted. With `dry_run`
+    /// the transaction is rolled back, so the outcome is reported and nothing changes.
+    pub fn apply(
+        &mut self,
+        objects: &[DesiredObject],
+        applyset: Option<(&str, &[String])>,
+        prune: bool,
+        dry_run: bool,
+    ) -> Result<Vec<(Kind, String, ApplyOutcome)>> {
+        let now = clock::now();
+        let path = self.path.clone();
+        let sq = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sq)?;
+        let mut outcomes = Vec::new();
+        let set_id = applyset.map(|(id, _)| id);
+        for obj in objects {
+            let existing: Option<(String, String, String, i64, Option<String>, Option<String>)> = tx
+                .query_row(
+                    "SELECT spec, labels, annotations, generation, owner, source FROM objects WHERE kind = ?1 AND name = ?2",
+                    params![obj.kind.as_str(), obj.name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+                .optional()
+                .map_err(&sq)?;
+            let spec = json_text(&obj.spec);
+            let labels = json_text(&obj.labels);
+            let annotations = json_text(&obj.annotations);
+            let outcome = match existing {
+                None => {
+                    tx.execute(
+                        "INSERT INTO objects (kind, name, labels, annotations, spec, generation, status, owner, applyset, source, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 1, '{}', ?6, ?7, ?8, ?9, ?9)",
+                        params![obj.kind.as_str(), obj.name, labels, annotations, spec, obj.owner, set_id, obj.source, now],
+                    )
+                    .map_err(&sq)?;
+                    ApplyOutcome::Created
+                }
+                Some((old_spec, old_labels, old_ann, generation, old_owner, old_source)) => {
+                    let what = format!("{}/{}", obj.kind, obj.name);
+                    let spec_changed = parse_json(&what, &old_spec)? != obj.spec;
+                    let meta_changed = parse_json(&what, &old_labels)?
+                        != parse_json(&what, &labels)?
+                        || parse_json(&what, &old_ann)? != parse_json(&what, &annotations)?
+                        || old_owner != obj.owner;
+                    let generation = if spec_changed {
+                        generation + 1
+                    } else {
+                        generation
+                    };
+                    tx.execute(
+                        "UPDATE objects SET labels = ?3, annotations = ?4, spec = ?5, generation = ?6, owner = ?7,
+                           applyset = COALESCE(?8, applyset), source = ?9,
+                           updated_at = CASE WHEN ?10 THEN ?11 ELSE updated_at END,
+                           deletion_requested_at = NULL
+                         WHERE kind = ?1 AND name = ?2",
+                        params![obj.kind.as_str(), obj.name, labels, annotations, spec, generation, obj.owner, set_id,
+                                obj.source.clone().or(old_source), spec_changed || meta_changed, now],
+                    )
+                    .map_err(&sq)?;
+                    if spec_changed || meta_changed {
+                        ApplyOutcome::Configured
+                    } else {
+                        ApplyOutcome::Unchanged
+                    }
+                }
+            };
+            outcomes.push((obj.kind, obj.name.clone(), outcome));
+        }
+        if let Some((id, paths)) = applyset {
+            tx.execute(
+                "INSERT INTO applysets (id, paths, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET paths = excluded.paths, updated_at = excluded.updated_at",
+                params![id, json_text(&paths), now],
+            )
+            .map_err(&sq)?;
+            if prune {
+                let keep: HashSet<(Kind, &str)> =
+                    objects.iter().map(|o| (o.kind, o.name.as_str())).collect();
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT kind, name FROM objects WHERE applyset = ?1 ORDER BY kind, name",
+                    )
+                    .map_err(&sq)?;
+                let stale: Vec<(String, String)> = stmt
+                    .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(&sq)?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(&sq)?;
+                drop(stmt);
+                for (kind, name) in stale {
+                    let Ok(k) = kind.parse::<Kind>() else {
+                        continue;
+                    };
+                    if !keep.contains(&(k, name.as_str())) {
+                        tx.execute(
+                            "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
+                            params![kind, name],
+                        )
+                        .map_err(&sq)?;
+                        outcomes.push((k, name, ApplyOutcome::Pruned));
+                    }
+                }
+            }
+        }
+        if dry_run {
+            tx.rollback().map_err(&sq)?;
+        } else {
+            tx.commit().map_err(&sq)?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Removes an object and, for a WorkerSet, the workers it made. Returns what was removed.
+    pub fn delete(&mut self, kind: Kind, name: &str) -> Result<Vec<(Kind, String)>> {
+        let path = self.path.clone();
+        let sq = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&sq)?;
+        let n = tx
+            .execute(
+                "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
+                params![kind.as_str(), name],
+            )
+            .map_err(&sq)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));
+        }
+        let mut removed = vec![(kind, name.to_string())];
+        if kind == Kind::WorkerSet {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT name FROM objects WHERE kind = 'Worker' AND owner = ?1 ORDER BY name",
+                )
+                .map_err(&sq)?;
+            let owned: Vec<String> = stmt
+                .query_map(params![name], |r| r.get(0))
+                .map_err(&sq)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(&sq)?;
+            drop(stmt);
+            tx.execute(
+                "DELETE FROM objects WHERE kind = 'Worker' AND owner = ?1",
+                params![name],
+            )
+            .map_err(&sq)?;
+            removed.extend(owned.into_iter().map(|n| (Kind::Worker, n)));
+        }
+        tx.commit().map_err(&sq)?;
+        Ok(removed)
+    }
+
+    /// Replaces an object's status (written by the engine).
+    pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2",
+                params![kind.as_str(), name, json_text(status)],
+            )
+            .map_err(self.sq())?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));
+        }
+        Ok(())
+    }
+}
