@@ -399,22 +399,27 @@ fn parse_document(source: &Source, offset: u32, chunk: &str, out: &mut Loaded) {
         Kind::Workload => typed(chunk, Spec::Workload),
     };
     match parsed {
-        Ok((metadata, spec)) => {
-            if out.diagnostics.len() == before {
-                out.resources.push(Resource {
-                    metadata,
-                    spec,
-                    origin: Origin {
-                        file: file.clone(),
-                        pos: root.pos,
-                    },
-                    node: root,
-                    owner: None,
-                });
-            }
-        }
+        // Kept even when the header had errors, so the rest of the document is still checked;
+        // any error anywhere stops apply all the same.
+        Ok((metadata, spec)) => out.resources.push(Resource {
+            metadata,
+            spec,
+            origin: Origin {
+                file: file.clone(),
+                pos: root.pos,
+            },
+            node: root,
+            owner: None,
+        }),
         Err(e) => {
             let (msg, help) = error_message(&e);
+            let name_missing = msg.contains("missing field `name`")
+                && out.diagnostics[before..]
+                    .iter()
+                    .any(|d| d.message.contains("missing `metadata.name`"));
+            if name_missing {
+                return;
+            }
             let mut d = Diagnostic::error(file, error_pos(&e, offset), msg);
             d.help = help;
             out.diagnostics.push(d);

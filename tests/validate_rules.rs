@@ -1,0 +1,363 @@
+//! One test per validation rule: a broken manifest, and the exact line and column the error
+//! must point at. A rule that stops firing, or fires at the wrong place, fails here.
+
+use microfaas::manifest::{Diagnostic, load_and_validate, validate::Options};
+use std::path::PathBuf;
+
+const HEAD: &str = "apiVersion: microfaas.dev/v1alpha1\n";
+
+fn check(files: &[(&str, &str)], fs_checks: bool) -> (tempfile::TempDir, Vec<Diagnostic>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write manifest");
+        paths.push(p);
+    }
+    let loaded = load_and_validate(&paths, Options { fs_checks });
+    (dir, loaded.diagnostics)
+}
+
+/// Asserts exactly one error whose message contains `needle`, at `line:col` of `file`.
+#[track_caller]
+fn expect_error(text: &str, line: u32, col: u32, needle: &str) {
+    let (_dir, diags) = check(&[("m.yaml", text)], false);
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.len(), 1, "expected one error, got {diags:#?}");
+    let e = errors[0];
+    assert!(
+        e.message.contains(needle),
+        "message {:?} lacks {needle:?}",
+        e.message
+    );
+    assert_eq!(
+        (e.pos.line, e.pos.col),
+        (line, col),
+        "wrong position for {:?}",
+        e.message
+    );
+    assert!(e.file.ends_with("m.yaml"), "{}", e.file);
+    assert!(e.to_string().contains(&format!("m.yaml:{line}:{col}")));
+}
+
+const VM_WORKER: &str = "apiVersion: microfaas.dev/v1alpha1
+kind: Worker
+metadata:
+  name: vm-0
+spec:
+  vm:
+    kernel: /k
+";
+
+#[test]
+fn reference_manifest_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let loaded = load_and_validate(
+        &[PathBuf::from(root).join("examples/reference.yaml")],
+        Options { fs_checks: false },
+    );
+    let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // 9 documents + 4 workers from the WorkerSet
+    assert_eq!(loaded.resources.len(), 13);
+}
+
+#[test]
+fn yaml_syntax() {
+    expect_error(
+        &format!("{HEAD}kind: Worker\nmetadata: {{name: [a\n"),
+        3,
+        18,
+        "unclosed bracket",
+    );
+}
+
+#[test]
+fn wrong_api_version() {
+    expect_error(
+        "apiVersion: v1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: exec, command: [x]}\n",
+        1,
+        13,
+        "unsupported apiVersion",
+    );
+}
+
+#[test]
+fn missing_name() {
+    expect_error(
+        &format!(
+            "{HEAD}kind: Function\nmetadata: {{labels: {{a: b}}}}\nspec: {{runtime: exec, command: [x]}}\n"
+        ),
+        3,
+        11,
+        "missing `metadata.name`",
+    );
+}
+
+#[test]
+fn invalid_name() {
+    expect_error(
+        &format!(
+            "{HEAD}kind: Function\nmetadata:\n  name: My_Fn\nspec: {{runtime: exec, command: [x]}}\n"
+        ),
+        4,
+        9,
+        "invalid name `My_Fn`",
+    );
+}
+
+#[test]
+fn unknown_kind_suggests() {
+    let text = format!("{HEAD}kind: Wrokload\nmetadata: {{name: a}}\nspec: {{}}\n");
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (2, 7));
+    assert_eq!(diags[0].help.as_deref(), Some("did you mean `Workload`?"));
+}
+
+#[test]
+fn unknown_field_suggests() {
+    let text = VM_WORKER.replace("    kernel: /k\n", "    kernel: /k\n    memroy: 1Gi\n");
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (8, 5));
+    assert!(diags[0].message.contains("unknown field `memroy`"));
+    assert_eq!(
+        diags[0].help.as_deref(),
+        Some("did you mean the field `memory`?")
+    );
+}
+
+#[test]
+fn unknown_enum_value_suggests() {
+    let text = VM_WORKER.replace("spec:\n", "spec:\n  power: on\n");
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (6, 10));
+    assert_eq!(
+        diags[0].help.as_deref(),
+        Some("did you mean the value `On`?")
+    );
+}
+
+#[test]
+fn duplicate_across_files() {
+    let (_d, diags) = check(
+        &[
+            ("a.yaml", VM_WORKER),
+            ("b.yaml", &format!("# c\n{VM_WORKER}")),
+        ],
+        false,
+    );
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    let d = &diags[0];
+    assert!(d.file.ends_with("b.yaml") && d.message.contains("duplicate Worker `vm-0`"));
+    assert_eq!((d.pos.line, d.pos.col), (5, 9));
+    assert!(
+        d.help.as_deref().is_some_and(|h| h.contains("a.yaml:4:9")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn workerset_names_collide_with_workers() {
+    let set = format!(
+        "{HEAD}kind: WorkerSet\nmetadata: {{name: vm}}\nspec:\n  replicas: 2\n  template:\n    spec:\n      vm: {{kernel: /k}}\n"
+    );
+    let (_d, diags) = check(&[("a.yaml", &format!("{VM_WORKER}---\n{set}"))], false);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(
+        diags[0].message.contains("made by WorkerSet `vm`"),
+        "{diags:?}"
+    );
+}
+
+#[test]
+fn board_or_vm_exactly_one() {
+    expect_error(
+        &format!("{HEAD}kind: Worker\nmetadata: {{name: w}}\nspec:\n  power: On\n"),
+        5,
+        3,
+        "exactly one of `board`, `vm`",
+    );
+    expect_error(
+        &format!(
+            "{HEAD}kind: Worker\nmetadata: {{name: w}}\nspec:\n  board: {{powerButton: {{pin: P9_12}}}}\n  vm: {{kernel: /k}}\n"
+        ),
+        6,
+        3,
+        "not several",
+    );
+}
+
+#[test]
+fn unknown_header_pin() {
+    let text = format!(
+        "{HEAD}kind: Worker\nmetadata: {{name: w}}\nspec:\n  board:\n    powerButton:\n      pin: P9_99\n"
+    );
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (7, 12));
+    assert!(diags[0].message.contains("unknown header pin `P9_99`"));
+}
+
+#[test]
+fn shared_gpio_line_after_resolving_pins() {
+    let a = format!(
+        "{HEAD}kind: Worker\nmetadata: {{name: a}}\nspec:\n  board:\n    powerButton: {{pin: P9_12}}\n"
+    );
+    let b = format!(
+        "{HEAD}kind: Worker\nmetadata: {{name: b}}\nspec:\n  board:\n    powerButton:\n      chip: /dev/gpiochip1\n      line: 28\n"
+    );
+    let (_d, diags) = check(&[("a.yaml", &a), ("b.yaml", &b)], false);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(diags[0].file.ends_with("b.yaml"));
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (7, 7));
+    assert!(
+        diags[0]
+            .message
+            .contains("gpiochip1:28, already used by worker `a`")
+    );
+}
+
+#[test]
+fn shared_switch_port() {
+    let sw = format!(
+        "{HEAD}kind: Switch\nmetadata: {{name: tor}}\nspec:\n  address: 127.0.0.1\n  snmp: {{version: v2c, communityEnv: C}}\n"
+    );
+    let w = |n: &str, pin: &str| {
+        format!(
+            "{HEAD}kind: Worker\nmetadata: {{name: {n}}}\nspec:\n  board:\n    powerButton: {{pin: {pin}}}\n    network:\n      switch: tor\n      port: \"3\"\n"
+        )
+    };
+    let text = format!("{sw}---\n{}---\n{}", w("a", "P9_12"), w("b", "P9_15"));
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(
+        diags[0]
+            .message
+            .contains("port `3` of switch `tor`, already used by worker `a`")
+    );
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (26, 13));
+}
+
+#[test]
+fn dangling_switch_reference() {
+    expect_error(
+        &format!(
+            "{HEAD}kind: Worker\nmetadata: {{name: w}}\nspec:\n  board:\n    powerButton: {{pin: P9_12}}\n    network: {{switch: tor-9, port: \"1\"}}\n"
+        ),
+        7,
+        23,
+        "Switch `tor-9` is not declared",
+    );
+}
+
+#[test]
+fn dangling_function_reference_and_empty_selector_warning() {
+    let text = format!(
+        "{VM_WORKER}---\n{HEAD}kind: Workload\nmetadata: {{name: w}}\nspec:\n  functions:\n    - function: nope\n      count: 3\n  workers: {{matchLabels: {{rack: z}}}}\n"
+    );
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    assert_eq!(diags.len(), 2, "{diags:#?}");
+    let err = diags.iter().find(|d| d.is_error()).expect("an error");
+    assert!(err.message.contains("Function `nope` is not declared"));
+    assert_eq!((err.pos.line, err.pos.col), (14, 17));
+    let warn = diags.iter().find(|d| !d.is_error()).expect("a warning");
+    assert!(warn.message.contains("selects no declared worker"));
+    assert_eq!((warn.pos.line, warn.pos.col), (16, 12));
+}
+
+#[test]
+fn meter_selecting_nothing_is_a_warning() {
+    let text = format!(
+        "{VM_WORKER}---\n{HEAD}kind: PowerMeter\nmetadata: {{name: m}}\nspec:\n  model: {{idle: 1.0}}\n  covers: {{matchLabels: {{rack: q}}}}\n"
+    );
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(!diags[0].is_error());
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (14, 11));
+}
+
+#[test]
+fn bad_duration_and_size() {
+    expect_error(
+        &format!(
+            "{HEAD}kind: Function\nmetadata: {{name: f}}\nspec:\n  runtime: exec\n  command: [x]\n  timeout: 10 sec\n"
+        ),
+        7,
+        12,
+        "invalid duration `10 sec`",
+    );
+    expect_error(
+        &VM_WORKER.replace("kernel: /k\n", "kernel: /k\n    memory: 1.5G\n"),
+        8,
+        13,
+        "invalid size `1.5G`",
+    );
+}
+
+#[test]
+fn zero_and_negative_counts() {
+    expect_error(
+        &format!(
+            "{HEAD}kind: WorkerSet\nmetadata: {{name: s}}\nspec:\n  replicas: 0\n  template:\n    spec:\n      vm: {{kernel: /k}}\n"
+        ),
+        5,
+        13,
+        "replicas must be at least 1, got 0",
+    );
+    expect_error(
+        &VM_WORKER.replace("kernel: /k\n", "kernel: /k\n    cpus: -2\n"),
+        8,
+        11,
+        "cpus must be at least 1, got -2",
+    );
+}
+
+#[test]
+fn vm_paths_must_exist_unless_skipped() {
+    let text = VM_WORKER.replace("/k", "/definitely/not/here/bzImage");
+    let (_d, diags) = check(&[("m.yaml", &text)], true);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (7, 13));
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    assert!(diags.is_empty(), "{diags:#?}");
+}
+
+#[test]
+fn relative_kernel_path_is_relative_to_the_manifest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("bzImage"), b"k").expect("write");
+    let m = dir.path().join("m.yaml");
+    std::fs::write(&m, VM_WORKER.replace("/k", "bzImage")).expect("write");
+    let loaded = load_and_validate(&[m], Options { fs_checks: true });
+    assert!(loaded.diagnostics.is_empty(), "{:#?}", loaded.diagnostics);
+    let spec = loaded.resources[0].spec.to_json();
+    assert_eq!(
+        spec["vm"]["kernel"],
+        dir.path().join("bzImage").display().to_string()
+    );
+}
+
+#[test]
+fn inline_secrets_are_refused() {
+    expect_error(
+        &format!(
+            "{HEAD}kind: Switch\nmetadata: {{name: s}}\nspec:\n  address: 10.0.0.1\n  snmp:\n    version: v2c\n    community: public\n"
+        ),
+        8,
+        5,
+        "`community` must not be written inline",
+    );
+}
+
+#[test]
+fn all_errors_are_reported_not_only_the_first() {
+    let text = format!(
+        "{HEAD}kind: Worker\nmetadata: {{name: A}}\nspec: {{vm: {{kernel: /k, memory: lots, cpus: 0}}}}\n---\n{HEAD}kind: Nope\nmetadata: {{name: b}}\nspec: {{}}\n"
+    );
+    let (_d, diags) = check(&[("m.yaml", &text)], false);
+    let lines: Vec<u32> = diags.iter().map(|d| d.pos.line).collect();
+    assert_eq!(diags.len(), 4, "{diags:#?}");
+    assert_eq!(lines, vec![3, 4, 4, 7]);
+}
