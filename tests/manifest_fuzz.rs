@@ -1,0 +1,78 @@
+//! Mutated manifests never panic the loader or the validator: they give diagnostics.
+
+use microfaas::manifest::{Loaded, Source, expand, validate};
+use proptest::prelude::*;
+use std::sync::Arc;
+
+const REFERENCE: &str = include_str!("../examples/reference.yaml");
+
+fn run(text: String) -> Loaded {
+    let mut loaded = Loaded::default();
+    loaded.add_source(Source {
+        name: Arc::from("fuzz.yaml"),
+        path: None,
+        text,
+    });
+    expand::expand_all(&mut loaded.resources);
+    let more = validate::validate(&loaded.resources, validate::Options { fs_checks: true });
+    loaded.diagnostics.extend(more);
+    loaded
+}
+
+/// One edit of the reference manifest: delete, duplicate, or replace a byte range.
+fn mutated() -> impl Strategy<Value = String> {
+    let len = REFERENCE.len();
+    (
+        0..len,
+        0..64usize,
+        prop::collection::vec(any::<u8>(), 0..16),
+        0..3u8,
+    )
+        .prop_map(move |(at, n, bytes, op)| {
+            let mut b = REFERENCE.as_bytes().to_vec();
+            let end = (at + n).min(len);
+            match op {
+                0 => {
+                    b.drain(at..end);
+                }
+                1 => {
+                    let copy = b[at..end].to_vec();
+                    b.splice(at..at, copy);
+                }
+                _ => {
+                    b.splice(at..end, bytes);
+                }
+            }
+            String::from_utf8_lossy(&b).into_owned()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_manifests_never_panic(text in mutated()) {
+        let loaded = run(text);
+        for d in &loaded.diagnostics {
+            prop_assert!(d.pos.line >= 1, "{d:?}");
+            prop_assert!(!d.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+        let _ = run(text);
+    }
+}
+
+#[test]
+fn unmutated_reference_is_clean() {
+    let loaded = run(REFERENCE.to_string());
+    let errors: Vec<_> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error() && !d.message.contains("does not exist"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(loaded.resources.len(), 13);
+}
