@@ -438,7 +438,7 @@ fn function(cx: &mut Ctx<'_>, s: &FunctionSpec) {
             }
             Some(h) => {
                 let names = crate::functions::names();
-                if !names.is_empty() && !names.contains(&h.as_str()) {
+                if !names.contains(&h.as_str()) {
                     let d = cx.error(
                         &[spec, Key("handler")],
                         format!("unknown builtin function `{h}`"),
