@@ -16,4 +16,6 @@ pub mod image;
 #[cfg(feature = "controller")]
 pub mod manifest;
 #[cfg(feature = "controller")]
+pub mod orchestrator;
+#[cfg(feature = "controller")]
 pub mod store;

@@ -1,0 +1,241 @@
+//! The agent endpoint: a TCP listener where workers dial in. Each connection must say `hello`,
+//! answer a fresh challenge with an HMAC of the cluster token, and only then becomes a session
+//! registered under its worker name. A worker that does not authenticate gets nothing.
+
+use super::framing::{read_message, write_message};
+use super::session::{self, SessionHandle};
+use crate::protocol::{AuthOk, Challenge, Denied, Hello, Lifecycle, Message, PROTOCOL_VERSION, auth};
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::BufReader;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, oneshot};
+
+/// How long a new connection has to complete hello + auth.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat period asked of Warm agents.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Agent comings and goings, for the engine to react to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    Connected {
+        worker: String,
+        /// Kernel uptime when the agent said hello: the boot time.
+        boot_ms: u64,
+        lifecycle: Lifecycle,
+    },
+    Disconnected {
+        worker: String,
+        reason: String,
+    },
+    /// A connection that failed the handshake; `worker` when it got as far as saying who it is.
+    Rejected {
+        peer: SocketAddr,
+        worker: Option<String>,
+        reason: String,
+    },
+}
+
+/// Live sessions by worker name.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, SessionHandle>>,
+}
+
+impl Sessions {
+    pub fn get(&self, worker: &str) -> Option<SessionHandle> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(worker).filter(|s| s.is_open()).cloned()
+    }
+
+    pub fn connected(&self) -> Vec<String> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().filter(|(_, s)| s.is_open()).map(|(k, _)| k.clone()).collect()
+    }
+
+    fn insert(&self, s: SessionHandle) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(s.worker().to_string(), s);
+    }
+
+    /// Removes the session only if it is still the one with `id` (a newer connection of the
+    /// same worker may have replaced it).
+    fn remove(&self, worker: &str, id: u64) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(worker).is_some_and(|s| s.id == id) {
+            map.remove(worker);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub sessions: Arc<Sessions>,
+    events: broadcast::Sender<AgentEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Endpoint {
+    pub async fn bind(listen: &str, token: Vec<u8>) -> std::io::Result<Endpoint> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let sessions = Arc::new(Sessions::default());
+        let (events, _) = broadcast::channel(1024);
+        let task = tokio::spawn(accept_loop(listener, Arc::new(token), sessions.clone(), events.clone()));
+        Ok(Endpoint {
+            addr,
+            sessions,
+            events,
+            task,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    token: Arc<Vec<u8>>,
+    sessions: Arc<Sessions>,
+    events: broadcast::Sender<AgentEvent>,
+) {
+    let next_id = Arc::new(AtomicU64::new(1));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("agent endpoint: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (token, sessions, events, next_id) = (token.clone(), sessions.clone(), events.clone(), next_id.clone());
+        tokio::spawn(async move {
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            handle_connection(id, stream, peer, &token, &sessions, &events).await;
+        });
+    }
+}
+
+async fn handle_connection(
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    token: &[u8],
+    sessions: &Arc<Sessions>,
+    events: &broadcast::Sender<AgentEvent>,
+) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut r, &mut w, token)).await;
+    let hello = match hs {
+        Ok(Ok(hello)) => hello,
+        Ok(Err((worker, reason))) => {
+            tracing::warn!(%peer, ?worker, "agent rejected: {reason}");
+            let _ = events.send(AgentEvent::Rejected { peer, worker, reason });
+            return;
+        }
+        Err(_) => {
+            let reason = format!("no hello and auth within {HANDSHAKE_TIMEOUT:?}");
+            tracing::warn!(%peer, "agent rejected: {reason}");
+            let _ = events.send(AgentEvent::Rejected { peer, worker: None, reason });
+            return;
+        }
+    };
+    let worker = hello.worker.clone();
+    let (done_tx, done_rx) = oneshot::channel();
+    let boot_ms = hello.uptime_ms;
+    let lifecycle = hello.capabilities.lifecycle;
+    let handle = session::spawn(id, hello, r, w, done_tx);
+    sessions.insert(handle);
+    tracing::info!(%peer, worker = %worker, boot_ms, "agent connected");
+    let _ = events.send(AgentEvent::Connected {
+        worker: worker.clone(),
+        boot_ms,
+        lifecycle,
+    });
+    let reason = done_rx.await.unwrap_or_else(|_| "session ended".to_string());
+    if sessions.remove(&worker, id) {
+        tracing::info!(worker = %worker, "agent disconnected: {reason}");
+        let _ = events.send(AgentEvent::Disconnected { worker, reason });
+    }
+}
+
+type HandshakeError = (Option<String>, String);
+
+async fn handshake(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    token: &[u8],
+) -> Result<Hello, HandshakeError> {
+    let hello = match read_message(r).await {
+        Ok(Some(Message::Hello(h))) => h,
+        Ok(Some(other)) => return Err((None, format!("expected hello, got `{}`", other.kind()))),
+        Ok(None) => return Err((None, "closed before hello".to_string())),
+        Err(e) => return Err((None, format!("bad first frame: {e}"))),
+    };
+    let who = Some(hello.worker.clone());
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version {} not supported (this orchestrator speaks {PROTOCOL_VERSION})",
+            hello.protocol_version
+        );
+        let _ = write_message(w, &Message::Denied(Denied { reason: reason.clone() })).await;
+        return Err((who, reason));
+    }
+    let nonce = fresh_nonce();
+    write_message(w, &Message::Challenge(Challenge { nonce: nonce.clone() }))
+        .await
+        .map_err(|e| (who.clone(), format!("write failed: {e}")))?;
+    let proof = match read_message(r).await {
+        Ok(Some(Message::Auth(a))) => a.proof,
+        Ok(Some(other)) => return Err((who, format!("expected auth, got `{}`", other.kind()))),
+        Ok(None) => return Err((who, "closed before auth".to_string())),
+        Err(e) => return Err((who, format!("bad auth frame: {e}"))),
+    };
+    if token.is_empty() || !auth::verify(token, &nonce, &proof) {
+        let reason = "authentication failed: wrong token".to_string();
+        let _ = write_message(w, &Message::Denied(Denied { reason: reason.clone() })).await;
+        return Err((who, reason));
+    }
+    let heartbeat_ms = (hello.capabilities.lifecycle == Lifecycle::Warm).then(|| HEARTBEAT.as_millis() as u64);
+    write_message(w, &Message::AuthOk(AuthOk { heartbeat_ms }))
+        .await
+        .map_err(|e| (who.clone(), format!("write failed: {e}")))?;
+    Ok(hello)
+}
+
+/// 128 random bits, hex. /dev/urandom never blocks once the kernel is seeded.
+fn fresh_nonce() -> String {
+    let mut buf = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_err() {
+        // No urandom (odd chroot): time + address entropy still never repeats within a process.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        buf = (t ^ (&buf as *const _ as u128)).to_le_bytes();
+    }
+    crate::functions::hex(&buf)
+}
+
+/// A fresh random token, hex, for clusters that name no token source.
+pub fn random_token() -> String {
+    format!("{}{}", fresh_nonce(), fresh_nonce())
+}

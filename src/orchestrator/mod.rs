@@ -1,0 +1,9 @@
+//! The orchestrator side of the agent protocol: the endpoint agents dial, their sessions, and
+//! the dispatch of invocations to them.
+
+pub mod endpoint;
+pub mod framing;
+pub mod session;
+
+pub use endpoint::{AgentEvent, Endpoint, Sessions};
+pub use session::{Completed, FollowUp, SessionError, SessionHandle};

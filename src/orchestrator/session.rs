@@ -1,0 +1,217 @@
+//! One authenticated agent connection: a task that owns the socket, answers heartbeats, and
+//! runs the invocations and follow-ups the scheduler sends through a `SessionHandle`.
+
+use super::framing::{read_message, write_message};
+use crate::protocol::{Heartbeat, Hello, Invoke, InvokeResult, Message};
+use std::time::{Duration, Instant};
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the scheduler can tell an agent after a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowUp {
+    Next,
+    Idle,
+    Poweroff,
+    Reboot,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("the agent connection is closed")]
+    Closed,
+    #[error("no result within {0:?}")]
+    Timeout(Duration),
+    #[error("protocol error from the agent: {0}")]
+    Protocol(String),
+}
+
+/// A result together with the round trip measured here, from writing `invoke` to reading the
+/// result.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub result: InvokeResult,
+    pub rtt_us: u64,
+}
+
+enum Command {
+    Invoke {
+        invoke: Invoke,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Completed, SessionError>>,
+    },
+    FollowUp(FollowUp, oneshot::Sender<Result<(), SessionError>>),
+}
+
+/// Cheap to clone; every clone talks to the same connection.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub hello: Hello,
+    pub connected_at: Instant,
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("id", &self.id)
+            .field("worker", &self.hello.worker)
+            .finish()
+    }
+}
+
+impl SessionHandle {
+    pub fn worker(&self) -> &str {
+        &self.hello.worker
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// Sends one invocation and waits for its result (or the connection's end, or `timeout`).
+    pub async fn invoke(&self, invoke: Invoke, timeout: Duration) -> Result<Completed, SessionError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Invoke {
+                invoke,
+                timeout,
+                reply,
+            })
+            .await
+            .map_err(|_| SessionError::Closed)?;
+        rx.await.unwrap_or(Err(SessionError::Closed))
+    }
+
+    pub async fn follow_up(&self, what: FollowUp) -> Result<(), SessionError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::FollowUp(what, reply))
+            .await
+            .map_err(|_| SessionError::Closed)?;
+        rx.await.unwrap_or(Err(SessionError::Closed))
+    }
+}
+
+/// Starts the task for an authenticated connection; it ends when the peer goes away, a
+/// protocol error occurs or every handle is dropped, and then sends `()` on `done`.
+pub fn spawn(
+    id: u64,
+    hello: Hello,
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    done: oneshot::Sender<String>,
+) -> SessionHandle {
+    let (tx, rx) = mpsc::channel(8);
+    let handle = SessionHandle {
+        id,
+        hello,
+        connected_at: Instant::now(),
+        tx,
+    };
+    tokio::spawn(async move {
+        let reason = run(reader, writer, rx).await;
+        let _ = done.send(reason);
+    });
+    handle
+}
+
+/// Kept for tests that hand a raw stream over.
+pub fn split(stream: TcpStream) -> (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+    let (r, w) = stream.into_split();
+    (BufReader::new(r), w)
+}
+
+async fn run(
+    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Command>,
+) -> String {
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return "orchestrator closed the session".to_string() };
+                match cmd {
+                    Command::FollowUp(what, reply) => {
+                        let msg = match what {
+                            FollowUp::Next => Message::Next,
+                            FollowUp::Idle => Message::Idle,
+                            FollowUp::Poweroff => Message::Poweroff,
+                            FollowUp::Reboot => Message::Reboot,
+                        };
+                        let r = write_message(&mut writer, &msg).await.map_err(|_| SessionError::Closed);
+                        let failed = r.is_err();
+                        let _ = reply.send(r);
+                        if failed {
+                            return "write failed".to_string();
+                        }
+                    }
+                    Command::Invoke { invoke, timeout, reply } => {
+                        let id = invoke.id.clone();
+                        let started = Instant::now();
+                        if write_message(&mut writer, &Message::Invoke(invoke)).await.is_err() {
+                            let _ = reply.send(Err(SessionError::Closed));
+                            return "write failed".to_string();
+                        }
+                        let outcome = tokio::time::timeout(timeout, await_result(&mut reader, &mut writer, &id)).await;
+                        match outcome {
+                            Ok(Ok(result)) => {
+                                let rtt_us = started.elapsed().as_micros() as u64;
+                                let _ = reply.send(Ok(Completed { result, rtt_us }));
+                            }
+                            Ok(Err(e)) => {
+                                let why = e.to_string();
+                                let _ = reply.send(Err(e));
+                                return why;
+                            }
+                            Err(_) => {
+                                let _ = reply.send(Err(SessionError::Timeout(timeout)));
+                                return format!("no result within {timeout:?}");
+                            }
+                        }
+                    }
+                }
+            }
+            msg = read_message(&mut reader) => {
+                match msg {
+                    Ok(None) => return "agent closed the connection".to_string(),
+                    Ok(Some(Message::Heartbeat(Heartbeat { seq }))) => {
+                        if write_message(&mut writer, &Message::Heartbeat(Heartbeat { seq })).await.is_err() {
+                            return "write failed".to_string();
+                        }
+                    }
+                    Ok(Some(other)) => return format!("unexpected `{}` while idle", other.kind()),
+                    Err(e) => return format!("protocol error: {e}"),
+                }
+            }
+        }
+    }
+}
+
+async fn await_result(
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    id: &str,
+) -> Result<InvokeResult, SessionError> {
+    loop {
+        match read_message(reader).await {
+            Ok(Some(Message::Result(r))) if r.id == id => return Ok(r),
+            Ok(Some(Message::Result(r))) => {
+                return Err(SessionError::Protocol(format!("result for unknown invocation {}", r.id)));
+            }
+            Ok(Some(Message::Heartbeat(h))) => {
+                write_message(writer, &Message::Heartbeat(h))
+                    .await
+                    .map_err(|_| SessionError::Closed)?;
+            }
+            Ok(Some(Message::Error(e))) => return Err(SessionError::Protocol(e.message)),
+            Ok(Some(other)) => {
+                return Err(SessionError::Protocol(format!("unexpected `{}` while waiting for a result", other.kind())));
+            }
+            Ok(None) => return Err(SessionError::Closed),
+            Err(e) => return Err(SessionError::Protocol(e.to_string())),
+        }
+    }
+}
