@@ -1,6 +1,7 @@
 //! `microfaasctl`: argument parsing, dispatch to one module per subcommand, exit codes.
 
 mod apply;
+mod converge;
 mod delete;
 mod describe;
 mod diff;
@@ -8,6 +9,7 @@ mod get;
 mod manifests;
 mod output;
 mod schema;
+mod teardown;
 mod validate;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -69,6 +71,26 @@ enum Command {
     Schema(schema::Args),
     /// Print a shell completion script, e.g. `microfaasctl completions bash > /etc/bash_completion.d/microfaasctl`.
     Completions { shell: clap_complete::Shell },
+}
+
+/// Where `image build` writes by default and where VMs without an `initrd` find the agent
+/// image: `$MICROFAAS_IMAGE_DIR`, else `$XDG_DATA_HOME/microfaas/image`, else
+/// `~/.local/share/microfaas/image`.
+pub fn default_image_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MICROFAAS_IMAGE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("microfaas/image");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/microfaas/image")
+}
+
+/// The default agent initramfs, when one has been built.
+pub fn image_default_initrd() -> Option<PathBuf> {
+    let p = default_image_dir().join("initramfs.cpio.gz");
+    p.is_file().then_some(p)
 }
 
 /// A failed command: what to print and the exit code it maps to.

@@ -56,7 +56,14 @@ pub struct Engine<D: VmDriver, P: Presence> {
     demand: Mutex<HashMap<String, usize>>,
     /// Bumped after every status write, so waiters (apply) re-check convergence.
     changed: watch::Sender<u64>,
+    /// Starts a workload run in the background (set by whoever hosts the agent endpoint).
+    starter: Mutex<Option<Starter>>,
+    /// Workloads with a run in progress in this process.
+    running: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Called with a workload's name to start its run for the current generation.
+pub type Starter = Arc<dyn Fn(String) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,7 +84,57 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             runtime: Mutex::new(HashMap::new()),
             demand: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
+            starter: Mutex::new(None),
+            running: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    pub fn set_starter(&self, f: Starter) {
+        *lock(&self.starter) = Some(f);
+    }
+
+    /// Called by a run when it has ended, so a new generation can start the next one.
+    pub fn run_finished(&self, workload: &str) {
+        lock(&self.running).remove(workload);
+        self.queue.add((Kind::Workload, workload.to_string()));
+    }
+
+    /// A Workload runs once per generation, like a Job: start a run when the current
+    /// generation has none; a run left `Running` by a process that died is marked Cancelled.
+    async fn reconcile_workload(&self, name: &str) -> Result<Next, String> {
+        let Some(obj) = self.get(Kind::Workload, name) else {
+            return Ok(Next::Done);
+        };
+        let latest = self.with_store(|s| s.latest_run(name)).map_err(|e| e.to_string())?;
+        let in_progress = lock(&self.running).contains(name);
+        if let Some(run) = &latest
+            && run.phase == crate::store::invocations::RunPhase::Running
+            && !in_progress
+        {
+            let msg = "the engine running it stopped before it finished";
+            self.with_store(|s| s.finish_run(name, run.run, crate::store::invocations::RunPhase::Cancelled, &run.counts, msg))
+                .map_err(|e| e.to_string())?;
+            let mut st = status::Status::from_value(&obj.status);
+            st.set_phase("Cancelled").set("run", serde_json::json!(run.run)).condition("Complete", status::CondStatus::True, "Cancelled", msg);
+            self.write_status(Kind::Workload, name, st.into_value());
+            self.event(Kind::Workload, name, EventType::Warning, "Cancelled", &format!("run {}: {msg}", run.run));
+            return Ok(Next::Done);
+        }
+        let has_run = latest.as_ref().is_some_and(|r| r.generation == obj.generation);
+        if !has_run && !in_progress {
+            let starter = lock(&self.starter).clone();
+            if let Some(start) = starter {
+                lock(&self.running).insert(name.to_string());
+                start(name.to_string());
+            } else {
+                let mut st = status::Status::from_value(&obj.status);
+                if st.phase().is_none() {
+                    st.set_phase("Pending");
+                    self.write_status(Kind::Workload, name, st.into_value());
+                }
+            }
+        }
+        Ok(Next::Done)
     }
 
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
@@ -161,6 +218,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     async fn reconcile(self: &Arc<Self>, key: &Key) -> Result<Next, String> {
         match key.0 {
             Kind::Worker => self.reconcile_worker(&key.1).await,
+            Kind::Workload => self.reconcile_workload(&key.1).await,
             _ => {
                 // Kinds without a driver yet are accepted as declared.
                 if let Some(o) = self.get(key.0, &key.1) {
