@@ -1,1 +1,3 @@
-//! placeholder
+//! Command-line interface of `microfaasctl`: one module per subcommand.
+
+pub mod image;

@@ -86,16 +86,22 @@ pub fn fetch(
     ensure_modules_dep(&root, &release, progress)?;
 
     if dir.exists() {
-        // A previous, incomplete attempt (locate() refused it).
+        // Another fetch (a parallel test, a second CLI run) finished first: use its tree.
+        if let Ok(kernel) = locate(&dir, package) {
+            return Ok(kernel);
+        }
+        // A tree someone damaged by hand; rename-into-place never leaves one behind.
         fs::remove_dir_all(&dir).map_err(|source| ImageError::Write {
             path: dir.clone(),
             source,
         })?;
     }
-    fs::rename(&staging.0, &dir).map_err(|source| ImageError::Write {
-        path: dir.clone(),
-        source,
-    })?;
+    if let Err(source) = fs::rename(&staging.0, &dir) {
+        return locate(&dir, package).map_err(|_| ImageError::Write {
+            path: dir.clone(),
+            source,
+        });
+    }
     staging.keep();
     locate(&dir, package)
 }
