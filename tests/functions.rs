@@ -5,37 +5,16 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+mod functions_support;
+
+use functions_support::{python, reference};
 use microfaas::functions::{self, FunctionError};
 use serde_json::{Value, json};
 
-const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/functions_reference.py");
-
-fn python(args: &[&str], stdin: &Value) -> Value {
-    let mut child = Command::new("python3")
-        .arg(REFERENCE)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.to_string().as_bytes())
-        .expect("write to python");
-    let out = child.wait_with_output().expect("python finishes");
-    assert!(out.status.success(), "reference script failed");
-    serde_json::from_slice(&out.stdout).expect("reference prints JSON")
-}
-
 /// Run `function` on every input in Rust and in the reference; all outputs must agree.
 fn check_against_reference(function: &str, inputs: &[Value]) {
-    let expected = python(&[], &json!({ "function": function, "inputs": inputs }));
-    let expected = expected.as_array().expect("a list");
-    assert_eq!(expected.len(), inputs.len());
-    for (input, want) in inputs.iter().zip(expected) {
+    let expected = reference(function, inputs);
+    for (input, want) in inputs.iter().zip(&expected) {
         let got = functions::run(function, input)
             .unwrap_or_else(|e| panic!("{function}({input}) failed: {e}"));
         assert!(
