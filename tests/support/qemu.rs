@@ -21,6 +21,9 @@ pub struct BootSpec {
     /// `-bios` (e.g. /usr/share/qemu/qboot.rom); SeaBIOS when `None`.
     pub bios: Option<PathBuf>,
     pub memory_mib: u32,
+    /// Scheduling niceness for QEMU; the benchmark lowers it to keep concurrent builds on a
+    /// shared machine from inflating the figures.
+    pub nice: i32,
 }
 
 /// The address the guest dials; guestfwd maps it to the host's loopback listener.
@@ -35,6 +38,7 @@ impl BootSpec {
             extra_cmdline: String::new(),
             bios: None,
             memory_mib: 256,
+            nice: 0,
         }
     }
 
@@ -94,6 +98,9 @@ pub struct Vm {
 struct Serial {
     first_byte: Option<Instant>,
     bytes: Vec<u8>,
+    /// When each read ended, and the length of `bytes` after it: lets a marker in the
+    /// output be dated to the read that delivered it.
+    reads: Vec<(Instant, usize)>,
 }
 
 /// Keep at most this much console output for failure messages.
@@ -106,11 +113,15 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: prctl is async-signal-safe. If this process dies without dropping the Vm
-        // (killed test run), the kernel kills QEMU instead of leaving it running.
+        let nice = spec.nice;
+        // SAFETY: prctl and setpriority are async-signal-safe. If this process dies without
+        // dropping the Vm (killed test run), the kernel kills QEMU instead of leaving it running.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
@@ -132,6 +143,8 @@ impl Vm {
                 s.first_byte.get_or_insert(now);
                 if s.bytes.len() < SERIAL_KEEP {
                     s.bytes.extend_from_slice(&buf[..n]);
+                    let len = s.bytes.len();
+                    s.reads.push((now, len));
                 }
             }
         });
@@ -151,6 +164,17 @@ impl Vm {
     /// When the guest first wrote to its serial console.
     pub fn first_serial_byte(&self) -> Option<Instant> {
         self.serial.lock().ok().and_then(|s| s.first_byte)
+    }
+
+    /// When `marker` first appeared on the console (to the granularity of QEMU's writes).
+    pub fn console_marker(&self, marker: &str) -> Option<Instant> {
+        let s = self.serial.lock().ok()?;
+        let at = s
+            .bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())?;
+        let end = at + marker.len();
+        s.reads.iter().find(|(_, len)| *len >= end).map(|(t, _)| *t)
     }
 
     /// The console output so far (lossy UTF-8), for failure messages.
