@@ -4,7 +4,9 @@
 
 use super::framing::{read_message, write_message};
 use super::session::{self, SessionHandle};
-use crate::protocol::{AuthOk, Challenge, Denied, Hello, Lifecycle, Message, PROTOCOL_VERSION, auth};
+use crate::protocol::{
+    AuthOk, Challenge, Denied, Hello, Lifecycle, Message, PROTOCOL_VERSION, auth,
+};
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -55,7 +57,10 @@ impl Sessions {
 
     pub fn connected(&self) -> Vec<String> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().filter(|(_, s)| s.is_open()).map(|(k, _)| k.clone()).collect()
+        map.iter()
+            .filter(|(_, s)| s.is_open())
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     fn insert(&self, s: SessionHandle) {
@@ -95,7 +100,12 @@ impl Endpoint {
         let addr = listener.local_addr()?;
         let sessions = Arc::new(Sessions::default());
         let (events, _) = broadcast::channel(1024);
-        let task = tokio::spawn(accept_loop(listener, Arc::new(token), sessions.clone(), events.clone()));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::new(token),
+            sessions.clone(),
+            events.clone(),
+        ));
         Ok(Endpoint {
             addr,
             sessions,
@@ -126,7 +136,12 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (token, sessions, events, next_id) = (token.clone(), sessions.clone(), events.clone(), next_id.clone());
+        let (token, sessions, events, next_id) = (
+            token.clone(),
+            sessions.clone(),
+            events.clone(),
+            next_id.clone(),
+        );
         tokio::spawn(async move {
             let id = next_id.fetch_add(1, Ordering::Relaxed);
             handle_connection(id, stream, peer, &token, &sessions, &events).await;
@@ -149,13 +164,21 @@ async fn handle_connection(
         Ok(Ok(hello)) => hello,
         Ok(Err((worker, reason))) => {
             tracing::warn!(%peer, ?worker, "agent rejected: {reason}");
-            let _ = events.send(AgentEvent::Rejected { peer, worker, reason });
+            let _ = events.send(AgentEvent::Rejected {
+                peer,
+                worker,
+                reason,
+            });
             return;
         }
         Err(_) => {
             let reason = format!("no hello and auth within {HANDSHAKE_TIMEOUT:?}");
             tracing::warn!(%peer, "agent rejected: {reason}");
-            let _ = events.send(AgentEvent::Rejected { peer, worker: None, reason });
+            let _ = events.send(AgentEvent::Rejected {
+                peer,
+                worker: None,
+                reason,
+            });
             return;
         }
     };
@@ -171,7 +194,9 @@ async fn handle_connection(
         boot_ms,
         lifecycle,
     });
-    let reason = done_rx.await.unwrap_or_else(|_| "session ended".to_string());
+    let reason = done_rx
+        .await
+        .unwrap_or_else(|_| "session ended".to_string());
     if sessions.remove(&worker, id) {
         tracing::info!(worker = %worker, "agent disconnected: {reason}");
         let _ = events.send(AgentEvent::Disconnected { worker, reason });
@@ -197,13 +222,24 @@ async fn handshake(
             "protocol version {} not supported (this orchestrator speaks {PROTOCOL_VERSION})",
             hello.protocol_version
         );
-        let _ = write_message(w, &Message::Denied(Denied { reason: reason.clone() })).await;
+        let _ = write_message(
+            w,
+            &Message::Denied(Denied {
+                reason: reason.clone(),
+            }),
+        )
+        .await;
         return Err((who, reason));
     }
     let nonce = fresh_nonce();
-    write_message(w, &Message::Challenge(Challenge { nonce: nonce.clone() }))
-        .await
-        .map_err(|e| (who.clone(), format!("write failed: {e}")))?;
+    write_message(
+        w,
+        &Message::Challenge(Challenge {
+            nonce: nonce.clone(),
+        }),
+    )
+    .await
+    .map_err(|e| (who.clone(), format!("write failed: {e}")))?;
     let proof = match read_message(r).await {
         Ok(Some(Message::Auth(a))) => a.proof,
         Ok(Some(other)) => return Err((who, format!("expected auth, got `{}`", other.kind()))),
@@ -212,10 +248,17 @@ async fn handshake(
     };
     if token.is_empty() || !auth::verify(token, &nonce, &proof) {
         let reason = "authentication failed: wrong token".to_string();
-        let _ = write_message(w, &Message::Denied(Denied { reason: reason.clone() })).await;
+        let _ = write_message(
+            w,
+            &Message::Denied(Denied {
+                reason: reason.clone(),
+            }),
+        )
+        .await;
         return Err((who, reason));
     }
-    let heartbeat_ms = (hello.capabilities.lifecycle == Lifecycle::Warm).then(|| HEARTBEAT.as_millis() as u64);
+    let heartbeat_ms =
+        (hello.capabilities.lifecycle == Lifecycle::Warm).then(|| HEARTBEAT.as_millis() as u64);
     write_message(w, &Message::AuthOk(AuthOk { heartbeat_ms }))
         .await
         .map_err(|e| (who.clone(), format!("write failed: {e}")))?;
@@ -225,7 +268,10 @@ async fn handshake(
 /// 128 random bits, hex. /dev/urandom never blocks once the kernel is seeded.
 fn fresh_nonce() -> String {
     let mut buf = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).is_err() {
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
         // No urandom (odd chroot): time + address entropy still never repeats within a process.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

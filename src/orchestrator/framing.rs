@@ -5,7 +5,9 @@ use crate::protocol::{self, MAX_FRAME, Message, ProtocolError};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
-pub async fn read_message<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Message>, ProtocolError> {
+pub async fn read_message<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<Message>, ProtocolError> {
     let mut line: Vec<u8> = Vec::new();
     loop {
         let buf = r.fill_buf().await?;
@@ -46,15 +48,27 @@ mod tests {
     async fn reads_frames_and_rejects_oversized_ones() {
         let data = b"{\"type\":\"next\"}\n{\"type\":\"idle\"}\n".to_vec();
         let mut r = BufReader::new(&data[..]);
-        assert_eq!(read_message(&mut r).await.ok().flatten(), Some(Message::Next));
-        assert_eq!(read_message(&mut r).await.ok().flatten(), Some(Message::Idle));
+        assert_eq!(
+            read_message(&mut r).await.ok().flatten(),
+            Some(Message::Next)
+        );
+        assert_eq!(
+            read_message(&mut r).await.ok().flatten(),
+            Some(Message::Idle)
+        );
         assert!(matches!(read_message(&mut r).await, Ok(None)));
 
         let big = vec![b'x'; MAX_FRAME + 10];
         let mut r = BufReader::new(&big[..]);
-        assert!(matches!(read_message(&mut r).await, Err(ProtocolError::FrameTooLarge { .. })));
+        assert!(matches!(
+            read_message(&mut r).await,
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
 
         let mut r = BufReader::new(&b"{\"type\":\"ne"[..]);
-        assert!(matches!(read_message(&mut r).await, Err(ProtocolError::Truncated(_))));
+        assert!(matches!(
+            read_message(&mut r).await,
+            Err(ProtocolError::Truncated(_))
+        ));
     }
 }

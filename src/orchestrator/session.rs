@@ -72,7 +72,11 @@ impl SessionHandle {
     }
 
     /// Sends one invocation and waits for its result (or the connection's end, or `timeout`).
-    pub async fn invoke(&self, invoke: Invoke, timeout: Duration) -> Result<Completed, SessionError> {
+    pub async fn invoke(
+        &self,
+        invoke: Invoke,
+        timeout: Duration,
+    ) -> Result<Completed, SessionError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Invoke {
@@ -119,7 +123,12 @@ pub fn spawn(
 }
 
 /// Kept for tests that hand a raw stream over.
-pub fn split(stream: TcpStream) -> (BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+pub fn split(
+    stream: TcpStream,
+) -> (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
     let (r, w) = stream.into_split();
     (BufReader::new(r), w)
 }
@@ -199,7 +208,10 @@ async fn await_result(
         match read_message(reader).await {
             Ok(Some(Message::Result(r))) if r.id == id => return Ok(r),
             Ok(Some(Message::Result(r))) => {
-                return Err(SessionError::Protocol(format!("result for unknown invocation {}", r.id)));
+                return Err(SessionError::Protocol(format!(
+                    "result for unknown invocation {}",
+                    r.id
+                )));
             }
             Ok(Some(Message::Heartbeat(h))) => {
                 write_message(writer, &Message::Heartbeat(h))
@@ -208,7 +220,10 @@ async fn await_result(
             }
             Ok(Some(Message::Error(e))) => return Err(SessionError::Protocol(e.message)),
             Ok(Some(other)) => {
-                return Err(SessionError::Protocol(format!("unexpected `{}` while waiting for a result", other.kind())));
+                return Err(SessionError::Protocol(format!(
+                    "unexpected `{}` while waiting for a result",
+                    other.kind()
+                )));
             }
             Ok(None) => return Err(SessionError::Closed),
             Err(e) => return Err(SessionError::Protocol(e.to_string())),
