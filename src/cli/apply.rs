@@ -84,7 +84,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
         .collect();
     let outcome = super::teardown::block_on(converge::converge(
         store,
-        std::sync::Arc::new(crate::drivers::qemu::QemuVms::new()),
+        std::sync::Arc::new(crate::drivers::vms::QemuVms::new()),
         state_dir,
         touched,
         args.timeout,

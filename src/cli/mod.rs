@@ -6,6 +6,8 @@ mod delete;
 mod describe;
 mod diff;
 mod get;
+// `image build` from the image builder's branch; wiring it into `Command` is that branch's job.
+pub mod image;
 mod manifests;
 mod output;
 mod schema;

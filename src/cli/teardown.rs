@@ -23,7 +23,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
 /// Stops each worker's VM (adopting it from a previous engine when needed).
 pub fn workers(state_dir: &Path, names: &[String]) -> Result<(), Failure> {
     let store = Store::open(state_dir)?;
-    let driver = Arc::new(crate::drivers::qemu::QemuVms::new());
+    let driver = Arc::new(crate::drivers::vms::QemuVms::new());
     let names = names.to_vec();
     let dir = state_dir.to_path_buf();
     block_on(async move {

@@ -28,7 +28,6 @@ pub struct WorkerRuntime {
     pub was_ready: bool,
 }
 
-const GUEST_ORCHESTRATOR: &str = "10.0.2.100";
 
 impl<D: VmDriver, P: Presence> Engine<D, P> {
     pub fn set_busy(&self, worker: &str, busy: bool) {
@@ -51,9 +50,20 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             LifecycleMode::OneShot => "oneshot",
             LifecycleMode::Warm => "warm",
         };
+        // User networking forwards one guest address to the endpoint; on a tap network the
+        // guest dials the address the Cluster advertises.
+        let orchestrator = match vm.network.mode {
+            crate::manifest::types::VmNetworkMode::User => {
+                format!("{}:{}", crate::drivers::vms::GUEST_ORCHESTRATOR, self.cfg.orchestrator_port)
+            }
+            crate::manifest::types::VmNetworkMode::Tap => self
+                .cluster()
+                .and_then(|c| c.orchestrator.advertise)
+                .ok_or("a VM on tap networking needs the Cluster's orchestrator.advertise address")?,
+        };
         let mut cmdline = format!(
-            "console=ttyS0 panic=-1 microfaas.worker={name} microfaas.orchestrator={GUEST_ORCHESTRATOR}:{} microfaas.token={} microfaas.lifecycle={lifecycle}",
-            self.cfg.orchestrator_port, self.cfg.token
+            "console=ttyS0 panic=-1 microfaas.worker={name} microfaas.orchestrator={orchestrator} microfaas.token={} microfaas.lifecycle={lifecycle}",
+            self.cfg.token
         );
         if let Some(extra) = &vm.cmdline {
             cmdline.push(' ');

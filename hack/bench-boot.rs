@@ -1,0 +1,226 @@
+//! Boot-time benchmark behind hack/bench-boot: N cold boots per configuration (Debian cloud
+//! kernel, the small kernel, each with SeaBIOS and with qboot when present), under TCG with
+//! the real agent, split into
+//!   QEMU start → kernel   (hello's arrival minus the guest's CLOCK_BOOTTIME in hello)
+//!   kernel → /init        (the agent's first console line "starting as PID 1")
+//!   /init → hello         (hello frame received by the orchestrator)
+//! plus the total QEMU start → hello and poweroff → QEMU exit; p50/p95 per configuration.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use microfaas::image::{BuildOptions, BuildOutput, KernelSource, build};
+
+use support::orchestrator::TestOrchestrator;
+use support::qemu::{BootSpec, Vm};
+use support::{AGENT_VAR, KERNEL_VAR, artifact};
+
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+const TOKEN: &str = "bench-token";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const INIT_MARKER: &str = "starting as PID 1";
+
+struct Config {
+    name: String,
+    image: BuildOutput,
+    bios: Option<PathBuf>,
+}
+
+/// One boot's phases, in seconds.
+#[derive(Default, Clone, Copy)]
+struct Sample {
+    to_kernel: f64,
+    kernel_to_init: f64,
+    init_to_hello: f64,
+    total: f64,
+    poweroff_to_exit: f64,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-boot: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut n = 10usize;
+    let mut only: Vec<String> = Vec::new();
+    let mut append = String::new();
+    let mut nice = 0i32;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-n" => {
+                n = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&v| v > 0)
+                    .ok_or("-n needs a positive number")?
+            }
+            "--append" => append = args.next().ok_or("--append needs kernel arguments")?,
+            "--nice" => {
+                nice = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--nice needs a number (-20..19)")?
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: hack/bench-boot [-n BOOTS] [--append KERNEL-ARGS] [--nice N] [CONFIG...]   (CONFIG: debian-cloud, small, debian-cloud+qboot, small+qboot)"
+                );
+                return Ok(());
+            }
+            c => only.push(c.to_owned()),
+        }
+    }
+
+    // Removed when it goes out of scope, images and all.
+    let work = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let configs = prepare(work.path(), &only)?;
+    println!(
+        "{n} cold boots per configuration, qemu-system-x86_64 -accel tcg, {} host cores, \
+         QEMU nice {nice}, load average at start {}\n",
+        std::thread::available_parallelism().map_or(0, |p| p.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    );
+    if !append.is_empty() {
+        println!("extra kernel arguments: {append}\n");
+    }
+    println!(
+        "{:<20} {:>15} {:>15} {:>15} {:>15} {:>15}",
+        "config  p50/p95 s",
+        "QEMU→kernel",
+        "kernel→/init",
+        "/init→hello",
+        "QEMU→hello",
+        "poweroff→exit"
+    );
+    for c in &configs {
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n {
+            let s = boot_once(c, &append, nice)
+                .map_err(|e| format!("{} boot {}: {e}", c.name, i + 1))?;
+            samples.push(s);
+        }
+        let col = |f: fn(&Sample) -> f64| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            format!("{:.2} / {:.2}", percentile(&v, 50), percentile(&v, 95))
+        };
+        println!(
+            "{:<20} {:>15} {:>15} {:>15} {:>15} {:>15}",
+            c.name,
+            col(|s| s.to_kernel),
+            col(|s| s.kernel_to_init),
+            col(|s| s.init_to_hello),
+            col(|s| s.total),
+            col(|s| s.poweroff_to_exit),
+        );
+    }
+    Ok(())
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: usize) -> f64 {
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
+    let agent = artifact(AGENT_VAR)?;
+    let small = artifact(KERNEL_VAR)?;
+    let image = |name: &str, kernel: KernelSource| {
+        eprintln!("bench-boot: building the {name} image");
+        build(&BuildOptions {
+            kernel,
+            agent: agent.clone(),
+            out_dir: work.join(name),
+            token: Some(TOKEN.into()),
+            cache_dir: None,
+        })
+        .map_err(|e| format!("building the {name} image: {e}"))
+    };
+    let images = [
+        (
+            "debian-cloud",
+            image("debian-cloud", KernelSource::DebianCloud)?,
+        ),
+        ("small", image("small", KernelSource::Path(small))?),
+    ];
+    let qboot = Path::new(QBOOT).is_file().then(|| PathBuf::from(QBOOT));
+    if qboot.is_none() {
+        eprintln!("bench-boot: {QBOOT} not present, SeaBIOS only");
+    }
+    let mut configs = Vec::new();
+    for (name, img) in images {
+        configs.push(Config {
+            name: name.into(),
+            image: img.clone(),
+            bios: None,
+        });
+        if let Some(q) = &qboot {
+            configs.push(Config {
+                name: format!("{name}+qboot"),
+                image: img,
+                bios: Some(q.clone()),
+            });
+        }
+    }
+    configs.retain(|c| only.is_empty() || only.contains(&c.name));
+    if configs.is_empty() {
+        return Err(format!("no configuration matches {only:?}"));
+    }
+    Ok(configs)
+}
+
+fn boot_once(c: &Config, append: &str, nice: i32) -> Result<Sample, String> {
+    let orchestrator = TestOrchestrator::bind()?;
+    let mut spec = BootSpec::new(&c.image.bzimage, &c.image.initramfs, orchestrator.port);
+    spec.bios = c.bios.clone();
+    spec.nice = nice;
+    spec.extra_cmdline = format!("microfaas.worker=bench {append}");
+    let mut vm = Vm::launch(&spec)?;
+    let result = measure(&orchestrator, &mut vm);
+    if result.is_err() {
+        vm.kill();
+        eprintln!("--- guest console ---\n{}", vm.console());
+    }
+    result
+}
+
+fn measure(orchestrator: &TestOrchestrator, vm: &mut Vm) -> Result<Sample, String> {
+    let mut session = orchestrator.accept(vm, BOOT_TIMEOUT)?;
+    let (hello, hello_at) = session.handshake(TOKEN.as_bytes())?;
+    let init_at = vm
+        .console_marker(INIT_MARKER)
+        .ok_or_else(|| format!("no {INIT_MARKER:?} on the console"))?;
+    let kernel_at = hello_at
+        .checked_sub(Duration::from_millis(hello.uptime_ms))
+        .ok_or("guest uptime longer than the host process")?;
+    let poweroff_at = Instant::now();
+    session.poweroff()?;
+    let status = vm
+        .wait_exit(Duration::from_secs(30))
+        .ok_or("QEMU did not exit after poweroff")?;
+    if !status.success() {
+        return Err(format!("QEMU exited with {status}"));
+    }
+    let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
+    Ok(Sample {
+        to_kernel: secs(vm.started, kernel_at),
+        kernel_to_init: secs(kernel_at, init_at),
+        init_to_hello: secs(init_at, hello_at),
+        total: secs(vm.started, hello_at),
+        poweroff_to_exit: secs(poweroff_at, Instant::now()),
+    })
+}

@@ -1,0 +1,184 @@
+//! `microfaasctl image build`: writes a bzImage and an initramfs with the static agent as
+//! /init, for VM workers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use clap::{Args, Subcommand};
+use miette::{Context, IntoDiagnostic, miette};
+
+use crate::image::{self, BuildOptions, KernelSource};
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a kernel + initramfs pair for QEMU workers.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// `debian-cloud` (Debian's linux-image-*-cloud-amd64, downloaded with apt-get) or the path
+    /// of a bzImage with virtio-net built in (e.g. from hack/build-kernel.sh).
+    #[arg(long, default_value = "debian-cloud", value_name = "debian-cloud|PATH")]
+    pub kernel: KernelArg,
+    /// Static x86_64 agent binary for /init; built with cargo (musl target) when omitted.
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+    /// Output directory for `bzImage` and `initramfs.cpio.gz`.
+    #[arg(long, default_value = "image", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Cluster token to bake into the image (/etc/microfaas/token, mode 0600).
+    #[arg(long, env = "MICROFAAS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Download cache [default: $MICROFAAS_CACHE or ~/.cache/microfaas].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelArg(pub KernelSource);
+
+impl FromStr for KernelArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" => Err("empty kernel".into()),
+            "debian-cloud" => Ok(Self(KernelSource::DebianCloud)),
+            path => Ok(Self(KernelSource::Path(path.into()))),
+        }
+    }
+}
+
+pub fn run(args: ImageArgs) -> miette::Result<()> {
+    match args.command {
+        ImageCommand::Build(b) => build(b),
+    }
+}
+
+fn build(args: BuildArgs) -> miette::Result<()> {
+    if let KernelSource::Path(p) = &args.kernel.0
+        && !p.is_file()
+    {
+        return Err(miette!(
+            help = "pass --kernel debian-cloud, or build one with hack/build-kernel.sh",
+            "kernel {} is not a file",
+            p.display()
+        ));
+    }
+    let agent = match args.agent {
+        Some(p) => p,
+        None => build_agent()?,
+    };
+    let opts = BuildOptions {
+        kernel: args.kernel.0,
+        agent,
+        out_dir: args.out,
+        token: args.token,
+        cache_dir: args.cache_dir,
+    };
+    let out = image::build_with_progress(&opts, &mut |msg| eprintln!("==> {msg}"))
+        .into_diagnostic()
+        .wrap_err("image build failed")?;
+    println!("kernel:    {}", out.bzimage.display());
+    println!(
+        "initramfs: {} ({} KiB)",
+        out.initramfs.display(),
+        out.initramfs_size.div_ceil(1024)
+    );
+    if out.modules.is_empty() {
+        println!("modules:   none (kernel has what it needs built in)");
+    } else {
+        println!("modules:   {}", out.modules.join(" "));
+    }
+    Ok(())
+}
+
+/// Builds the static agent from the source tree this binary was built from.
+fn build_agent() -> miette::Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    if !manifest.is_file() {
+        return Err(miette!(
+            help = "pass --agent PATH (a static x86_64-unknown-linux-musl microfaas-agent)",
+            "no source tree at {} to build the agent from",
+            manifest.display()
+        ));
+    }
+    eprintln!("==> building microfaas-agent (cargo, x86_64-unknown-linux-musl, release)");
+    let out = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--no-default-features",
+            "--features",
+            "agent",
+        ])
+        .args([
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "--bin",
+            "microfaas-agent",
+        ])
+        .args([
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .stderr(Stdio::inherit())
+        .output()
+        .into_diagnostic()
+        .wrap_err("could not run cargo; pass --agent PATH instead")?;
+    if !out.status.success() {
+        return Err(miette!(
+            help = "`rustup target add x86_64-unknown-linux-musl`, or pass --agent PATH",
+            "building the agent failed ({})",
+            out.status
+        ));
+    }
+    agent_executable(&out.stdout).ok_or_else(|| miette!("cargo reported no microfaas-agent binary"))
+}
+
+/// Picks the agent's path out of cargo's JSON messages, which name it wherever the target
+/// directory is.
+fn agent_executable(stdout: &[u8]) -> Option<PathBuf> {
+    stdout
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "microfaas-agent")
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_argument() {
+        assert!(matches!(
+            "debian-cloud".parse::<KernelArg>().unwrap().0,
+            KernelSource::DebianCloud
+        ));
+        assert_eq!(
+            "/k/bzImage".parse::<KernelArg>().unwrap().0,
+            KernelSource::Path("/k/bzImage".into())
+        );
+    }
+
+    #[test]
+    fn finds_the_agent_in_cargo_messages() {
+        let msgs = br#"{"reason":"compiler-artifact","target":{"name":"libc"},"executable":null}
+{"reason":"compiler-artifact","target":{"name":"microfaas-agent"},"executable":"/t/microfaas-agent"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            agent_executable(msgs),
+            Some(PathBuf::from("/t/microfaas-agent"))
+        );
+    }
+}

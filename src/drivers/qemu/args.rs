@@ -1,0 +1,185 @@
+//! The QEMU command line for a [`VmConfig`]: a pure function, so what we launch can be checked
+//! without launching it.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use crate::manifest::types::{Accel, Machine};
+
+use super::{RunFiles, VmConfig, VmNet};
+
+/// QEMU parses `key=value,key=value` option strings; a comma inside a value is written twice.
+pub(crate) fn escape_opt(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// `accel` must already be resolved (never `Auto`).
+pub(crate) fn build(cfg: &VmConfig, files: &RunFiles, accel: Accel) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut arg = |s: &dyn AsRef<std::ffi::OsStr>| a.push(s.as_ref().to_owned());
+    // Nothing from the host's default config or default devices: what runs is exactly what
+    // this function says.
+    arg(&"-nodefaults");
+    arg(&"-no-user-config");
+    arg(&"-display");
+    arg(&"none");
+    // A guest reboot ends QEMU (SHUTDOWN); the engine decides whether to start it again.
+    arg(&"-no-reboot");
+    arg(&"-name");
+    arg(&format!("guest={}", cfg.name.replace(',', ",,")));
+    arg(&"-uuid");
+    arg(&cfg.uuid);
+    arg(&"-machine");
+    arg(&match cfg.machine {
+        // virtio-net-pci needs a PCI bus, which microvm only has with pcie=on; ACPI gives the
+        // guest the power button that `system_powerdown` presses.
+        Machine::Microvm => "microvm,pcie=on,acpi=on",
+        Machine::Q35 => "q35",
+        Machine::Pc => "pc",
+    });
+    match accel {
+        Accel::Kvm => {
+            arg(&"-accel");
+            arg(&"kvm");
+            arg(&"-cpu");
+            arg(&"host");
+        }
+        // Auto is resolved by the caller; treat a stray one as the safe choice.
+        Accel::Tcg | Accel::Auto => {
+            arg(&"-accel");
+            arg(&"tcg");
+        }
+    }
+    arg(&"-m");
+    arg(&format!("{}M", cfg.memory_mib));
+    arg(&"-smp");
+    arg(&cfg.cpus.max(1).to_string());
+    arg(&"-kernel");
+    arg(&cfg.kernel);
+    if let Some(initrd) = &cfg.initrd {
+        arg(&"-initrd");
+        arg(initrd);
+    }
+    arg(&"-append");
+    arg(&cfg.cmdline);
+    arg(&"-chardev");
+    arg(&format!(
+        "file,id=console,path={}",
+        escape_opt(&files.console)
+    ));
+    arg(&"-serial");
+    arg(&"chardev:console");
+    arg(&"-chardev");
+    arg(&format!(
+        "socket,id=qmp,path={},server=on,wait=off",
+        escape_opt(&files.qmp)
+    ));
+    arg(&"-mon");
+    arg(&"chardev=qmp,mode=control");
+    arg(&"-pidfile");
+    arg(&files.pidfile);
+    // Detached: QEMU forks, setsid()s and the parent exits once the VM is set up (with a
+    // non-zero status when setup failed), so the VM outlives the engine that launched it.
+    arg(&"-daemonize");
+
+    let (netdev, mac) = match &cfg.network {
+        VmNet::User { guestfwd } => {
+            // restrict=on: the guest reaches nothing but the forwarded orchestrator endpoint.
+            let mut s = String::from("user,id=net0,restrict=on");
+            if let Some((ip, port, target)) = guestfwd {
+                s += &format!(",guestfwd=tcp:{ip}:{port}-tcp:{target}");
+            }
+            (s, None)
+        }
+        // `-netdev bridge` creates the tap and attaches it to the bridge through
+        // qemu-bridge-helper (allowed bridges are listed in /etc/qemu/bridge.conf).
+        VmNet::Tap { bridge, mac } => (
+            format!("bridge,id=net0,br={}", bridge.replace(',', ",,")),
+            mac.as_deref(),
+        ),
+    };
+    arg(&"-netdev");
+    arg(&netdev);
+    let mut device = String::from("virtio-net-pci,netdev=net0");
+    if let Some(mac) = mac {
+        device += &format!(",mac={}", mac.replace(',', ",,"));
+    }
+    arg(&"-device");
+    arg(&device);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::path::PathBuf;
+
+    fn cfg() -> VmConfig {
+        let mut c = VmConfig::new("vm-0", "0b4c7a34-0000-4000-8000-000000000001", "/k/bzImage");
+        c.run_dir = PathBuf::from("/state/vms/vm-0");
+        c.cmdline = "console=ttyS0 microfaas.worker=vm-0".into();
+        c
+    }
+
+    fn strings(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn user_network_is_restricted_with_guestfwd() {
+        let mut c = cfg();
+        c.network = VmNet::User {
+            guestfwd: Some((
+                Ipv4Addr::new(10, 0, 2, 100),
+                7000,
+                SocketAddr::from(([127, 0, 0, 1], 7001)),
+            )),
+        };
+        let args = strings(build(&c, &RunFiles::new(&c.run_dir), Accel::Tcg));
+        assert_eq!(
+            after(&args, "-netdev"),
+            ["user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:7000-tcp:127.0.0.1:7001"]
+        );
+        assert_eq!(after(&args, "-accel"), ["tcg"]);
+        assert_eq!(after(&args, "-name"), ["guest=vm-0"]);
+        assert_eq!(
+            after(&args, "-uuid"),
+            ["0b4c7a34-0000-4000-8000-000000000001"]
+        );
+        assert_eq!(after(&args, "-pidfile"), ["/state/vms/vm-0/qemu.pid"]);
+        assert!(args.iter().any(|a| a == "-daemonize"));
+        assert!(args.iter().any(|a| a == "-no-reboot"));
+        assert!(after(&args, "-cpu").is_empty(), "no -cpu host under TCG");
+    }
+
+    #[test]
+    fn kvm_tap_machine_and_escaping() {
+        let mut c = cfg();
+        c.machine = Machine::Q35;
+        c.run_dir = PathBuf::from("/odd,dir");
+        c.network = VmNet::Tap {
+            bridge: "br0".into(),
+            mac: Some("52:54:00:12:34:56".into()),
+        };
+        let args = strings(build(&c, &RunFiles::new(&c.run_dir), Accel::Kvm));
+        assert_eq!(after(&args, "-accel"), ["kvm"]);
+        assert_eq!(after(&args, "-cpu"), ["host"]);
+        assert_eq!(after(&args, "-machine"), ["q35"]);
+        assert_eq!(after(&args, "-netdev"), ["bridge,id=net0,br=br0"]);
+        assert_eq!(
+            after(&args, "-device"),
+            ["virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"]
+        );
+        assert!(after(&args, "-chardev").contains(&"file,id=console,path=/odd,,dir/console.log"));
+    }
+}

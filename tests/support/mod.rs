@@ -1,0 +1,30 @@
+//! Shared by the QEMU tests and hack/bench-boot: where the prepared artefacts are, a QEMU
+//! launcher and a minimal orchestrator.
+#![allow(dead_code)] // each user takes a different subset
+
+pub mod orchestrator;
+pub mod qemu;
+
+use std::path::PathBuf;
+
+/// The small all-built-in kernel (hack/build-kernel.sh).
+pub const KERNEL_VAR: &str = "MICROFAAS_TEST_KERNEL";
+/// The static musl agent.
+pub const AGENT_VAR: &str = "MICROFAAS_TEST_AGENT";
+
+/// A file named by environment variable `var`, as exported by hack/test-artifacts.sh.
+pub fn artifact(var: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            format!("{var} is not set: run `eval \"$(hack/test-artifacts.sh)\"` first")
+        })?;
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(format!(
+            "{var}={} does not exist: re-run `eval \"$(hack/test-artifacts.sh)\"`",
+            path.display()
+        ));
+    }
+    Ok(path)
+}

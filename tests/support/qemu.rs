@@ -1,0 +1,229 @@
+//! Boots a worker image in QEMU under TCG with isolated user networking, records when QEMU
+//! started and when the first serial byte arrived, and kills QEMU by PID when dropped.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The loopback port the guest reaches as 10.0.2.100:port.
+    pub orchestrator_port: u16,
+    /// Appended after the microfaas.orchestrator= argument.
+    pub extra_cmdline: String,
+    /// `-bios` (e.g. /usr/share/qemu/qboot.rom); SeaBIOS when `None`.
+    pub bios: Option<PathBuf>,
+    pub memory_mib: u32,
+    /// Scheduling niceness for QEMU; the benchmark lowers it to keep concurrent builds on a
+    /// shared machine from inflating the figures.
+    pub nice: i32,
+}
+
+/// The address the guest dials; guestfwd maps it to the host's loopback listener.
+pub const GUEST_ORCHESTRATOR_IP: &str = "10.0.2.100";
+
+impl BootSpec {
+    pub fn new(kernel: &Path, initrd: &Path, orchestrator_port: u16) -> Self {
+        BootSpec {
+            kernel: kernel.to_owned(),
+            initrd: initrd.to_owned(),
+            orchestrator_port,
+            extra_cmdline: String::new(),
+            bios: None,
+            memory_mib: 256,
+            nice: 0,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let port = self.orchestrator_port;
+        let cmdline = format!(
+            "console=ttyS0 quiet microfaas.orchestrator={GUEST_ORCHESTRATOR_IP}:{port} {}",
+            self.extra_cmdline
+        );
+        let mut args: Vec<String> = [
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ]
+        .map(String::from)
+        .into();
+        args.extend(["-m".into(), format!("{}M", self.memory_mib)]);
+        args.extend(["-kernel".into(), path_arg(&self.kernel)]);
+        args.extend(["-initrd".into(), path_arg(&self.initrd)]);
+        args.extend(["-append".into(), cmdline.trim().to_owned()]);
+        // restrict=on: the guest reaches nothing but the forwarded orchestrator port.
+        args.extend([
+            "-netdev".into(),
+            format!(
+                "user,id=n0,restrict=on,guestfwd=tcp:{GUEST_ORCHESTRATOR_IP}:{port}-tcp:127.0.0.1:{port}"
+            ),
+            "-device".into(),
+            "virtio-net-pci,netdev=n0".into(),
+        ]);
+        if let Some(bios) = &self.bios {
+            args.extend(["-bios".into(), path_arg(bios)]);
+        }
+        args
+    }
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A running QEMU. Dropping it kills the process (by its PID) if it is still running.
+pub struct Vm {
+    child: Child,
+    pub started: Instant,
+    serial: Arc<Mutex<Serial>>,
+    reader: Option<JoinHandle<()>>,
+    exit: Option<ExitStatus>,
+}
+
+#[derive(Default)]
+struct Serial {
+    first_byte: Option<Instant>,
+    bytes: Vec<u8>,
+    /// When each read ended, and the length of `bytes` after it: lets a marker in the
+    /// output be dated to the read that delivered it.
+    reads: Vec<(Instant, usize)>,
+}
+
+/// Keep at most this much console output for failure messages.
+const SERIAL_KEEP: usize = 256 * 1024;
+
+impl Vm {
+    pub fn launch(spec: &BootSpec) -> Result<Vm, String> {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(spec.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let nice = spec.nice;
+        // SAFETY: prctl and setpriority are async-signal-safe. If this process dies without
+        // dropping the Vm (killed test run), the kernel kills QEMU instead of leaving it running.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| {
+            format!("cannot start qemu-system-x86_64 ({e}): run hack/install-deps.sh")
+        })?;
+        let serial = Arc::new(Mutex::new(Serial::default()));
+        let mut stdout = child.stdout.take().ok_or("qemu stdout not captured")?;
+        let sink = Arc::clone(&serial);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let now = Instant::now();
+                let Ok(mut s) = sink.lock() else { break };
+                s.first_byte.get_or_insert(now);
+                if s.bytes.len() < SERIAL_KEEP {
+                    s.bytes.extend_from_slice(&buf[..n]);
+                    let len = s.bytes.len();
+                    s.reads.push((now, len));
+                }
+            }
+        });
+        Ok(Vm {
+            child,
+            started,
+            serial,
+            reader: Some(reader),
+            exit: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// When the guest first wrote to its serial console.
+    pub fn first_serial_byte(&self) -> Option<Instant> {
+        self.serial.lock().ok().and_then(|s| s.first_byte)
+    }
+
+    /// When `marker` first appeared on the console (to the granularity of QEMU's writes).
+    pub fn console_marker(&self, marker: &str) -> Option<Instant> {
+        let s = self.serial.lock().ok()?;
+        let at = s
+            .bytes
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())?;
+        let end = at + marker.len();
+        s.reads.iter().find(|(_, len)| *len >= end).map(|(t, _)| *t)
+    }
+
+    /// The console output so far (lossy UTF-8), for failure messages.
+    pub fn console(&self) -> String {
+        self.serial
+            .lock()
+            .map(|s| String::from_utf8_lossy(&s.bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The exit status if QEMU has already exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Waits up to `timeout` for QEMU to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills QEMU (SIGKILL to its PID) and reaps it.
+    pub fn kill(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
