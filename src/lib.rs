@@ -17,3 +17,5 @@ pub mod image;
 pub mod manifest;
 #[cfg(feature = "controller")]
 pub mod store;
+#[cfg(feature = "controller")]
+pub mod workload;
