@@ -23,3 +23,5 @@ pub mod manifest;
 pub mod orchestrator;
 #[cfg(feature = "controller")]
 pub mod store;
+#[cfg(feature = "controller")]
+pub mod workload;

@@ -10,6 +10,7 @@ mod get;
 pub mod image;
 mod manifests;
 mod output;
+mod report;
 mod schema;
 mod teardown;
 mod validate;
@@ -69,6 +70,9 @@ enum Command {
     Describe(describe::Args),
     /// Delete objects named in manifests, or one object by kind and name.
     Delete(delete::Args),
+    /// Summarise a workload run: counts, throughput, latency percentiles, per function and
+    /// per worker, as a table, JSON, CSV (one row per attempt) or an HTML page with plots.
+    Report(report::Args),
     /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
     Schema(schema::Args),
     /// Print a shell completion script, e.g. `microfaasctl completions bash > /etc/bash_completion.d/microfaasctl`.
@@ -177,6 +181,7 @@ pub fn main() -> ExitCode {
         Command::Get(a) => get::run(a, &state_dir),
         Command::Describe(a) => describe::run(a, &state_dir),
         Command::Delete(a) => delete::run(a, &state_dir),
+        Command::Report(a) => report::run(a, &state_dir),
         Command::Schema(a) => schema::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(
