@@ -4,7 +4,7 @@
 
 pub mod clock;
 mod events;
-mod invocations;
+pub mod invocations;
 pub mod lock;
 mod migrations;
 mod objects;
