@@ -27,12 +27,27 @@ pub enum Standing {
 
 /// Pure convergence rule, shared by apply and tests.
 pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations::Run>) -> Standing {
-    let phase = o.status.get("phase").and_then(|p| p.as_str()).unwrap_or("Pending");
-    let observed = o.status.get("observedGeneration").and_then(|g| g.as_i64()).unwrap_or(0);
+    let phase = o
+        .status
+        .get("phase")
+        .and_then(|p| p.as_str())
+        .unwrap_or("Pending");
+    let observed = o
+        .status
+        .get("observedGeneration")
+        .and_then(|g| g.as_i64())
+        .unwrap_or(0);
     match o.kind {
         Kind::Worker => {
-            if o.status.get("health").and_then(|h| h.as_str()).is_some_and(|h| h != "Good") {
-                return Standing::Failed(format!("health {}, phase {phase}", o.status["health"].as_str().unwrap_or("?")));
+            if o.status
+                .get("health")
+                .and_then(|h| h.as_str())
+                .is_some_and(|h| h != "Good")
+            {
+                return Standing::Failed(format!(
+                    "health {}, phase {phase}",
+                    o.status["health"].as_str().unwrap_or("?")
+                ));
             }
             if observed != o.generation {
                 return Standing::Waiting(phase.to_string());
@@ -45,7 +60,11 @@ pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations:
                 (true, PowerPolicy::On) => matches!(phase, "Ready" | "Busy"),
                 (true, PowerPolicy::Off | PowerPolicy::OnDemand) => phase == "Off",
             };
-            if done { Standing::Converged } else { Standing::Waiting(phase.to_string()) }
+            if done {
+                Standing::Converged
+            } else {
+                Standing::Waiting(phase.to_string())
+            }
         }
         Kind::Workload => match latest_run {
             Some(r) if r.generation == o.generation => match r.phase {
@@ -55,21 +74,32 @@ pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations:
                     r.counts.total
                 )),
                 crate::store::invocations::RunPhase::Succeeded => Standing::Converged,
-                other => Standing::Failed(format!("run {} {}: {}", r.run, other.as_str(), r.message)),
+                other => {
+                    Standing::Failed(format!("run {} {}: {}", r.run, other.as_str(), r.message))
+                }
             },
             _ => Standing::Waiting("pending".into()),
         },
         _ => {
-            if observed == o.generation { Standing::Converged } else { Standing::Waiting(phase.to_string()) }
+            if observed == o.generation {
+                Standing::Converged
+            } else {
+                Standing::Waiting(phase.to_string())
+            }
         }
     }
 }
 
 /// The cluster token: from the Cluster's auth source, else one generated once per state dir.
 pub fn cluster_token(cluster: Option<&ClusterSpec>, state_dir: &Path) -> Result<String, String> {
-    if let Some(AuthSpec { token_env, token_file }) = cluster.and_then(|c| c.auth.as_ref()) {
+    if let Some(AuthSpec {
+        token_env,
+        token_file,
+    }) = cluster.and_then(|c| c.auth.as_ref())
+    {
         if let Some(var) = token_env {
-            return std::env::var(var).map_err(|_| format!("the cluster token variable {var} is not set"));
+            return std::env::var(var)
+                .map_err(|_| format!("the cluster token variable {var} is not set"));
         }
         if let Some(f) = token_file {
             return std::fs::read_to_string(f)
@@ -114,7 +144,10 @@ pub async fn converge<D: VmDriver>(
         .and_then(|l| l.into_iter().next())
         .and_then(|c| serde_json::from_value(c.spec).ok());
     let token = cluster_token(cluster.as_ref(), state_dir)?;
-    let listen = cluster.as_ref().map_or_else(|| "127.0.0.1:63302".to_string(), |c| c.orchestrator.listen.clone());
+    let listen = cluster.as_ref().map_or_else(
+        || "127.0.0.1:63302".to_string(),
+        |c| c.orchestrator.listen.clone(),
+    );
     let endpoint = Endpoint::bind(&listen, token.clone().into_bytes())
         .await
         .map_err(|e| format!("cannot listen for agents on {listen}: {e}"))?;
@@ -134,7 +167,9 @@ pub async fn converge<D: VmDriver>(
     );
     let events = endpoint.events_sender();
     let e2 = engine.clone();
-    engine.set_starter(Arc::new(move |name| dispatch::spawn(e2.clone(), events.clone(), name)));
+    engine.set_starter(Arc::new(move |name| {
+        dispatch::spawn(e2.clone(), events.clone(), name)
+    }));
     let (stop_tx, stop_rx) = watch::channel(false);
     let runner = tokio::spawn(engine.clone().run(stop_rx, Some(endpoint.subscribe())));
     for (k, n) in &touched {
@@ -150,8 +185,14 @@ pub async fn converge<D: VmDriver>(
         let mut waiting = Vec::new();
         let mut runs = Vec::new();
         for (kind, name) in &touched {
-            let Some(o) = engine.get(*kind, name) else { continue };
-            let run = if *kind == Kind::Workload { engine.with_store(|s| s.latest_run(name)).ok().flatten() } else { None };
+            let Some(o) = engine.get(*kind, name) else {
+                continue;
+            };
+            let run = if *kind == Kind::Workload {
+                engine.with_store(|s| s.latest_run(name)).ok().flatten()
+            } else {
+                None
+            };
             if let Some(r) = &run
                 && r.generation == o.generation
             {
@@ -167,7 +208,11 @@ pub async fn converge<D: VmDriver>(
             }
         }
         if waiting.is_empty() || tokio::time::Instant::now() >= deadline || interrupted {
-            break Outcome { failed, waiting, runs };
+            break Outcome {
+                failed,
+                waiting,
+                runs,
+            };
         }
         tokio::select! {
             _ = changes.changed() => {}
@@ -195,8 +240,12 @@ impl Progress {
         let multi = tty.then(MultiProgress::new);
         let mut bars = BTreeMap::new();
         if let Some(m) = &multi {
-            let style = ProgressStyle::with_template("{spinner} {prefix:<28} {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
-            for (k, n) in touched.iter().filter(|(k, _)| matches!(k, Kind::Worker | Kind::Workload)) {
+            let style = ProgressStyle::with_template("{spinner} {prefix:<28} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            for (k, n) in touched
+                .iter()
+                .filter(|(k, _)| matches!(k, Kind::Worker | Kind::Workload))
+            {
                 let b = m.add(ProgressBar::new_spinner());
                 b.set_style(style.clone());
                 b.set_prefix(format!("{}/{n}", k.singular()));
@@ -204,15 +253,30 @@ impl Progress {
                 bars.insert(format!("{}/{n}", k.singular()), b);
             }
         }
-        Progress { multi, bars, last: std::sync::Mutex::new(BTreeMap::new()) }
+        Progress {
+            multi,
+            bars,
+            last: std::sync::Mutex::new(BTreeMap::new()),
+        }
     }
 
-    fn show(&self, kind: Kind, name: &str, o: &StoredObject, run: Option<&crate::store::invocations::Run>, s: &Standing) {
+    fn show(
+        &self,
+        kind: Kind,
+        name: &str,
+        o: &StoredObject,
+        run: Option<&crate::store::invocations::Run>,
+        s: &Standing,
+    ) {
         if !matches!(kind, Kind::Worker | Kind::Workload) {
             return;
         }
         let reference = format!("{}/{name}", kind.singular());
-        let phase = o.status.get("phase").and_then(|p| p.as_str()).unwrap_or("Pending");
+        let phase = o
+            .status
+            .get("phase")
+            .and_then(|p| p.as_str())
+            .unwrap_or("Pending");
         let msg = match (kind, run) {
             (Kind::Workload, Some(r)) => format!(
                 "{phase}: {}/{} done, {} failed",

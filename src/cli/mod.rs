@@ -6,7 +6,6 @@ mod delete;
 mod describe;
 mod diff;
 mod get;
-// `image build` from the image builder's branch; wiring it into `Command` is that branch's job.
 pub mod image;
 mod manifests;
 mod output;
@@ -73,6 +72,8 @@ enum Command {
     /// Summarise a workload run: counts, throughput, latency percentiles, per function and
     /// per worker, as a table, JSON, CSV (one row per attempt) or an HTML page with plots.
     Report(report::Args),
+    /// Build worker images: a kernel plus an initramfs whose /init is the static agent.
+    Image(image::ImageArgs),
     /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
     Schema(schema::Args),
     /// Print a shell completion script, e.g. `microfaasctl completions bash > /etc/bash_completion.d/microfaasctl`.
@@ -182,6 +183,12 @@ pub fn main() -> ExitCode {
         Command::Describe(a) => describe::run(a, &state_dir),
         Command::Delete(a) => delete::run(a, &state_dir),
         Command::Report(a) => report::run(a, &state_dir),
+        Command::Image(a) => image::run(a)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|report| Failure {
+                code: 1,
+                report: Some(report),
+            }),
         Command::Schema(a) => schema::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(

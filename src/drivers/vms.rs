@@ -29,7 +29,8 @@ impl Default for QemuVms {
 
 impl QemuVms {
     pub fn new() -> Self {
-        let binary = std::env::var_os("MICROFAAS_QEMU").map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from);
+        let binary = std::env::var_os("MICROFAAS_QEMU")
+            .map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from);
         QemuVms {
             vms: Mutex::new(HashMap::new()),
             exits: broadcast::channel(1024).0,
@@ -55,7 +56,8 @@ impl QemuVms {
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(QmpEvent::Shutdown { .. } | QmpEvent::Closed) | Err(broadcast::error::RecvError::Closed) => {
+                    Ok(QmpEvent::Shutdown { .. } | QmpEvent::Closed)
+                    | Err(broadcast::error::RecvError::Closed) => {
                         let _ = exits.send(name.clone());
                         break;
                     }
@@ -98,7 +100,9 @@ impl QemuVms {
 
 impl VmDriver for QemuVms {
     async fn launch(&self, spec: &VmLaunch) -> Result<(), String> {
-        let vm = Vm::launch(&self.config(spec)).await.map_err(|e| e.to_string())?;
+        let vm = Vm::launch(&self.config(spec))
+            .await
+            .map_err(|e| e.to_string())?;
         self.track(&spec.name, vm);
         Ok(())
     }
@@ -115,7 +119,9 @@ impl VmDriver for QemuVms {
     }
 
     fn is_running(&self, name: &str) -> bool {
-        let Some(vm) = self.get(name) else { return false };
+        let Some(vm) = self.get(name) else {
+            return false;
+        };
         let alive = vm.try_lock().map_or(true, |v| v.is_alive());
         if !alive {
             self.lock().remove(name);
@@ -124,7 +130,9 @@ impl VmDriver for QemuVms {
     }
 
     async fn stop(&self, name: &str, how: StopHow, wait: Duration) -> Result<bool, String> {
-        let Some(vm) = self.get(name) else { return Ok(true) };
+        let Some(vm) = self.get(name) else {
+            return Ok(true);
+        };
         let mut vm = vm.lock().await;
         if !vm.is_alive() {
             drop(vm);

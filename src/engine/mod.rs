@@ -105,22 +105,42 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let Some(obj) = self.get(Kind::Workload, name) else {
             return Ok(Next::Done);
         };
-        let latest = self.with_store(|s| s.latest_run(name)).map_err(|e| e.to_string())?;
+        let latest = self
+            .with_store(|s| s.latest_run(name))
+            .map_err(|e| e.to_string())?;
         let in_progress = lock(&self.running).contains(name);
         if let Some(run) = &latest
             && run.phase == crate::store::invocations::RunPhase::Running
             && !in_progress
         {
             let msg = "the engine running it stopped before it finished";
-            self.with_store(|s| s.finish_run(name, run.run, crate::store::invocations::RunPhase::Cancelled, &run.counts, msg))
-                .map_err(|e| e.to_string())?;
+            self.with_store(|s| {
+                s.finish_run(
+                    name,
+                    run.run,
+                    crate::store::invocations::RunPhase::Cancelled,
+                    &run.counts,
+                    msg,
+                )
+            })
+            .map_err(|e| e.to_string())?;
             let mut st = status::Status::from_value(&obj.status);
-            st.set_phase("Cancelled").set("run", serde_json::json!(run.run)).condition("Complete", status::CondStatus::True, "Cancelled", msg);
+            st.set_phase("Cancelled")
+                .set("run", serde_json::json!(run.run))
+                .condition("Complete", status::CondStatus::True, "Cancelled", msg);
             self.write_status(Kind::Workload, name, st.into_value());
-            self.event(Kind::Workload, name, EventType::Warning, "Cancelled", &format!("run {}: {msg}", run.run));
+            self.event(
+                Kind::Workload,
+                name,
+                EventType::Warning,
+                "Cancelled",
+                &format!("run {}: {msg}", run.run),
+            );
             return Ok(Next::Done);
         }
-        let has_run = latest.as_ref().is_some_and(|r| r.generation == obj.generation);
+        let has_run = latest
+            .as_ref()
+            .is_some_and(|r| r.generation == obj.generation);
         if !has_run && !in_progress {
             let starter = lock(&self.starter).clone();
             if let Some(start) = starter {

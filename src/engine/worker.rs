@@ -28,7 +28,6 @@ pub struct WorkerRuntime {
     pub was_ready: bool,
 }
 
-
 impl<D: VmDriver, P: Presence> Engine<D, P> {
     pub fn set_busy(&self, worker: &str, busy: bool) {
         lock(&self.runtime)
@@ -54,12 +53,18 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         // guest dials the address the Cluster advertises.
         let orchestrator = match vm.network.mode {
             crate::manifest::types::VmNetworkMode::User => {
-                format!("{}:{}", crate::drivers::vms::GUEST_ORCHESTRATOR, self.cfg.orchestrator_port)
+                format!(
+                    "{}:{}",
+                    crate::drivers::vms::GUEST_ORCHESTRATOR,
+                    self.cfg.orchestrator_port
+                )
             }
             crate::manifest::types::VmNetworkMode::Tap => self
                 .cluster()
                 .and_then(|c| c.orchestrator.advertise)
-                .ok_or("a VM on tap networking needs the Cluster's orchestrator.advertise address")?,
+                .ok_or(
+                    "a VM on tap networking needs the Cluster's orchestrator.advertise address",
+                )?,
         };
         let mut cmdline = format!(
             "console=ttyS0 panic=-1 microfaas.worker={name} microfaas.orchestrator={orchestrator} microfaas.token={} microfaas.lifecycle={lifecycle}",
@@ -138,7 +143,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .and_then(|u| u.as_str())
         {
             Some(u) => u.to_string(),
-            None => crate::orchestrator::endpoint::random_token()[..32].to_string(),
+            None => new_uuid(),
         };
         let launch = self.launch_spec(name, &spec, vm, &uuid)?;
         let want_hash = launch_hash(&launch);
@@ -207,7 +212,10 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 {
                     return Ok(Next::RequeueAfter(holdoff - e));
                 }
-                st.set_phase("PoweringOn");
+                // The uuid is stored before QEMU starts, so a crash right after the launch still
+                // lets the next engine adopt this VM rather than start a second one.
+                st.set_phase("PoweringOn")
+                    .set("vm", json!({"uuid": uuid, "specHash": want_hash}));
                 self.write_status(Kind::Worker, name, st.clone().into_value());
                 if let Err(e) = self.driver.launch(&launch).await {
                     self.event(Kind::Worker, name, EventType::Warning, "LaunchFailed", &e);
@@ -435,6 +443,19 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         }
         lock(&self.runtime).remove(name);
     }
+}
+
+/// A random (version 4) UUID in the 8-4-4-4-12 form QEMU's `-uuid` takes.
+fn new_uuid() -> String {
+    let h = crate::orchestrator::endpoint::random_token();
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 /// Identity of what a VM was started with: a change means a new VM.

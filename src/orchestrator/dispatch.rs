@@ -5,9 +5,9 @@
 //! Failed or Cancelled — never hanging: a worker that cannot be made ready hands its queue on.
 
 use super::{AgentEvent, FollowUp, SessionError, Sessions};
+use crate::engine::Engine;
 use crate::engine::status::{CondStatus, Status};
 use crate::engine::vm::VmDriver;
-use crate::engine::Engine;
 use crate::manifest::Kind;
 use crate::manifest::types::{FunctionSpec, LifecycleMode, Runtime, WorkerSpec, WorkloadSpec};
 use crate::protocol::{ErrorKind, Invoke, Outcome, RUNTIME_BUILTIN};
@@ -55,10 +55,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Starts the run of `workload`'s current generation in the background.
-pub fn spawn<D: VmDriver>(engine: Arc<Engine<D, Sessions>>, events: broadcast::Sender<AgentEvent>, workload: String) {
+pub fn spawn<D: VmDriver>(
+    engine: Arc<Engine<D, Sessions>>,
+    events: broadcast::Sender<AgentEvent>,
+    workload: String,
+) {
     tokio::spawn(async move {
         if let Err(e) = run_workload(engine.clone(), events, &workload).await {
-            engine.event(Kind::Workload, &workload, EventType::Warning, "RunFailed", &e);
+            engine.event(
+                Kind::Workload,
+                &workload,
+                EventType::Warning,
+                "RunFailed",
+                &e,
+            );
         }
         engine.run_finished(&workload);
     });
@@ -72,41 +82,79 @@ async fn run_workload<D: VmDriver>(
     let obj = engine.get(Kind::Workload, name).ok_or("workload is gone")?;
     let spec: WorkloadSpec = serde_json::from_value(obj.spec.clone()).map_err(|e| e.to_string())?;
     let defaults = engine.defaults();
-    let job_timeout = defaults.job_timeout.parse().unwrap_or(Duration::from_secs(120));
+    let job_timeout = defaults
+        .job_timeout
+        .parse()
+        .unwrap_or(Duration::from_secs(120));
 
     let mut handlers = BTreeMap::new();
     let mut deadlines = HashMap::new();
     for f in &spec.functions {
-        let fobj = engine.get(Kind::Function, &f.function).ok_or_else(|| format!("Function `{}` is not in the store", f.function))?;
+        let fobj = engine
+            .get(Kind::Function, &f.function)
+            .ok_or_else(|| format!("Function `{}` is not in the store", f.function))?;
         let fspec: FunctionSpec = serde_json::from_value(fobj.spec).map_err(|e| e.to_string())?;
         if fspec.runtime != Runtime::Builtin {
-            return Err(format!("Function `{}`: only builtin functions can run in this build", f.function));
+            return Err(format!(
+                "Function `{}`: only builtin functions can run in this build",
+                f.function
+            ));
         }
-        handlers.insert(f.function.clone(), fspec.handler.clone().unwrap_or_default());
-        let d = fspec.timeout.as_ref().and_then(|t| t.parse().ok()).unwrap_or(job_timeout);
+        handlers.insert(
+            f.function.clone(),
+            fspec.handler.clone().unwrap_or_default(),
+        );
+        let d = fspec
+            .timeout
+            .as_ref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(job_timeout);
         deadlines.insert(f.function.clone(), d);
     }
 
-    let all = engine.with_store(|s| s.list(Some(Kind::Worker))).map_err(|e| e.to_string())?;
+    let all = engine
+        .with_store(|s| s.list(Some(Kind::Worker)))
+        .map_err(|e| e.to_string())?;
     let workers: BTreeMap<String, WorkerSpec> = all
         .into_iter()
         .filter(|w| spec.workers.matches(&w.labels))
-        .filter(|w| w.status.get("health").and_then(|h| h.as_str()).unwrap_or("Good") == "Good")
-        .filter_map(|w| Some((w.name.clone(), serde_json::from_value::<WorkerSpec>(w.spec).ok()?)))
+        .filter(|w| {
+            w.status
+                .get("health")
+                .and_then(|h| h.as_str())
+                .unwrap_or("Good")
+                == "Good"
+        })
+        .filter_map(|w| {
+            Some((
+                w.name.clone(),
+                serde_json::from_value::<WorkerSpec>(w.spec).ok()?,
+            ))
+        })
         .filter(|(_, s)| s.vm.is_some())
         .collect();
 
-    let run = engine.with_store(|s| s.start_run(name, obj.generation)).map_err(|e| e.to_string())?;
+    let run = engine
+        .with_store(|s| s.start_run(name, obj.generation))
+        .map_err(|e| e.to_string())?;
     let mut st = Status::from_value(&obj.status);
     if workers.is_empty() {
         let msg = "no healthy VM worker matches the workload's selector";
-        engine.with_store(|s| s.finish_run(name, run, RunPhase::Failed, &RunCounts::default(), msg)).map_err(|e| e.to_string())?;
+        engine
+            .with_store(|s| s.finish_run(name, run, RunPhase::Failed, &RunCounts::default(), msg))
+            .map_err(|e| e.to_string())?;
         st.set_phase("Failed")
             .set("run", json!(run))
             .condition("Scheduled", CondStatus::False, "Unschedulable", msg)
             .observed(obj.generation);
         engine.write_status(Kind::Workload, name, st.into_value());
-        engine.event(Kind::Workload, name, EventType::Warning, "Unschedulable", msg);
+        engine.event(
+            Kind::Workload,
+            name,
+            EventType::Warning,
+            "Unschedulable",
+            msg,
+        );
         return Ok(());
     }
 
@@ -119,15 +167,40 @@ async fn run_workload<D: VmDriver>(
     let plan = match generate(&spec, &handlers, workers.len(), trace.as_deref()) {
         Ok(p) => p,
         Err(e) => {
-            engine.with_store(|s| s.finish_run(name, run, RunPhase::Failed, &RunCounts::default(), &e.to_string())).map_err(|e| e.to_string())?;
-            st.set_phase("Failed").set("run", json!(run)).condition("Scheduled", CondStatus::False, "PlanFailed", &e.to_string()).observed(obj.generation);
+            engine
+                .with_store(|s| {
+                    s.finish_run(
+                        name,
+                        run,
+                        RunPhase::Failed,
+                        &RunCounts::default(),
+                        &e.to_string(),
+                    )
+                })
+                .map_err(|e| e.to_string())?;
+            st.set_phase("Failed")
+                .set("run", json!(run))
+                .condition("Scheduled", CondStatus::False, "PlanFailed", &e.to_string())
+                .observed(obj.generation);
             engine.write_status(Kind::Workload, name, st.into_value());
             return Ok(());
         }
     };
-    engine.event(Kind::Workload, name, EventType::Normal, "Started", &format!("run {run}: {} invocations on {} workers", plan.len(), workers.len()));
+    engine.event(
+        Kind::Workload,
+        name,
+        EventType::Normal,
+        "Started",
+        &format!(
+            "run {run}: {} invocations on {} workers",
+            plan.len(),
+            workers.len()
+        ),
+    );
 
-    let max_attempts = u32::try_from(spec.max_attempts.unwrap_or(defaults.max_attempts)).unwrap_or(3).max(1);
+    let max_attempts = u32::try_from(spec.max_attempts.unwrap_or(defaults.max_attempts))
+        .unwrap_or(3)
+        .max(1);
     let total = plan.len();
     let r = Arc::new(Run {
         engine: engine.clone(),
@@ -136,9 +209,15 @@ async fn run_workload<D: VmDriver>(
         generation: obj.generation,
         max_attempts,
         shared: Mutex::new(Shared {
-            queues: workers.keys().map(|w| (w.clone(), VecDeque::new())).collect(),
+            queues: workers
+                .keys()
+                .map(|w| (w.clone(), VecDeque::new()))
+                .collect(),
             remaining: total,
-            counts: RunCounts { total: total as u64, ..RunCounts::default() },
+            counts: RunCounts {
+                total: total as u64,
+                ..RunCounts::default()
+            },
             gave_up: Vec::new(),
         }),
         wake: Notify::new(),
@@ -168,24 +247,48 @@ async fn run_workload<D: VmDriver>(
             tried: Vec::new(),
             planned: p,
         };
-        let target = job.planned.worker_slot.and_then(|s| names.get(s % names.len()).cloned());
+        let target = job
+            .planned
+            .worker_slot
+            .and_then(|s| names.get(s % names.len()).cloned());
         r.enqueue(job, target);
     }
     for t in tasks {
         let _ = t.await;
     }
     let counts = lock(&r.shared).counts;
-    let phase = if counts.failed == 0 { RunPhase::Succeeded } else { RunPhase::Failed };
-    let msg = format!("{} of {} invocations succeeded, {} failed, {} retried", counts.succeeded, counts.total, counts.failed, counts.retried);
-    engine.with_store(|s| s.finish_run(name, run, phase, &counts, &msg)).map_err(|e| e.to_string())?;
+    let phase = if counts.failed == 0 {
+        RunPhase::Succeeded
+    } else {
+        RunPhase::Failed
+    };
+    let msg = format!(
+        "{} of {} invocations succeeded, {} failed, {} retried",
+        counts.succeeded, counts.total, counts.failed, counts.retried
+    );
+    engine
+        .with_store(|s| s.finish_run(name, run, phase, &counts, &msg))
+        .map_err(|e| e.to_string())?;
     r.publish(phase.as_str());
-    engine.event(Kind::Workload, name, if counts.failed == 0 { EventType::Normal } else { EventType::Warning }, phase.as_str(), &msg);
+    engine.event(
+        Kind::Workload,
+        name,
+        if counts.failed == 0 {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        phase.as_str(),
+        &msg,
+    );
     Ok(())
 }
 
 impl<D: VmDriver> Run<D> {
     fn publish(&self, phase: &str) {
-        let Some(obj) = self.engine.get(Kind::Workload, &self.workload) else { return };
+        let Some(obj) = self.engine.get(Kind::Workload, &self.workload) else {
+            return;
+        };
         let counts = lock(&self.shared).counts;
         let mut st = Status::from_value(&obj.status);
         st.set_phase(phase)
@@ -195,20 +298,37 @@ impl<D: VmDriver> Run<D> {
             .set("failed", json!(counts.failed))
             .set("retried", json!(counts.retried))
             .condition("Scheduled", CondStatus::True, "Placed", "")
-            .condition("Complete", CondStatus::from_bool(phase != "Running"), phase, "")
+            .condition(
+                "Complete",
+                CondStatus::from_bool(phase != "Running"),
+                phase,
+                "",
+            )
             .observed(self.generation);
-        self.engine.write_status(Kind::Workload, &self.workload, st.into_value());
+        self.engine
+            .write_status(Kind::Workload, &self.workload, st.into_value());
     }
 
     /// Puts a job on `target`'s queue, or on the shortest queue of a worker that has not tried
     /// it yet (any worker when all have).
     fn enqueue(&self, job: Job, target: Option<String>) {
         let mut sh = lock(&self.shared);
-        let live: Vec<String> = sh.queues.keys().filter(|w| !sh.gave_up.contains(w)).cloned().collect();
+        let live: Vec<String> = sh
+            .queues
+            .keys()
+            .filter(|w| !sh.gave_up.contains(w))
+            .cloned()
+            .collect();
         let pick = target.filter(|t| live.contains(t)).or_else(|| {
             let fresh: Vec<&String> = live.iter().filter(|w| !job.tried.contains(w)).collect();
-            let pool: Vec<&String> = if fresh.is_empty() { live.iter().collect() } else { fresh };
-            pool.into_iter().min_by_key(|w| sh.queues.get(*w).map_or(0, VecDeque::len)).cloned()
+            let pool: Vec<&String> = if fresh.is_empty() {
+                live.iter().collect()
+            } else {
+                fresh
+            };
+            pool.into_iter()
+                .min_by_key(|w| sh.queues.get(*w).map_or(0, VecDeque::len))
+                .cloned()
         });
         match pick {
             Some(w) => {
@@ -221,7 +341,17 @@ impl<D: VmDriver> Run<D> {
             None => {
                 drop(sh);
                 let err = "no healthy worker is left to run it".to_string();
-                self.finalize(&job, None, AttemptStatus::Lost, Some(err), None, None, None, None, None);
+                self.finalize(
+                    &job,
+                    None,
+                    AttemptStatus::Lost,
+                    Some(err),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                );
             }
         }
     }
@@ -261,9 +391,15 @@ impl<D: VmDriver> Run<D> {
             output_sha256: digest.map(|d| d.1),
         };
         if let Err(e) = self.engine.with_store(|s| s.record_attempt(&attempt)) {
-            tracing::error!("cannot record attempt {}#{}: {e}", attempt.invocation_id, attempt.attempt);
+            tracing::error!(
+                "cannot record attempt {}#{}: {e}",
+                attempt.invocation_id,
+                attempt.attempt
+            );
         }
-        let retry = matches!(status, AttemptStatus::Lost | AttemptStatus::Timeout) && job.attempt < self.max_attempts && worker.is_some();
+        let retry = matches!(status, AttemptStatus::Lost | AttemptStatus::Timeout)
+            && job.attempt < self.max_attempts
+            && worker.is_some();
         if !retry {
             let mut sh = lock(&self.shared);
             sh.remaining = sh.remaining.saturating_sub(1);
@@ -276,7 +412,9 @@ impl<D: VmDriver> Run<D> {
             }
             let counts = sh.counts;
             drop(sh);
-            let _ = self.engine.with_store(|s| s.set_run_counts(&self.workload, self.run, &counts));
+            let _ = self
+                .engine
+                .with_store(|s| s.set_run_counts(&self.workload, self.run, &counts));
             self.publish("Running");
             self.wake.notify_waiters();
         }
@@ -292,13 +430,20 @@ impl<D: VmDriver> Run<D> {
     }
 
     fn has_work(&self, worker: &str) -> bool {
-        lock(&self.shared).queues.get(worker).is_some_and(|q| !q.is_empty())
+        lock(&self.shared)
+            .queues
+            .get(worker)
+            .is_some_and(|q| !q.is_empty())
     }
 
     fn healthy(&self, worker: &str) -> bool {
-        self.engine
-            .get(Kind::Worker, worker)
-            .is_some_and(|o| o.status.get("health").and_then(|h| h.as_str()).unwrap_or("Good") == "Good")
+        self.engine.get(Kind::Worker, worker).is_some_and(|o| {
+            o.status
+                .get("health")
+                .and_then(|h| h.as_str())
+                .unwrap_or("Good")
+                == "Good"
+        })
     }
 
     /// Gives up on a worker: its queued jobs go to the others.
@@ -306,7 +451,10 @@ impl<D: VmDriver> Run<D> {
         let jobs: Vec<Job> = {
             let mut sh = lock(&self.shared);
             sh.gave_up.push(worker.to_string());
-            sh.queues.get_mut(worker).map(|q| q.drain(..).collect()).unwrap_or_default()
+            sh.queues
+                .get_mut(worker)
+                .map(|q| q.drain(..).collect())
+                .unwrap_or_default()
         };
         self.engine.event(Kind::Workload, &self.workload, EventType::Warning, "WorkerUnavailable", &format!("worker `{worker}` could not be made ready; its {} queued invocations move to other workers", jobs.len()));
         for mut j in jobs {
@@ -315,18 +463,31 @@ impl<D: VmDriver> Run<D> {
         }
     }
 
-    async fn worker_loop(self: &Arc<Self>, worker: &str, mut events: broadcast::Receiver<AgentEvent>) {
+    async fn worker_loop(
+        self: &Arc<Self>,
+        worker: &str,
+        mut events: broadcast::Receiver<AgentEvent>,
+    ) {
         let spec = self.workers.get(worker).cloned();
-        let oneshot = spec.as_ref().is_none_or(|s| s.lifecycle.mode == LifecycleMode::OneShot);
+        let oneshot = spec
+            .as_ref()
+            .is_none_or(|s| s.lifecycle.mode == LifecycleMode::OneShot);
         let idle_timeout = spec
             .as_ref()
             .and_then(|s| s.lifecycle.idle_timeout.as_ref())
             .and_then(|d| d.parse().ok())
             .unwrap_or(Duration::ZERO);
         let defaults = self.engine.defaults();
-        let boot_timeout: Duration = defaults.boot_timeout.parse().unwrap_or(Duration::from_secs(60));
+        let boot_timeout: Duration = defaults
+            .boot_timeout
+            .parse()
+            .unwrap_or(Duration::from_secs(60));
         // Long enough for the engine's whole recovery ladder before this loop gives up.
-        let ready_limit = boot_timeout.saturating_mul(u32::try_from(defaults.quarantine_after).unwrap_or(3).saturating_add(1)) + Duration::from_secs(10);
+        let ready_limit = boot_timeout.saturating_mul(
+            u32::try_from(defaults.quarantine_after)
+                .unwrap_or(3)
+                .saturating_add(1),
+        ) + Duration::from_secs(10);
         let sessions = self.engine.presence.clone();
         let mut holding = false;
         let mut stale: Option<u64> = None;
@@ -338,7 +499,15 @@ impl<D: VmDriver> Run<D> {
                 Some(None) => {
                     if holding && !self.has_work(worker) {
                         holding = false;
-                        let (e, w, idle) = (self.engine.clone(), worker.to_string(), if oneshot { Duration::ZERO } else { idle_timeout });
+                        let (e, w, idle) = (
+                            self.engine.clone(),
+                            worker.to_string(),
+                            if oneshot {
+                                Duration::ZERO
+                            } else {
+                                idle_timeout
+                            },
+                        );
                         tokio::spawn(async move {
                             tokio::time::sleep(idle).await;
                             e.release(&w);
@@ -381,7 +550,9 @@ impl<D: VmDriver> Run<D> {
                 let since = clock::now_millis() - job.queued_ms;
                 (waited_from.elapsed().as_millis() as i64).min(since.max(0))
             });
-            let Ok(_permit) = self.permits.acquire().await else { return };
+            let Ok(_permit) = self.permits.acquire().await else {
+                return;
+            };
             self.engine.set_busy(worker, true);
             let dispatched = clock::now_millis();
             let invoke = Invoke {
@@ -392,20 +563,54 @@ impl<D: VmDriver> Run<D> {
                 input: job.planned.input.clone(),
                 deadline_ms: job.deadline.as_millis() as u64,
             };
-            let result = session.invoke(invoke, job.deadline + Duration::from_secs(10)).await;
+            let result = session
+                .invoke(invoke, job.deadline + Duration::from_secs(10))
+                .await;
             self.engine.set_busy(worker, false);
             let (status, error, exec_us, rtt_us, output) = match &result {
                 Ok(done) => match &done.result.outcome {
-                    Outcome::Output(v) => (AttemptStatus::Succeeded, None, Some(done.result.exec_us as i64), Some(done.rtt_us as i64), serde_json::to_vec(v).ok()),
+                    Outcome::Output(v) => (
+                        AttemptStatus::Succeeded,
+                        None,
+                        Some(done.result.exec_us as i64),
+                        Some(done.rtt_us as i64),
+                        serde_json::to_vec(v).ok(),
+                    ),
                     Outcome::Error(e) => {
-                        let st = if e.kind == ErrorKind::Timeout { AttemptStatus::Timeout } else { AttemptStatus::Failed };
-                        (st, Some(format!("{:?}: {}", e.kind, e.message)), Some(done.result.exec_us as i64), Some(done.rtt_us as i64), None)
+                        let st = if e.kind == ErrorKind::Timeout {
+                            AttemptStatus::Timeout
+                        } else {
+                            AttemptStatus::Failed
+                        };
+                        (
+                            st,
+                            Some(format!("{:?}: {}", e.kind, e.message)),
+                            Some(done.result.exec_us as i64),
+                            Some(done.rtt_us as i64),
+                            None,
+                        )
                     }
                 },
-                Err(SessionError::Timeout(d)) => (AttemptStatus::Timeout, Some(format!("no result within {d:?}")), None, None, None),
+                Err(SessionError::Timeout(d)) => (
+                    AttemptStatus::Timeout,
+                    Some(format!("no result within {d:?}")),
+                    None,
+                    None,
+                    None,
+                ),
                 Err(e) => (AttemptStatus::Lost, Some(e.to_string()), None, None, None),
             };
-            let retry = self.finalize(&job, Some(worker), status, error, Some(dispatched), exec_us, rtt_us, cold_start_ms, output.as_deref());
+            let retry = self.finalize(
+                &job,
+                Some(worker),
+                status,
+                error,
+                Some(dispatched),
+                exec_us,
+                rtt_us,
+                cold_start_ms,
+                output.as_deref(),
+            );
             // OneShot: one invocation per boot. Warm: keep the connection.
             if result.is_ok() {
                 let follow = if oneshot {
