@@ -198,7 +198,10 @@ pub async fn converge<D: VmDriver>(
             {
                 runs.push((name.clone(), r.run));
             }
-            let s = standing(&o, run.as_ref());
+            let mut s = standing(&o, run.as_ref());
+            if s == Standing::Converged && !engine.has_seen(&(*kind, name.clone())) {
+                s = Standing::Waiting("observing".into());
+            }
             progress.show(*kind, name, &o, run.as_ref(), &s);
             let reference = format!("{}/{name}", kind.singular());
             match s {

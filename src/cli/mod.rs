@@ -7,8 +7,10 @@ mod describe;
 mod diff;
 mod get;
 pub mod image;
+mod logs;
 mod manifests;
 mod output;
+mod relay;
 mod report;
 mod schema;
 mod teardown;
@@ -69,6 +71,8 @@ enum Command {
     Describe(describe::Args),
     /// Delete objects named in manifests, or one object by kind and name.
     Delete(delete::Args),
+    /// Print a VM worker's serial console (-f to follow).
+    Logs(logs::Args),
     /// Summarise a workload run: counts, throughput, latency percentiles, per function and
     /// per worker, as a table, JSON, CSV (one row per attempt) or an HTML page with plots.
     Report(report::Args),
@@ -76,6 +80,9 @@ enum Command {
     Image(image::ImageArgs),
     /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
     Schema(schema::Args),
+    /// Relay a guest connection to the orchestrator (run by QEMU, not by people).
+    #[command(hide = true)]
+    Relay(relay::Args),
     /// Print a shell completion script, e.g. `microfaasctl completions bash > /etc/bash_completion.d/microfaasctl`.
     Completions { shell: clap_complete::Shell },
 }
@@ -182,6 +189,8 @@ pub fn main() -> ExitCode {
         Command::Get(a) => get::run(a, &state_dir),
         Command::Describe(a) => describe::run(a, &state_dir),
         Command::Delete(a) => delete::run(a, &state_dir),
+        Command::Logs(a) => logs::run(a, &state_dir),
+        Command::Relay(a) => relay::run(a),
         Command::Report(a) => report::run(a, &state_dir),
         Command::Image(a) => image::run(a)
             .map(|()| ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ pub struct QemuVms {
     vms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vm>>>>,
     exits: broadcast::Sender<String>,
     binary: PathBuf,
+    relay: Option<String>,
 }
 
 impl Default for QemuVms {
@@ -35,6 +36,12 @@ impl QemuVms {
             vms: Mutex::new(HashMap::new()),
             exits: broadcast::channel(1024).0,
             binary,
+            // This very program relays guest connections (`microfaasctl relay`); QEMU runs the
+            // command through a shell, so the path is quoted.
+            relay: std::env::current_exe()
+                .ok()
+                .filter(|p| p.file_name().is_some_and(|n| n == "microfaasctl"))
+                .map(|p| format!("'{}' relay", p.display().to_string().replace('\'', "'\\''"))),
         }
     }
 
@@ -94,6 +101,7 @@ impl QemuVms {
             network,
             run_dir: spec.run_dir.clone(),
             qemu_binary: self.binary.clone(),
+            relay: self.relay.clone(),
         }
     }
 }

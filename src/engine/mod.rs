@@ -60,6 +60,9 @@ pub struct Engine<D: VmDriver, P: Presence> {
     starter: Mutex<Option<Starter>>,
     /// Workloads with a run in progress in this process.
     running: Mutex<std::collections::HashSet<String>>,
+    /// Objects reconciled successfully at least once by this process: a stored status written
+    /// by an earlier process is not evidence of the present.
+    seen: Mutex<std::collections::HashSet<Key>>,
 }
 
 /// Called with a workload's name to start its run for the current generation.
@@ -86,7 +89,13 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             changed: watch::channel(0).0,
             starter: Mutex::new(None),
             running: Mutex::new(std::collections::HashSet::new()),
+            seen: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Whether this process has reconciled the object at least once.
+    pub fn has_seen(&self, key: &Key) -> bool {
+        lock(&self.seen).contains(key)
     }
 
     pub fn set_starter(&self, f: Starter) {
@@ -327,6 +336,8 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     match result {
                         Ok(next) => {
                             lock(&me.backoff).reset(&key);
+                            lock(&me.seen).insert(key.clone());
+                            me.bump();
                             if let Next::RequeueAfter(d) = next {
                                 me.queue.add_after(key.clone(), d);
                             }

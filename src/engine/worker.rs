@@ -13,12 +13,15 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// How long a QEMU that does not answer on QMP is waited for before it counts as a failure.
+const ADOPT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// What the engine knows about a worker beyond its stored status.
 #[derive(Debug, Default)]
 pub struct WorkerRuntime {
     pub boot_started: Option<Instant>,
-    /// Adoption was attempted since this engine started.
-    pub adopt_checked: bool,
+    /// Since when adoption keeps failing (a QEMU that does not answer on QMP).
+    pub adopt_error_since: Option<Instant>,
     /// Consecutive failed boots (reset when the agent connects).
     pub failures: u32,
     /// When the VM last stopped, for the power-on holdoff.
@@ -153,22 +156,44 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .and_then(|h| h.as_str())
             .map(str::to_string);
 
-        let first_look = {
-            let mut rt = lock(&self.runtime);
-            let r = rt.entry(name.to_string()).or_default();
-            !std::mem::replace(&mut r.adopt_checked, true)
-        };
-        if first_look && !self.driver.is_running(name) && running_hash.is_some() {
+        // A VM of this worker may run without this process knowing it: started by an engine
+        // that died, or still starting up. Find it before deciding anything, so there is never
+        // a second QEMU for one worker.
+        if !self.driver.is_running(name) && running_hash.is_some() {
             match self.driver.adopt(&launch).await {
-                Ok(true) => self.event(
-                    Kind::Worker,
-                    name,
-                    EventType::Normal,
-                    "Adopted",
-                    "re-attached to the running VM",
-                ),
-                Ok(false) => {}
-                Err(e) => self.event(Kind::Worker, name, EventType::Warning, "AdoptFailed", &e),
+                Ok(true) => {
+                    let mut rt = lock(&self.runtime);
+                    let r = rt.entry(name.to_string()).or_default();
+                    r.adopt_error_since = None;
+                    // Its agent redials the new endpoint with backoff: give it a boot timeout.
+                    r.boot_started = Some(Instant::now());
+                    drop(rt);
+                    self.event(
+                        Kind::Worker,
+                        name,
+                        EventType::Normal,
+                        "Adopted",
+                        "re-attached to the running VM",
+                    );
+                }
+                Ok(false) => {
+                    lock(&self.runtime)
+                        .entry(name.to_string())
+                        .or_default()
+                        .adopt_error_since = None;
+                }
+                Err(e) => {
+                    // Typically a QEMU still starting (no QMP socket yet): look again shortly.
+                    let since = *lock(&self.runtime)
+                        .entry(name.to_string())
+                        .or_default()
+                        .adopt_error_since
+                        .get_or_insert_with(Instant::now);
+                    if since.elapsed() < ADOPT_PATIENCE {
+                        return Ok(Next::RequeueAfter(Duration::from_secs(1)));
+                    }
+                    self.event(Kind::Worker, name, EventType::Warning, "AdoptFailed", &e);
+                }
             }
         }
 
@@ -203,6 +228,28 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         if want_on {
             st.set("power", json!("On"));
             if !running {
+                let died_booting = {
+                    let mut rt = lock(&self.runtime);
+                    let r = rt.entry(name.to_string()).or_default();
+                    let died = r.boot_started.is_some() && !r.was_ready;
+                    if died {
+                        r.boot_started = None;
+                        r.stopped_at = Some(Instant::now());
+                    }
+                    died
+                };
+                if died_booting {
+                    self.event(Kind::Worker, name, EventType::Warning, "BootFailed", "the VM stopped before its agent connected (see `microfaasctl logs worker`)");
+                    return self
+                        .boot_failed(
+                            name,
+                            st,
+                            obj.generation,
+                            quarantine_after,
+                            "VM stopped while booting",
+                        )
+                        .await;
+                }
                 let since_stop = lock(&self.runtime)
                     .get(name)
                     .and_then(|r| r.stopped_at)
@@ -266,7 +313,10 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                         name,
                         EventType::Normal,
                         "Ready",
-                        &format!("agent connected {:.2} s after launch", boot.as_secs_f64()),
+                        &format!(
+                            "agent connected {:.2} s after the VM was started or adopted",
+                            boot.as_secs_f64()
+                        ),
                     );
                 }
                 st.set(

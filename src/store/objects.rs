@@ -56,6 +56,9 @@ impl ApplyOutcome {
     }
 }
 
+/// spec, labels, annotations, generation, owner, source of a stored object.
+type ExistingRow = (String, String, String, i64, Option<String>, Option<String>);
+
 const COLUMNS: &str = "kind, name, labels, annotations, spec, generation, status, owner, source, created_at, updated_at";
 
 fn parse_json(what: &str, text: &str) -> Result<Value> {
@@ -157,7 +160,7 @@ impl Store {
         let mut outcomes = Vec::new();
         let set_id = applyset.map(|(id, _)| id);
         for obj in objects {
-            let existing: Option<(String, String, String, i64, Option<String>, Option<String>)> = tx
+            let existing: Option<ExistingRow> = tx
                 .query_row(
                     "SELECT spec, labels, annotations, generation, owner, source FROM objects WHERE kind = ?1 AND name = ?2",
                     params![obj.kind.as_str(), obj.name],

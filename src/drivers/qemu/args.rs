@@ -87,7 +87,11 @@ pub(crate) fn build(cfg: &VmConfig, files: &RunFiles, accel: Accel) -> Vec<OsStr
             // restrict=on: the guest reaches nothing but the forwarded orchestrator endpoint.
             let mut s = String::from("user,id=net0,restrict=on");
             if let Some((ip, port, target)) = guestfwd {
-                s += &format!(",guestfwd=tcp:{ip}:{port}-tcp:{target}");
+                match &cfg.relay {
+                    // One relay process per guest connection: survives engine restarts.
+                    Some(cmd) => s += &format!(",guestfwd=tcp:{ip}:{port}-cmd:{cmd} {target}"),
+                    None => s += &format!(",guestfwd=tcp:{ip}:{port}-tcp:{target}"),
+                }
             }
             (s, None)
         }

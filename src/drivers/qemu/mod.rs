@@ -81,6 +81,11 @@ pub struct VmConfig {
     pub run_dir: PathBuf,
     /// A path, or a bare name looked up in `PATH`.
     pub qemu_binary: PathBuf,
+    /// User networking: a command QEMU runs for each guest connection to the guestfwd address,
+    /// with the connection on its stdin/stdout (`microfaasctl relay HOST:PORT`). Without it
+    /// QEMU connects to the target once at start and never again, so an adopted guest could not
+    /// reach a restarted engine.
+    pub relay: Option<String>,
 }
 
 impl VmConfig {
@@ -100,6 +105,7 @@ impl VmConfig {
             network: VmNet::User { guestfwd: None },
             run_dir: PathBuf::from("vms").join(name),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            relay: None,
         }
     }
 }
