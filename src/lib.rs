@@ -14,6 +14,8 @@ pub mod cli;
 #[cfg(feature = "controller")]
 pub mod drivers;
 #[cfg(feature = "controller")]
+pub mod engine;
+#[cfg(feature = "controller")]
 pub mod image;
 #[cfg(feature = "controller")]
 pub mod manifest;
@@ -21,3 +23,5 @@ pub mod manifest;
 pub mod orchestrator;
 #[cfg(feature = "controller")]
 pub mod store;
+#[cfg(feature = "controller")]
+pub mod workload;

@@ -48,6 +48,25 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     };
     let mut store = Store::open(state_dir)?;
     let _lock = StateLock::acquire(state_dir)?;
+    // Finalizer: the VMs of the workers going away are stopped before their records go.
+    let mut doomed: Vec<String> = Vec::new();
+    for (kind, name) in &targets {
+        match kind {
+            Kind::Worker => doomed.push(name.clone()),
+            Kind::WorkerSet => doomed.extend(
+                store
+                    .list(Some(Kind::Worker))?
+                    .into_iter()
+                    .filter(|w| w.owner.as_deref() == Some(name.as_str()))
+                    .map(|w| w.name),
+            ),
+            _ => {}
+        }
+    }
+    doomed.retain(|n| store.get(Kind::Worker, n).ok().flatten().is_some());
+    if !doomed.is_empty() {
+        super::teardown::workers(state_dir, &doomed)?;
+    }
     let mut missing = 0;
     for (kind, name) in targets {
         match store.delete(kind, &name) {

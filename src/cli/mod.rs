@@ -1,15 +1,17 @@
 //! `microfaasctl`: argument parsing, dispatch to one module per subcommand, exit codes.
 
 mod apply;
+mod converge;
 mod delete;
 mod describe;
 mod diff;
 mod get;
-// `image build` from the image builder's branch; wiring it into `Command` is that branch's job.
 pub mod image;
 mod manifests;
 mod output;
+mod report;
 mod schema;
+mod teardown;
 mod validate;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -67,10 +69,35 @@ enum Command {
     Describe(describe::Args),
     /// Delete objects named in manifests, or one object by kind and name.
     Delete(delete::Args),
+    /// Summarise a workload run: counts, throughput, latency percentiles, per function and
+    /// per worker, as a table, JSON, CSV (one row per attempt) or an HTML page with plots.
+    Report(report::Args),
+    /// Build worker images: a kernel plus an initramfs whose /init is the static agent.
+    Image(image::ImageArgs),
     /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
     Schema(schema::Args),
     /// Print a shell completion script, e.g. `microfaasctl completions bash > /etc/bash_completion.d/microfaasctl`.
     Completions { shell: clap_complete::Shell },
+}
+
+/// Where `image build` writes by default and where VMs without an `initrd` find the agent
+/// image: `$MICROFAAS_IMAGE_DIR`, else `$XDG_DATA_HOME/microfaas/image`, else
+/// `~/.local/share/microfaas/image`.
+pub fn default_image_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MICROFAAS_IMAGE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("microfaas/image");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/microfaas/image")
+}
+
+/// The default agent initramfs, when one has been built.
+pub fn image_default_initrd() -> Option<PathBuf> {
+    let p = default_image_dir().join("initramfs.cpio.gz");
+    p.is_file().then_some(p)
 }
 
 /// A failed command: what to print and the exit code it maps to.
@@ -155,6 +182,13 @@ pub fn main() -> ExitCode {
         Command::Get(a) => get::run(a, &state_dir),
         Command::Describe(a) => describe::run(a, &state_dir),
         Command::Delete(a) => delete::run(a, &state_dir),
+        Command::Report(a) => report::run(a, &state_dir),
+        Command::Image(a) => image::run(a)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|report| Failure {
+                code: 1,
+                report: Some(report),
+            }),
         Command::Schema(a) => schema::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -79,7 +79,8 @@ pub fn default_inputs(handler: &str, seed: u64, n: usize) -> Vec<Value> {
     (0..n).map(|_| generate(&mut rng)).collect()
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a, 64 bit: a stable name hash for mixing names into seeds.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -117,6 +117,10 @@ impl Endpoint {
     pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
         self.events.subscribe()
     }
+
+    pub fn events_sender(&self) -> broadcast::Sender<AgentEvent> {
+        self.events.clone()
+    }
 }
 
 async fn accept_loop(

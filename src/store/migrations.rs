@@ -40,6 +40,45 @@ const MIGRATIONS: &[&str] = &[
         last_time TEXT NOT NULL
      );
      CREATE INDEX events_by_object ON events (kind, name, last_time);",
+    // 2: workload runs and one row per invocation attempt (times in unix milliseconds)
+    "CREATE TABLE runs (
+        workload TEXT NOT NULL,
+        run INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        phase TEXT NOT NULL CHECK (phase IN ('Running', 'Succeeded', 'Failed', 'Cancelled')),
+        total INTEGER NOT NULL DEFAULT 0,
+        succeeded INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        retried INTEGER NOT NULL DEFAULT 0,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        message TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (workload, run)
+     );
+     CREATE TABLE invocations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        invocation_id TEXT NOT NULL,
+        workload TEXT NOT NULL,
+        run INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        function TEXT NOT NULL,
+        worker TEXT,
+        attempt INTEGER NOT NULL,
+        queued_at INTEGER NOT NULL,
+        dispatched_at INTEGER,
+        finished_at INTEGER NOT NULL,
+        exec_us INTEGER,
+        rtt_us INTEGER,
+        cold_start_ms INTEGER,
+        status TEXT NOT NULL CHECK (status IN ('succeeded', 'failed', 'timeout', 'lost')),
+        error TEXT,
+        output_size INTEGER,
+        output_sha256 TEXT,
+        UNIQUE (workload, run, invocation_id, attempt),
+        FOREIGN KEY (workload, run) REFERENCES runs (workload, run)
+     );
+     CREATE INDEX invocations_by_run ON invocations (workload, run, seq, attempt);",
 ];
 
 pub fn run(conn: &mut Connection, path: &Path) -> Result<()> {

@@ -1,14 +1,16 @@
 //! The durable store: desired objects with generations, their status, and events, in SQLite
-//! (WAL, `synchronous=FULL`) under the state directory. Later tables (invocations, energy)
-//! arrive as further migrations.
+//! (WAL, `synchronous=FULL`) under the state directory, plus workload runs and every invocation
+//! attempt. Later tables (energy) arrive as further migrations.
 
 pub mod clock;
 mod events;
+pub mod invocations;
 pub mod lock;
 mod migrations;
 mod objects;
 
 pub use events::{Event, EventType};
+pub use invocations::{Attempt, AttemptStatus, Run, RunCounts, RunPhase, output_digest};
 pub use lock::{LockError, StateLock};
 pub use objects::{ApplyOutcome, DesiredObject, StoredObject};
 

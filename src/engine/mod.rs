@@ -1,0 +1,357 @@
+//! The controller runtime: a work queue of objects, bounded concurrent reconciles with
+//! per-object backoff, a periodic resync, and triggers from drivers (VM exits) and agents
+//! (connects, disconnects). Reconcile is level-triggered: observe, compare, act once, record.
+
+pub mod backoff;
+pub mod queue;
+pub mod status;
+pub mod vm;
+mod worker;
+
+use crate::manifest::Kind;
+use crate::manifest::types::{ClusterSpec, Defaults};
+use crate::store::{EventType, Store, StoredObject};
+use backoff::Backoff;
+use queue::WorkQueue;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use vm::{Presence, VmDriver};
+
+pub use worker::WorkerRuntime;
+
+pub type Key = (Kind, String);
+
+/// What a reconcile asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Done,
+    RequeueAfter(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    /// Port of the agent endpoint on the host (guests reach it through a guestfwd).
+    pub orchestrator_port: u16,
+    /// The cluster token agents prove they know.
+    pub token: String,
+    /// Initramfs used for VMs that name none.
+    pub default_initrd: Option<PathBuf>,
+    pub concurrency: usize,
+    pub resync: Duration,
+}
+
+pub struct Engine<D: VmDriver, P: Presence> {
+    pub store: Arc<Mutex<Store>>,
+    pub driver: Arc<D>,
+    pub presence: Arc<P>,
+    pub queue: Arc<WorkQueue<Key>>,
+    pub cfg: Config,
+    backoff: Mutex<Backoff<Key>>,
+    runtime: Mutex<HashMap<String, WorkerRuntime>>,
+    /// OnDemand workers currently wanted on, with how many requests hold them.
+    demand: Mutex<HashMap<String, usize>>,
+    /// Bumped after every status write, so waiters (apply) re-check convergence.
+    changed: watch::Sender<u64>,
+    /// Starts a workload run in the background (set by whoever hosts the agent endpoint).
+    starter: Mutex<Option<Starter>>,
+    /// Workloads with a run in progress in this process.
+    running: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Called with a workload's name to start its run for the current generation.
+pub type Starter = Arc<dyn Fn(String) + Send + Sync>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<D: VmDriver, P: Presence> Engine<D, P> {
+    pub fn new(store: Store, driver: Arc<D>, presence: Arc<P>, cfg: Config) -> Arc<Self> {
+        Arc::new(Engine {
+            store: Arc::new(Mutex::new(store)),
+            driver,
+            presence,
+            queue: WorkQueue::new(),
+            cfg,
+            backoff: Mutex::new(Backoff::new(
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            )),
+            runtime: Mutex::new(HashMap::new()),
+            demand: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+            starter: Mutex::new(None),
+            running: Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+
+    pub fn set_starter(&self, f: Starter) {
+        *lock(&self.starter) = Some(f);
+    }
+
+    /// Called by a run when it has ended, so a new generation can start the next one.
+    pub fn run_finished(&self, workload: &str) {
+        lock(&self.running).remove(workload);
+        self.queue.add((Kind::Workload, workload.to_string()));
+    }
+
+    /// A Workload runs once per generation, like a Job: start a run when the current
+    /// generation has none; a run left `Running` by a process that died is marked Cancelled.
+    async fn reconcile_workload(&self, name: &str) -> Result<Next, String> {
+        let Some(obj) = self.get(Kind::Workload, name) else {
+            return Ok(Next::Done);
+        };
+        let latest = self
+            .with_store(|s| s.latest_run(name))
+            .map_err(|e| e.to_string())?;
+        let in_progress = lock(&self.running).contains(name);
+        if let Some(run) = &latest
+            && run.phase == crate::store::invocations::RunPhase::Running
+            && !in_progress
+        {
+            let msg = "the engine running it stopped before it finished";
+            self.with_store(|s| {
+                s.finish_run(
+                    name,
+                    run.run,
+                    crate::store::invocations::RunPhase::Cancelled,
+                    &run.counts,
+                    msg,
+                )
+            })
+            .map_err(|e| e.to_string())?;
+            let mut st = status::Status::from_value(&obj.status);
+            st.set_phase("Cancelled")
+                .set("run", serde_json::json!(run.run))
+                .condition("Complete", status::CondStatus::True, "Cancelled", msg);
+            self.write_status(Kind::Workload, name, st.into_value());
+            self.event(
+                Kind::Workload,
+                name,
+                EventType::Warning,
+                "Cancelled",
+                &format!("run {}: {msg}", run.run),
+            );
+            return Ok(Next::Done);
+        }
+        let has_run = latest
+            .as_ref()
+            .is_some_and(|r| r.generation == obj.generation);
+        if !has_run && !in_progress {
+            let starter = lock(&self.starter).clone();
+            if let Some(start) = starter {
+                lock(&self.running).insert(name.to_string());
+                start(name.to_string());
+            } else {
+                let mut st = status::Status::from_value(&obj.status);
+                if st.phase().is_none() {
+                    st.set_phase("Pending");
+                    self.write_status(Kind::Workload, name, st.into_value());
+                }
+            }
+        }
+        Ok(Next::Done)
+    }
+
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut lock(&self.store))
+    }
+
+    /// Cluster-wide defaults: the declared Cluster's, or the built-in ones.
+    pub fn defaults(&self) -> Defaults {
+        self.cluster().map(|c| c.defaults).unwrap_or_default()
+    }
+
+    pub fn cluster(&self) -> Option<ClusterSpec> {
+        let objs = self.with_store(|s| s.list(Some(Kind::Cluster))).ok()?;
+        let first = objs.into_iter().next()?;
+        serde_json::from_value(first.spec).ok()
+    }
+
+    pub fn event(&self, kind: Kind, name: &str, t: EventType, reason: &str, message: &str) {
+        match t {
+            EventType::Normal => {
+                tracing::info!(object = %format!("{}/{name}", kind.singular()), reason, "{message}")
+            }
+            EventType::Warning => {
+                tracing::warn!(object = %format!("{}/{name}", kind.singular()), reason, "{message}")
+            }
+        }
+        if let Err(e) = self.with_store(|s| s.record_event(kind, name, t, reason, message)) {
+            tracing::warn!("cannot record event: {e}");
+        }
+    }
+
+    pub fn write_status(&self, kind: Kind, name: &str, status: serde_json::Value) {
+        if let Err(e) = self.with_store(|s| s.set_status(kind, name, &status)) {
+            tracing::debug!("status of {}/{name} not written: {e}", kind.singular());
+        }
+        self.bump();
+    }
+
+    pub fn get(&self, kind: Kind, name: &str) -> Option<StoredObject> {
+        self.with_store(|s| s.get(kind, name)).ok().flatten()
+    }
+
+    /// Asks for an OnDemand worker to be on (counted; `release` undoes one request).
+    pub fn want(&self, worker: &str) {
+        *lock(&self.demand).entry(worker.to_string()).or_insert(0) += 1;
+        self.queue.add((Kind::Worker, worker.to_string()));
+    }
+
+    pub fn release(&self, worker: &str) {
+        let mut d = lock(&self.demand);
+        if let Some(n) = d.get_mut(worker) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                d.remove(worker);
+            }
+        }
+        drop(d);
+        self.queue.add((Kind::Worker, worker.to_string()));
+    }
+
+    pub fn wanted(&self, worker: &str) -> bool {
+        lock(&self.demand).contains_key(worker)
+    }
+
+    /// Queues every stored object (startup and periodic resync).
+    pub fn enqueue_all(&self) {
+        let objs = self.with_store(|s| s.list(None)).unwrap_or_default();
+        for o in objs {
+            self.queue.add((o.kind, o.name));
+        }
+    }
+
+    async fn reconcile(self: &Arc<Self>, key: &Key) -> Result<Next, String> {
+        match key.0 {
+            Kind::Worker => self.reconcile_worker(&key.1).await,
+            Kind::Workload => self.reconcile_workload(&key.1).await,
+            _ => {
+                // Kinds without a driver yet are accepted as declared.
+                if let Some(o) = self.get(key.0, &key.1) {
+                    let mut st = status::Status::from_value(&o.status);
+                    if st.observed_generation() != o.generation || st.phase().is_none() {
+                        let phase = if key.0 == Kind::Workload {
+                            "Pending"
+                        } else {
+                            "Accepted"
+                        };
+                        if st.phase().is_none() {
+                            st.set_phase(phase);
+                        }
+                        st.observed(o.generation);
+                        self.write_status(key.0, &key.1, st.into_value());
+                    }
+                }
+                Ok(Next::Done)
+            }
+        }
+    }
+
+    /// Runs reconcile workers until `stop` turns true. Triggers from the driver and from
+    /// `agent_events` feed the queue; a resync re-queues everything periodically.
+    pub async fn run(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+        agent_events: Option<tokio::sync::broadcast::Receiver<crate::orchestrator::AgentEvent>>,
+    ) {
+        let mut exits = self.driver.exits();
+        let me = self.clone();
+        let pump_exits = tokio::spawn(async move {
+            loop {
+                match exits.recv().await {
+                    Ok(name) => me.queue.add((Kind::Worker, name)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => me.enqueue_all(),
+                    Err(_) => break,
+                }
+            }
+        });
+        let me = self.clone();
+        let pump_agents = tokio::spawn(async move {
+            let Some(mut rx) = agent_events else { return };
+            loop {
+                use crate::orchestrator::AgentEvent;
+                match rx.recv().await {
+                    Ok(
+                        AgentEvent::Connected { worker, .. }
+                        | AgentEvent::Disconnected { worker, .. },
+                    ) => {
+                        me.queue.add((Kind::Worker, worker));
+                    }
+                    Ok(AgentEvent::Rejected {
+                        worker: Some(w),
+                        reason,
+                        ..
+                    }) => {
+                        me.event(
+                            Kind::Worker,
+                            &w,
+                            EventType::Warning,
+                            "AgentRejected",
+                            &reason,
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => me.enqueue_all(),
+                    Err(_) => break,
+                }
+            }
+        });
+        let me = self.clone();
+        let resync = tokio::spawn(async move {
+            let mut t = tokio::time::interval(me.cfg.resync);
+            loop {
+                t.tick().await;
+                me.enqueue_all();
+            }
+        });
+        let mut workers = Vec::new();
+        for _ in 0..self.cfg.concurrency.max(1) {
+            let me = self.clone();
+            workers.push(tokio::spawn(async move {
+                while let Some(key) = me.queue.next().await {
+                    let result = me.reconcile(&key).await;
+                    match result {
+                        Ok(next) => {
+                            lock(&me.backoff).reset(&key);
+                            if let Next::RequeueAfter(d) = next {
+                                me.queue.add_after(key.clone(), d);
+                            }
+                        }
+                        Err(e) => {
+                            let d = lock(&me.backoff).fail(&key);
+                            tracing::warn!(object = %format!("{}/{}", key.0.singular(), key.1), "reconcile failed, retrying in {d:?}: {e}");
+                            me.queue.add_after(key.clone(), d);
+                        }
+                    }
+                    me.queue.done(&key);
+                }
+            }));
+        }
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+        self.queue.shutdown();
+        for w in workers {
+            let _ = w.await;
+        }
+        pump_exits.abort();
+        pump_agents.abort();
+        resync.abort();
+    }
+}

@@ -1,0 +1,151 @@
+//! What the engine needs from a VM driver, as a small trait, plus an in-memory fake for unit
+//! tests and benchmarks. The real implementation over QEMU lives in `drivers::qemu`.
+
+use crate::manifest::types::{Accel, Machine, VmNetworkMode};
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Everything needed to start one worker VM, decided by the engine from the Worker spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmLaunch {
+    pub name: String,
+    pub uuid: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub machine: Machine,
+    pub accel: Accel,
+    pub network: VmNetworkMode,
+    pub bridge: Option<String>,
+    pub mac: Option<String>,
+    /// The orchestrator endpoint the guest must reach (user networking forwards only this).
+    pub orchestrator_port: u16,
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopHow {
+    /// ACPI power button: the agent shuts down cleanly.
+    Powerdown,
+    /// QMP `quit`.
+    Quit,
+    /// SIGKILL of the verified PID.
+    Kill,
+}
+
+pub trait VmDriver: Send + Sync + 'static {
+    /// Starts the VM detached, so it survives the engine's process.
+    fn launch(&self, spec: &VmLaunch) -> impl Future<Output = Result<(), String>> + Send;
+    /// Re-attaches to a VM a previous engine started; `Ok(false)` when there is none alive.
+    fn adopt(&self, spec: &VmLaunch) -> impl Future<Output = Result<bool, String>> + Send;
+    fn is_running(&self, name: &str) -> bool;
+    /// Stops the VM the given way and waits up to `wait`; `Ok(true)` once it is gone.
+    fn stop(
+        &self,
+        name: &str,
+        how: StopHow,
+        wait: Duration,
+    ) -> impl Future<Output = Result<bool, String>> + Send;
+    /// Names of workers whose VM exited or whose control connection closed.
+    fn exits(&self) -> broadcast::Receiver<String>;
+}
+
+/// Whether a worker's agent is connected and authenticated.
+pub trait Presence: Send + Sync + 'static {
+    fn is_connected(&self, worker: &str) -> bool;
+    /// Asks the worker's agent to power off; `false` when there is no agent to ask.
+    fn request_poweroff(&self, worker: &str) -> impl Future<Output = bool> + Send;
+}
+
+impl Presence for crate::orchestrator::Sessions {
+    fn is_connected(&self, worker: &str) -> bool {
+        self.get(worker).is_some()
+    }
+
+    async fn request_poweroff(&self, worker: &str) -> bool {
+        match self.get(worker) {
+            Some(s) => s
+                .follow_up(crate::orchestrator::FollowUp::Poweroff)
+                .await
+                .is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// A driver whose VMs boot instantly and whose agents are connected as soon as they launch.
+pub struct FakeDriver {
+    running: Mutex<HashSet<String>>,
+    exits: broadcast::Sender<String>,
+    pub launches: Mutex<Vec<String>>,
+    /// Workers whose VM starts but whose agent never connects (boot failures).
+    pub never_boot: Mutex<HashSet<String>>,
+}
+
+impl Default for FakeDriver {
+    fn default() -> Self {
+        FakeDriver {
+            running: Mutex::new(HashSet::new()),
+            exits: broadcast::channel(4096).0,
+            launches: Mutex::new(Vec::new()),
+            never_boot: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FakeDriver {
+    /// Simulates a VM dying on its own.
+    pub fn crash(&self, name: &str) {
+        lock(&self.running).remove(name);
+        let _ = self.exits.send(name.to_string());
+    }
+
+    pub fn running(&self) -> usize {
+        lock(&self.running).len()
+    }
+}
+
+impl VmDriver for FakeDriver {
+    async fn launch(&self, spec: &VmLaunch) -> Result<(), String> {
+        lock(&self.launches).push(spec.name.clone());
+        lock(&self.running).insert(spec.name.clone());
+        Ok(())
+    }
+
+    async fn adopt(&self, spec: &VmLaunch) -> Result<bool, String> {
+        Ok(lock(&self.running).contains(&spec.name))
+    }
+
+    fn is_running(&self, name: &str) -> bool {
+        lock(&self.running).contains(name)
+    }
+
+    async fn stop(&self, name: &str, _how: StopHow, _wait: Duration) -> Result<bool, String> {
+        lock(&self.running).remove(name);
+        Ok(true)
+    }
+
+    fn exits(&self) -> broadcast::Receiver<String> {
+        self.exits.subscribe()
+    }
+}
+
+impl Presence for FakeDriver {
+    fn is_connected(&self, worker: &str) -> bool {
+        lock(&self.running).contains(worker) && !lock(&self.never_boot).contains(worker)
+    }
+
+    async fn request_poweroff(&self, worker: &str) -> bool {
+        lock(&self.running).remove(worker)
+    }
+}

@@ -1,0 +1,477 @@
+//! The Worker reconciler. VM workers: launch, adopt, boot timeout, recovery and quarantine,
+//! recreate on a spec change that needs a new VM, and the power-off ladder (agent → ACPI →
+//! QMP quit → SIGKILL). Board workers wait for the GPIO driver and report Unknown.
+
+use super::status::{CondStatus, Status};
+use super::vm::{Presence, StopHow, VmDriver, VmLaunch};
+use super::{Engine, Next, lock};
+use crate::manifest::Kind;
+use crate::manifest::types::{LifecycleMode, PowerPolicy, VmSpec, WorkerSpec};
+use crate::store::EventType;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What the engine knows about a worker beyond its stored status.
+#[derive(Debug, Default)]
+pub struct WorkerRuntime {
+    pub boot_started: Option<Instant>,
+    /// Adoption was attempted since this engine started.
+    pub adopt_checked: bool,
+    /// Consecutive failed boots (reset when the agent connects).
+    pub failures: u32,
+    /// When the VM last stopped, for the power-on holdoff.
+    pub stopped_at: Option<Instant>,
+    pub busy: bool,
+    /// The agent connected since the last launch: later disconnects are not boot failures.
+    pub was_ready: bool,
+}
+
+impl<D: VmDriver, P: Presence> Engine<D, P> {
+    pub fn set_busy(&self, worker: &str, busy: bool) {
+        lock(&self.runtime)
+            .entry(worker.to_string())
+            .or_default()
+            .busy = busy;
+        self.queue.add((Kind::Worker, worker.to_string()));
+    }
+
+    fn launch_spec(
+        &self,
+        name: &str,
+        spec: &WorkerSpec,
+        vm: &VmSpec,
+        uuid: &str,
+    ) -> Result<VmLaunch, String> {
+        let memory = vm.memory.parse().map_err(|e| e.to_string())?;
+        let lifecycle = match spec.lifecycle.mode {
+            LifecycleMode::OneShot => "oneshot",
+            LifecycleMode::Warm => "warm",
+        };
+        // User networking forwards one guest address to the endpoint; on a tap network the
+        // guest dials the address the Cluster advertises.
+        let orchestrator = match vm.network.mode {
+            crate::manifest::types::VmNetworkMode::User => {
+                format!(
+                    "{}:{}",
+                    crate::drivers::vms::GUEST_ORCHESTRATOR,
+                    self.cfg.orchestrator_port
+                )
+            }
+            crate::manifest::types::VmNetworkMode::Tap => self
+                .cluster()
+                .and_then(|c| c.orchestrator.advertise)
+                .ok_or(
+                    "a VM on tap networking needs the Cluster's orchestrator.advertise address",
+                )?,
+        };
+        let mut cmdline = format!(
+            "console=ttyS0 panic=-1 microfaas.worker={name} microfaas.orchestrator={orchestrator} microfaas.token={} microfaas.lifecycle={lifecycle}",
+            self.cfg.token
+        );
+        if let Some(extra) = &vm.cmdline {
+            cmdline.push(' ');
+            cmdline.push_str(extra);
+        }
+        let initrd = vm
+            .initrd
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| self.cfg.default_initrd.clone());
+        Ok(VmLaunch {
+            name: name.to_string(),
+            uuid: uuid.to_string(),
+            kernel: PathBuf::from(&vm.kernel),
+            initrd,
+            cmdline,
+            memory_mib: memory / (1 << 20),
+            cpus: u32::try_from(vm.cpus).unwrap_or(1),
+            machine: vm.machine,
+            accel: vm.accel,
+            network: vm.network.mode,
+            bridge: vm.network.bridge.clone(),
+            mac: vm.network.mac.clone(),
+            orchestrator_port: self.cfg.orchestrator_port,
+            run_dir: self.cfg.state_dir.join("vms").join(name),
+        })
+    }
+
+    /// Whether the worker should be powered now.
+    fn wants_on(&self, name: &str, spec: &WorkerSpec) -> bool {
+        match spec.power {
+            PowerPolicy::On => true,
+            PowerPolicy::Off => false,
+            PowerPolicy::OnDemand => {
+                self.wanted(name) || lock(&self.runtime).get(name).is_some_and(|r| r.busy)
+            }
+        }
+    }
+
+    pub(super) async fn reconcile_worker(&self, name: &str) -> Result<Next, String> {
+        let Some(obj) = self.get(Kind::Worker, name) else {
+            // Gone from the store: its teardown ran before the record went (see `teardown`).
+            lock(&self.runtime).remove(name);
+            return Ok(Next::Done);
+        };
+        let spec: WorkerSpec =
+            serde_json::from_value(obj.spec.clone()).map_err(|e| format!("stored spec: {e}"))?;
+        let mut st = Status::from_value(&obj.status);
+        let health = st
+            .get("health")
+            .and_then(|h| h.as_str())
+            .unwrap_or("Good")
+            .to_string();
+        st.set("health", json!(health));
+
+        let Some(vm) = &spec.vm else {
+            st.set_phase("Unknown")
+                .condition(
+                    "PowerControl",
+                    CondStatus::False,
+                    "NoBoardDriver",
+                    "GPIO power control of boards is not available in this build",
+                )
+                .observed(obj.generation);
+            self.write_status(Kind::Worker, name, st.into_value());
+            return Ok(Next::Done);
+        };
+
+        let uuid = match st
+            .get("vm")
+            .and_then(|v| v.get("uuid"))
+            .and_then(|u| u.as_str())
+        {
+            Some(u) => u.to_string(),
+            None => new_uuid(),
+        };
+        let launch = self.launch_spec(name, &spec, vm, &uuid)?;
+        let want_hash = launch_hash(&launch);
+        let running_hash = st
+            .get("vm")
+            .and_then(|v| v.get("specHash"))
+            .and_then(|h| h.as_str())
+            .map(str::to_string);
+
+        let first_look = {
+            let mut rt = lock(&self.runtime);
+            let r = rt.entry(name.to_string()).or_default();
+            !std::mem::replace(&mut r.adopt_checked, true)
+        };
+        if first_look && !self.driver.is_running(name) && running_hash.is_some() {
+            match self.driver.adopt(&launch).await {
+                Ok(true) => self.event(
+                    Kind::Worker,
+                    name,
+                    EventType::Normal,
+                    "Adopted",
+                    "re-attached to the running VM",
+                ),
+                Ok(false) => {}
+                Err(e) => self.event(Kind::Worker, name, EventType::Warning, "AdoptFailed", &e),
+            }
+        }
+
+        let defaults = self.defaults();
+        let boot_timeout = defaults
+            .boot_timeout
+            .parse()
+            .unwrap_or(Duration::from_secs(60));
+        let holdoff = defaults
+            .power_on_holdoff
+            .parse()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(2));
+        let quarantine_after = u32::try_from(defaults.quarantine_after).unwrap_or(3);
+        let running = self.driver.is_running(name);
+        let connected = running && self.presence.is_connected(name);
+        let want_on = self.wants_on(name, &spec) && health == "Good";
+        let mut next = Next::Done;
+
+        if running && want_on && running_hash.as_deref().is_some_and(|h| h != want_hash) {
+            self.event(
+                Kind::Worker,
+                name,
+                EventType::Normal,
+                "Recreating",
+                "the VM's kernel, memory, cpus, machine or network changed",
+            );
+            self.power_off(name, connected).await;
+            return Ok(Next::RequeueAfter(Duration::ZERO));
+        }
+
+        if want_on {
+            st.set("power", json!("On"));
+            if !running {
+                let since_stop = lock(&self.runtime)
+                    .get(name)
+                    .and_then(|r| r.stopped_at)
+                    .map(|t| t.elapsed());
+                if let Some(e) = since_stop
+                    && e < holdoff
+                {
+                    return Ok(Next::RequeueAfter(holdoff - e));
+                }
+                // The uuid is stored before QEMU starts, so a crash right after the launch still
+                // lets the next engine adopt this VM rather than start a second one.
+                st.set_phase("PoweringOn")
+                    .set("vm", json!({"uuid": uuid, "specHash": want_hash}));
+                self.write_status(Kind::Worker, name, st.clone().into_value());
+                if let Err(e) = self.driver.launch(&launch).await {
+                    self.event(Kind::Worker, name, EventType::Warning, "LaunchFailed", &e);
+                    return self
+                        .boot_failed(
+                            name,
+                            st,
+                            obj.generation,
+                            quarantine_after,
+                            &format!("launch failed: {e}"),
+                        )
+                        .await;
+                }
+                {
+                    let mut rt = lock(&self.runtime);
+                    let r = rt.entry(name.to_string()).or_default();
+                    r.boot_started = Some(Instant::now());
+                    r.was_ready = false;
+                }
+                self.event(
+                    Kind::Worker,
+                    name,
+                    EventType::Normal,
+                    "PoweredOn",
+                    "VM started",
+                );
+                st.set("vm", json!({"uuid": uuid, "specHash": want_hash}))
+                    .set_phase("Booting")
+                    .condition("PoweredOn", CondStatus::True, "Launched", "")
+                    .condition("AgentConnected", CondStatus::False, "Booting", "")
+                    .condition("Ready", CondStatus::False, "Booting", "");
+                next = Next::RequeueAfter(boot_timeout);
+            } else if connected {
+                let (busy, first) = {
+                    let mut rt = lock(&self.runtime);
+                    let r = rt.entry(name.to_string()).or_default();
+                    r.failures = 0;
+                    let first = !std::mem::replace(&mut r.was_ready, true);
+                    (
+                        r.busy,
+                        first.then(|| r.boot_started.map(|t| t.elapsed())).flatten(),
+                    )
+                };
+                if let Some(boot) = first {
+                    st.set("bootSeconds", json!(boot.as_secs_f64()));
+                    self.event(
+                        Kind::Worker,
+                        name,
+                        EventType::Normal,
+                        "Ready",
+                        &format!("agent connected {:.2} s after launch", boot.as_secs_f64()),
+                    );
+                }
+                st.set(
+                    "vm",
+                    json!({"uuid": uuid, "specHash": running_hash.unwrap_or(want_hash)}),
+                )
+                .set_phase(if busy { "Busy" } else { "Ready" })
+                .condition("PoweredOn", CondStatus::True, "Running", "")
+                .condition("AgentConnected", CondStatus::True, "Connected", "")
+                .condition("Ready", CondStatus::True, "AgentConnected", "")
+                .condition("Healthy", CondStatus::True, "Good", "");
+            } else {
+                let (started, was_ready) = {
+                    let rt = lock(&self.runtime);
+                    let r = rt.get(name);
+                    (
+                        r.and_then(|r| r.boot_started),
+                        r.is_some_and(|r| r.was_ready),
+                    )
+                };
+                let elapsed = started.map_or(Duration::ZERO, |t| t.elapsed());
+                if was_ready {
+                    // The agent left a running VM (a OneShot agent going down): wait for the exit.
+                    st.set_phase("PoweringOff");
+                    next = Next::RequeueAfter(Duration::from_secs(5));
+                    if self
+                        .driver
+                        .stop(name, StopHow::Quit, Duration::from_secs(10))
+                        .await
+                        .unwrap_or(false)
+                    {
+                        self.stopped(name);
+                        next = Next::RequeueAfter(Duration::ZERO);
+                    }
+                } else if started.is_none() || elapsed >= boot_timeout {
+                    self.event(
+                        Kind::Worker,
+                        name,
+                        EventType::Warning,
+                        "BootTimeout",
+                        &format!("no agent within {boot_timeout:?}"),
+                    );
+                    let _ = self
+                        .driver
+                        .stop(name, StopHow::Kill, Duration::from_secs(5))
+                        .await;
+                    self.stopped(name);
+                    return self
+                        .boot_failed(name, st, obj.generation, quarantine_after, "boot timeout")
+                        .await;
+                } else {
+                    st.set_phase("Booting");
+                    next = Next::RequeueAfter(boot_timeout - elapsed);
+                }
+            }
+        } else {
+            st.set("power", json!("Off"));
+            if running {
+                st.set_phase("PoweringOff");
+                self.write_status(Kind::Worker, name, st.clone().into_value());
+                self.power_off(name, connected).await;
+            }
+            let phase = if health == "Good" { "Off" } else { "Failed" };
+            st.set_phase(phase)
+                .condition("PoweredOn", CondStatus::False, "PoweredOff", "")
+                .condition("AgentConnected", CondStatus::False, "PoweredOff", "")
+                .condition("Ready", CondStatus::False, "PoweredOff", "");
+        }
+        st.observed(obj.generation);
+        self.write_status(Kind::Worker, name, st.into_value());
+        Ok(next)
+    }
+
+    fn stopped(&self, name: &str) {
+        let mut rt = lock(&self.runtime);
+        let r = rt.entry(name.to_string()).or_default();
+        r.stopped_at = Some(Instant::now());
+        r.boot_started = None;
+        r.was_ready = false;
+    }
+
+    /// One more failed recovery: retry with backoff, or quarantine (health Bad) after
+    /// `quarantineAfter` of them in a row.
+    async fn boot_failed(
+        &self,
+        name: &str,
+        mut st: Status,
+        generation: i64,
+        quarantine_after: u32,
+        why: &str,
+    ) -> Result<Next, String> {
+        let failures = {
+            let mut rt = lock(&self.runtime);
+            let r = rt.entry(name.to_string()).or_default();
+            r.failures += 1;
+            r.failures
+        };
+        st.set("failedBoots", json!(failures));
+        if failures >= quarantine_after {
+            self.event(Kind::Worker, name, EventType::Warning, "Quarantined", &format!("{failures} failed recoveries in a row ({why}); marked Bad until `microfaasctl uncordon worker {name}`"));
+            st.set("health", json!("Bad"))
+                .set_phase("Failed")
+                .condition("Healthy", CondStatus::False, "Quarantined", why)
+                .condition("Ready", CondStatus::False, "Quarantined", why)
+                .observed(generation);
+            self.write_status(Kind::Worker, name, st.into_value());
+            return Ok(Next::Done);
+        }
+        st.set_phase("Failed")
+            .condition("Ready", CondStatus::False, "BootFailed", why);
+        self.write_status(Kind::Worker, name, st.into_value());
+        Err(format!("{why} ({failures}/{quarantine_after})"))
+    }
+
+    /// The power-off ladder; every step is an event.
+    pub async fn power_off(&self, name: &str, connected: bool) {
+        if connected && self.presence.request_poweroff(name).await {
+            self.event(
+                Kind::Worker,
+                name,
+                EventType::Normal,
+                "PowerOff",
+                "asked the agent to power off",
+            );
+            if self
+                .driver
+                .stop(name, StopHow::Quit, Duration::from_secs(10))
+                .await
+                .unwrap_or(false)
+            {
+                self.stopped(name);
+                return;
+            }
+        }
+        for (how, reason) in [
+            (StopHow::Powerdown, "ACPI power button"),
+            (StopHow::Quit, "QMP quit"),
+            (StopHow::Kill, "SIGKILL"),
+        ] {
+            self.event(Kind::Worker, name, EventType::Normal, "PowerOff", reason);
+            if self
+                .driver
+                .stop(name, how, Duration::from_secs(5))
+                .await
+                .unwrap_or(false)
+            {
+                break;
+            }
+        }
+        self.stopped(name);
+    }
+
+    /// Finalizer of a worker: stop its VM before its record is deleted.
+    pub async fn teardown(&self, name: &str) {
+        if self.driver.is_running(name) {
+            let connected = self.presence.is_connected(name);
+            self.power_off(name, connected).await;
+        } else if let Some(obj) = self.get(Kind::Worker, name)
+            && let Ok(spec) = serde_json::from_value::<WorkerSpec>(obj.spec)
+            && let Some(vm) = &spec.vm
+        {
+            let uuid = obj
+                .status
+                .get("vm")
+                .and_then(|v| v.get("uuid"))
+                .and_then(|u| u.as_str())
+                .map(str::to_string);
+            if let Some(uuid) = uuid
+                && let Ok(launch) = self.launch_spec(name, &spec, vm, &uuid)
+                && self.driver.adopt(&launch).await.unwrap_or(false)
+            {
+                self.power_off(name, false).await;
+            }
+        }
+        lock(&self.runtime).remove(name);
+    }
+}
+
+/// A random (version 4) UUID in the 8-4-4-4-12 form QEMU's `-uuid` takes.
+fn new_uuid() -> String {
+    let h = crate::orchestrator::endpoint::random_token();
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+/// Identity of what a VM was started with: a change means a new VM.
+fn launch_hash(l: &VmLaunch) -> String {
+    let text = format!(
+        "{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        l.kernel,
+        l.initrd,
+        l.cmdline,
+        l.memory_mib,
+        l.cpus,
+        l.machine,
+        l.accel,
+        l.network,
+        l.bridge,
+        l.mac
+    );
+    crate::functions::hex(&Sha256::digest(text.as_bytes())[..8])
+}

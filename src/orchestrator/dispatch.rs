@@ -1,0 +1,640 @@
+//! Runs one workload to completion: plans it, releases invocations at their planned times into
+//! per-worker queues (as MicroFaaS did), powers OnDemand workers on while work waits for them,
+//! dispatches one invocation at a time per worker, retries lost or timed-out ones on another
+//! worker up to `maxAttempts`, records every attempt durably, and ends the run Succeeded,
+//! Failed or Cancelled — never hanging: a worker that cannot be made ready hands its queue on.
+
+use super::{AgentEvent, FollowUp, SessionError, Sessions};
+use crate::engine::Engine;
+use crate::engine::status::{CondStatus, Status};
+use crate::engine::vm::VmDriver;
+use crate::manifest::Kind;
+use crate::manifest::types::{FunctionSpec, LifecycleMode, Runtime, WorkerSpec, WorkloadSpec};
+use crate::protocol::{ErrorKind, Invoke, Outcome, RUNTIME_BUILTIN};
+use crate::store::invocations::{Attempt, AttemptStatus, RunCounts, RunPhase, output_digest};
+use crate::store::{EventType, clock};
+use crate::workload::{Planned, generate};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore, broadcast};
+
+struct Job {
+    planned: Planned,
+    handler: String,
+    deadline: Duration,
+    invocation_id: String,
+    attempt: u32,
+    queued_ms: i64,
+    tried: Vec<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    queues: BTreeMap<String, VecDeque<Job>>,
+    remaining: usize,
+    counts: RunCounts,
+    gave_up: Vec<String>,
+}
+
+struct Run<D: VmDriver> {
+    engine: Arc<Engine<D, Sessions>>,
+    workload: String,
+    run: i64,
+    generation: i64,
+    max_attempts: u32,
+    shared: Mutex<Shared>,
+    wake: Notify,
+    permits: Semaphore,
+    workers: BTreeMap<String, WorkerSpec>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the run of `workload`'s current generation in the background.
+pub fn spawn<D: VmDriver>(
+    engine: Arc<Engine<D, Sessions>>,
+    events: broadcast::Sender<AgentEvent>,
+    workload: String,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = run_workload(engine.clone(), events, &workload).await {
+            engine.event(
+                Kind::Workload,
+                &workload,
+                EventType::Warning,
+                "RunFailed",
+                &e,
+            );
+        }
+        engine.run_finished(&workload);
+    });
+}
+
+async fn run_workload<D: VmDriver>(
+    engine: Arc<Engine<D, Sessions>>,
+    events: broadcast::Sender<AgentEvent>,
+    name: &str,
+) -> Result<(), String> {
+    let obj = engine.get(Kind::Workload, name).ok_or("workload is gone")?;
+    let spec: WorkloadSpec = serde_json::from_value(obj.spec.clone()).map_err(|e| e.to_string())?;
+    let defaults = engine.defaults();
+    let job_timeout = defaults
+        .job_timeout
+        .parse()
+        .unwrap_or(Duration::from_secs(120));
+
+    let mut handlers = BTreeMap::new();
+    let mut deadlines = HashMap::new();
+    for f in &spec.functions {
+        let fobj = engine
+            .get(Kind::Function, &f.function)
+            .ok_or_else(|| format!("Function `{}` is not in the store", f.function))?;
+        let fspec: FunctionSpec = serde_json::from_value(fobj.spec).map_err(|e| e.to_string())?;
+        if fspec.runtime != Runtime::Builtin {
+            return Err(format!(
+                "Function `{}`: only builtin functions can run in this build",
+                f.function
+            ));
+        }
+        handlers.insert(
+            f.function.clone(),
+            fspec.handler.clone().unwrap_or_default(),
+        );
+        let d = fspec
+            .timeout
+            .as_ref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(job_timeout);
+        deadlines.insert(f.function.clone(), d);
+    }
+
+    let all = engine
+        .with_store(|s| s.list(Some(Kind::Worker)))
+        .map_err(|e| e.to_string())?;
+    let workers: BTreeMap<String, WorkerSpec> = all
+        .into_iter()
+        .filter(|w| spec.workers.matches(&w.labels))
+        .filter(|w| {
+            w.status
+                .get("health")
+                .and_then(|h| h.as_str())
+                .unwrap_or("Good")
+                == "Good"
+        })
+        .filter_map(|w| {
+            Some((
+                w.name.clone(),
+                serde_json::from_value::<WorkerSpec>(w.spec).ok()?,
+            ))
+        })
+        .filter(|(_, s)| s.vm.is_some())
+        .collect();
+
+    let run = engine
+        .with_store(|s| s.start_run(name, obj.generation))
+        .map_err(|e| e.to_string())?;
+    let mut st = Status::from_value(&obj.status);
+    if workers.is_empty() {
+        let msg = "no healthy VM worker matches the workload's selector";
+        engine
+            .with_store(|s| s.finish_run(name, run, RunPhase::Failed, &RunCounts::default(), msg))
+            .map_err(|e| e.to_string())?;
+        st.set_phase("Failed")
+            .set("run", json!(run))
+            .condition("Scheduled", CondStatus::False, "Unschedulable", msg)
+            .observed(obj.generation);
+        engine.write_status(Kind::Workload, name, st.into_value());
+        engine.event(
+            Kind::Workload,
+            name,
+            EventType::Warning,
+            "Unschedulable",
+            msg,
+        );
+        return Ok(());
+    }
+
+    let trace = match (&spec.arrival.file, spec.arrival.pattern) {
+        (Some(f), crate::manifest::types::ArrivalPattern::Trace) => {
+            Some(std::fs::read_to_string(f).map_err(|e| format!("trace file {f}: {e}"))?)
+        }
+        _ => None,
+    };
+    let plan = match generate(&spec, &handlers, workers.len(), trace.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            engine
+                .with_store(|s| {
+                    s.finish_run(
+                        name,
+                        run,
+                        RunPhase::Failed,
+                        &RunCounts::default(),
+                        &e.to_string(),
+                    )
+                })
+                .map_err(|e| e.to_string())?;
+            st.set_phase("Failed")
+                .set("run", json!(run))
+                .condition("Scheduled", CondStatus::False, "PlanFailed", &e.to_string())
+                .observed(obj.generation);
+            engine.write_status(Kind::Workload, name, st.into_value());
+            return Ok(());
+        }
+    };
+    engine.event(
+        Kind::Workload,
+        name,
+        EventType::Normal,
+        "Started",
+        &format!(
+            "run {run}: {} invocations on {} workers",
+            plan.len(),
+            workers.len()
+        ),
+    );
+
+    let max_attempts = u32::try_from(spec.max_attempts.unwrap_or(defaults.max_attempts))
+        .unwrap_or(3)
+        .max(1);
+    let total = plan.len();
+    let r = Arc::new(Run {
+        engine: engine.clone(),
+        workload: name.to_string(),
+        run,
+        generation: obj.generation,
+        max_attempts,
+        shared: Mutex::new(Shared {
+            queues: workers
+                .keys()
+                .map(|w| (w.clone(), VecDeque::new()))
+                .collect(),
+            remaining: total,
+            counts: RunCounts {
+                total: total as u64,
+                ..RunCounts::default()
+            },
+            gave_up: Vec::new(),
+        }),
+        wake: Notify::new(),
+        permits: Semaphore::new(usize::try_from(spec.concurrency).unwrap_or(1).max(1)),
+        workers,
+    });
+    r.publish("Running");
+
+    let names: Vec<String> = r.workers.keys().cloned().collect();
+    let mut tasks = Vec::new();
+    for w in &names {
+        let (r, w, rx) = (r.clone(), w.clone(), events.subscribe());
+        tasks.push(tokio::spawn(async move { r.worker_loop(&w, rx).await }));
+    }
+
+    // Release invocations at their planned offsets.
+    let start = tokio::time::Instant::now();
+    for p in plan {
+        tokio::time::sleep_until(start + Duration::from_millis(p.at_ms)).await;
+        let function = p.function.clone();
+        let job = Job {
+            handler: handlers.get(&function).cloned().unwrap_or_default(),
+            deadline: deadlines.get(&function).copied().unwrap_or(job_timeout),
+            invocation_id: format!("{name}-{run}-{}", p.seq),
+            attempt: 1,
+            queued_ms: clock::now_millis(),
+            tried: Vec::new(),
+            planned: p,
+        };
+        let target = job
+            .planned
+            .worker_slot
+            .and_then(|s| names.get(s % names.len()).cloned());
+        r.enqueue(job, target);
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let counts = lock(&r.shared).counts;
+    let phase = if counts.failed == 0 {
+        RunPhase::Succeeded
+    } else {
+        RunPhase::Failed
+    };
+    let msg = format!(
+        "{} of {} invocations succeeded, {} failed, {} retried",
+        counts.succeeded, counts.total, counts.failed, counts.retried
+    );
+    engine
+        .with_store(|s| s.finish_run(name, run, phase, &counts, &msg))
+        .map_err(|e| e.to_string())?;
+    r.publish(phase.as_str());
+    engine.event(
+        Kind::Workload,
+        name,
+        if counts.failed == 0 {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        phase.as_str(),
+        &msg,
+    );
+    Ok(())
+}
+
+impl<D: VmDriver> Run<D> {
+    fn publish(&self, phase: &str) {
+        let Some(obj) = self.engine.get(Kind::Workload, &self.workload) else {
+            return;
+        };
+        let counts = lock(&self.shared).counts;
+        let mut st = Status::from_value(&obj.status);
+        st.set_phase(phase)
+            .set("run", json!(self.run))
+            .set("total", json!(counts.total))
+            .set("succeeded", json!(counts.succeeded))
+            .set("failed", json!(counts.failed))
+            .set("retried", json!(counts.retried))
+            .condition("Scheduled", CondStatus::True, "Placed", "")
+            .condition(
+                "Complete",
+                CondStatus::from_bool(phase != "Running"),
+                phase,
+                "",
+            )
+            .observed(self.generation);
+        self.engine
+            .write_status(Kind::Workload, &self.workload, st.into_value());
+    }
+
+    /// Puts a job on `target`'s queue, or on the shortest queue of a worker that has not tried
+    /// it yet (any worker when all have).
+    fn enqueue(&self, job: Job, target: Option<String>) {
+        let mut sh = lock(&self.shared);
+        let live: Vec<String> = sh
+            .queues
+            .keys()
+            .filter(|w| !sh.gave_up.contains(w))
+            .cloned()
+            .collect();
+        let pick = target.filter(|t| live.contains(t)).or_else(|| {
+            let fresh: Vec<&String> = live.iter().filter(|w| !job.tried.contains(w)).collect();
+            let pool: Vec<&String> = if fresh.is_empty() {
+                live.iter().collect()
+            } else {
+                fresh
+            };
+            pool.into_iter()
+                .min_by_key(|w| sh.queues.get(*w).map_or(0, VecDeque::len))
+                .cloned()
+        });
+        match pick {
+            Some(w) => {
+                if let Some(q) = sh.queues.get_mut(&w) {
+                    q.push_back(job);
+                }
+                drop(sh);
+                self.wake.notify_waiters();
+            }
+            None => {
+                drop(sh);
+                let err = "no healthy worker is left to run it".to_string();
+                self.finalize(
+                    &job,
+                    None,
+                    AttemptStatus::Lost,
+                    Some(err),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finalize(
+        &self,
+        job: &Job,
+        worker: Option<&str>,
+        status: AttemptStatus,
+        error: Option<String>,
+        dispatched_ms: Option<i64>,
+        exec_us: Option<i64>,
+        rtt_us: Option<i64>,
+        cold_start_ms: Option<i64>,
+        output: Option<&[u8]>,
+    ) -> bool {
+        let digest = output.map(output_digest);
+        let attempt = Attempt {
+            invocation_id: job.invocation_id.clone(),
+            workload: self.workload.clone(),
+            run: self.run,
+            generation: self.generation,
+            seq: job.planned.seq,
+            function: job.planned.function.clone(),
+            worker: worker.map(str::to_string),
+            attempt: job.attempt,
+            queued_ms: job.queued_ms,
+            dispatched_ms,
+            finished_ms: clock::now_millis(),
+            exec_us,
+            rtt_us,
+            cold_start_ms,
+            status,
+            error,
+            output_size: digest.as_ref().map(|d| d.0),
+            output_sha256: digest.map(|d| d.1),
+        };
+        if let Err(e) = self.engine.with_store(|s| s.record_attempt(&attempt)) {
+            tracing::error!(
+                "cannot record attempt {}#{}: {e}",
+                attempt.invocation_id,
+                attempt.attempt
+            );
+        }
+        let retry = matches!(status, AttemptStatus::Lost | AttemptStatus::Timeout)
+            && job.attempt < self.max_attempts
+            && worker.is_some();
+        if !retry {
+            let mut sh = lock(&self.shared);
+            sh.remaining = sh.remaining.saturating_sub(1);
+            match status {
+                AttemptStatus::Succeeded => sh.counts.succeeded += 1,
+                _ => sh.counts.failed += 1,
+            }
+            if job.attempt > 1 {
+                sh.counts.retried += 1;
+            }
+            let counts = sh.counts;
+            drop(sh);
+            let _ = self
+                .engine
+                .with_store(|s| s.set_run_counts(&self.workload, self.run, &counts));
+            self.publish("Running");
+            self.wake.notify_waiters();
+        }
+        retry
+    }
+
+    fn take_job(&self, worker: &str) -> Option<Option<Job>> {
+        let mut sh = lock(&self.shared);
+        if sh.remaining == 0 {
+            return None;
+        }
+        Some(sh.queues.get_mut(worker).and_then(VecDeque::pop_front))
+    }
+
+    fn has_work(&self, worker: &str) -> bool {
+        lock(&self.shared)
+            .queues
+            .get(worker)
+            .is_some_and(|q| !q.is_empty())
+    }
+
+    fn healthy(&self, worker: &str) -> bool {
+        self.engine.get(Kind::Worker, worker).is_some_and(|o| {
+            o.status
+                .get("health")
+                .and_then(|h| h.as_str())
+                .unwrap_or("Good")
+                == "Good"
+        })
+    }
+
+    /// Gives up on a worker: its queued jobs go to the others.
+    fn abandon(&self, worker: &str) {
+        let jobs: Vec<Job> = {
+            let mut sh = lock(&self.shared);
+            sh.gave_up.push(worker.to_string());
+            sh.queues
+                .get_mut(worker)
+                .map(|q| q.drain(..).collect())
+                .unwrap_or_default()
+        };
+        self.engine.event(Kind::Workload, &self.workload, EventType::Warning, "WorkerUnavailable", &format!("worker `{worker}` could not be made ready; its {} queued invocations move to other workers", jobs.len()));
+        for mut j in jobs {
+            j.tried.push(worker.to_string());
+            self.enqueue(j, None);
+        }
+    }
+
+    async fn worker_loop(
+        self: &Arc<Self>,
+        worker: &str,
+        mut events: broadcast::Receiver<AgentEvent>,
+    ) {
+        let spec = self.workers.get(worker).cloned();
+        let oneshot = spec
+            .as_ref()
+            .is_none_or(|s| s.lifecycle.mode == LifecycleMode::OneShot);
+        let idle_timeout = spec
+            .as_ref()
+            .and_then(|s| s.lifecycle.idle_timeout.as_ref())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(Duration::ZERO);
+        let defaults = self.engine.defaults();
+        let boot_timeout: Duration = defaults
+            .boot_timeout
+            .parse()
+            .unwrap_or(Duration::from_secs(60));
+        // Long enough for the engine's whole recovery ladder before this loop gives up.
+        let ready_limit = boot_timeout.saturating_mul(
+            u32::try_from(defaults.quarantine_after)
+                .unwrap_or(3)
+                .saturating_add(1),
+        ) + Duration::from_secs(10);
+        let sessions = self.engine.presence.clone();
+        let mut holding = false;
+        let mut stale: Option<u64> = None;
+        loop {
+            let notified = self.wake.notified();
+            let job = match self.take_job(worker) {
+                None => break,
+                Some(Some(job)) => job,
+                Some(None) => {
+                    if holding && !self.has_work(worker) {
+                        holding = false;
+                        let (e, w, idle) = (
+                            self.engine.clone(),
+                            worker.to_string(),
+                            if oneshot {
+                                Duration::ZERO
+                            } else {
+                                idle_timeout
+                            },
+                        );
+                        tokio::spawn(async move {
+                            tokio::time::sleep(idle).await;
+                            e.release(&w);
+                        });
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+                    continue;
+                }
+            };
+            if !holding {
+                self.engine.want(worker);
+                holding = true;
+            }
+            // Wait for a fresh agent session (not the one we just told to power off).
+            let waited_from = Instant::now();
+            let mut cold = false;
+            let session = loop {
+                if let Some(s) = sessions.get(worker)
+                    && Some(s.id) != stale
+                {
+                    break Some(s);
+                }
+                cold = true;
+                if !self.healthy(worker) || waited_from.elapsed() > ready_limit {
+                    break None;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
+            };
+            let Some(session) = session else {
+                let mut job = job;
+                job.tried.push(worker.to_string());
+                self.abandon(worker);
+                self.enqueue(job, None);
+                if holding {
+                    self.engine.release(worker);
+                }
+                return;
+            };
+            let cold_start_ms = cold.then(|| {
+                let since = clock::now_millis() - job.queued_ms;
+                (waited_from.elapsed().as_millis() as i64).min(since.max(0))
+            });
+            let Ok(_permit) = self.permits.acquire().await else {
+                return;
+            };
+            self.engine.set_busy(worker, true);
+            let dispatched = clock::now_millis();
+            let invoke = Invoke {
+                id: job.invocation_id.clone(),
+                function: job.planned.function.clone(),
+                runtime: RUNTIME_BUILTIN.to_string(),
+                handler: job.handler.clone(),
+                input: job.planned.input.clone(),
+                deadline_ms: job.deadline.as_millis() as u64,
+            };
+            let result = session
+                .invoke(invoke, job.deadline + Duration::from_secs(10))
+                .await;
+            self.engine.set_busy(worker, false);
+            let (status, error, exec_us, rtt_us, output) = match &result {
+                Ok(done) => match &done.result.outcome {
+                    Outcome::Output(v) => (
+                        AttemptStatus::Succeeded,
+                        None,
+                        Some(done.result.exec_us as i64),
+                        Some(done.rtt_us as i64),
+                        serde_json::to_vec(v).ok(),
+                    ),
+                    Outcome::Error(e) => {
+                        let st = if e.kind == ErrorKind::Timeout {
+                            AttemptStatus::Timeout
+                        } else {
+                            AttemptStatus::Failed
+                        };
+                        (
+                            st,
+                            Some(format!("{:?}: {}", e.kind, e.message)),
+                            Some(done.result.exec_us as i64),
+                            Some(done.rtt_us as i64),
+                            None,
+                        )
+                    }
+                },
+                Err(SessionError::Timeout(d)) => (
+                    AttemptStatus::Timeout,
+                    Some(format!("no result within {d:?}")),
+                    None,
+                    None,
+                    None,
+                ),
+                Err(e) => (AttemptStatus::Lost, Some(e.to_string()), None, None, None),
+            };
+            let retry = self.finalize(
+                &job,
+                Some(worker),
+                status,
+                error,
+                Some(dispatched),
+                exec_us,
+                rtt_us,
+                cold_start_ms,
+                output.as_deref(),
+            );
+            // OneShot: one invocation per boot. Warm: keep the connection.
+            if result.is_ok() {
+                let follow = if oneshot {
+                    FollowUp::Poweroff
+                } else if self.has_work(worker) {
+                    FollowUp::Next
+                } else {
+                    FollowUp::Idle
+                };
+                let _ = session.follow_up(follow).await;
+            }
+            if oneshot || result.is_err() {
+                stale = Some(session.id);
+            }
+            if retry {
+                let mut job = job;
+                job.attempt += 1;
+                job.tried.push(worker.to_string());
+                job.queued_ms = clock::now_millis();
+                self.enqueue(job, None);
+            }
+        }
+        if holding {
+            self.engine.release(worker);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The controller runtime against the in-memory fake driver: convergence, observedGeneration,
+//! recovery, quarantine, one reconcile per object at a time.
+
+use microfaas::engine::vm::FakeDriver;
+use microfaas::engine::{Config, Engine};
+use microfaas::manifest::{self, Kind, validate::Options};
+use microfaas::store::{DesiredObject, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+fn objects(yaml: &str) -> Vec<DesiredObject> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("m.yaml");
+    std::fs::write(&f, yaml).expect("write");
+    let loaded = manifest::load_and_validate(&[f], Options { fs_checks: false });
+    assert!(
+        loaded.diagnostics.iter().all(|d| !d.is_error()),
+        "{:?}",
+        loaded.diagnostics
+    );
+    loaded
+        .resources
+        .iter()
+        .map(|r| DesiredObject {
+            kind: r.kind(),
+            name: r.name().to_string(),
+            labels: r.metadata.labels.clone(),
+            annotations: Default::default(),
+            spec: r.spec.to_json(),
+            owner: r.owner.clone(),
+            source: None,
+        })
+        .collect()
+}
+
+fn workers(n: usize, power: &str) -> String {
+    let mut s = String::from(
+        "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {name: c}\nspec:\n  defaults: {bootTimeout: 300ms, powerOnHoldoff: 0s, quarantineAfter: 2}\n",
+    );
+    s.push_str(&format!(
+        "---\napiVersion: microfaas.dev/v1alpha1\nkind: WorkerSet\nmetadata: {{name: vm}}\nspec:\n  replicas: {n}\n  template:\n    spec: {{power: {power}, vm: {{kernel: /k}}}}\n"
+    ));
+    s
+}
+
+struct World {
+    engine: Arc<Engine<FakeDriver, FakeDriver>>,
+    driver: Arc<FakeDriver>,
+    stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+fn world(yaml: &str) -> World {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut store = Store::open(dir.path()).expect("store");
+    store
+        .apply(&objects(yaml), None, false, false)
+        .expect("apply");
+    let driver = Arc::new(FakeDriver::default());
+    let engine = Engine::new(
+        store,
+        driver.clone(),
+        driver.clone(),
+        Config {
+            state_dir: dir.path().to_path_buf(),
+            orchestrator_port: 1,
+            token: "t".into(),
+            default_initrd: None,
+            concurrency: 4,
+            resync: Duration::from_secs(3600),
+        },
+    );
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(engine.clone().run(rx, None));
+    engine.enqueue_all();
+    World {
+        engine,
+        driver,
+        stop,
+        _dir: dir,
+    }
+}
+
+/// Waits until every worker satisfies `pred(phase, health)`, or panics after `limit`.
+async fn until(w: &World, limit: Duration, pred: impl Fn(&str, &str) -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut changes = w.engine.subscribe_changes();
+    loop {
+        let all = w
+            .engine
+            .with_store(|s| s.list(Some(Kind::Worker)))
+            .expect("list");
+        let ok = all.iter().all(|o| {
+            let phase = o.status["phase"].as_str().unwrap_or("");
+            let health = o.status["health"].as_str().unwrap_or("");
+            o.status["observedGeneration"] == o.generation && pred(phase, health)
+        });
+        if ok && !all.is_empty() {
+            return;
+        }
+        let summary: Vec<String> = all
+            .iter()
+            .map(|o| format!("{}={}", o.name, o.status["phase"]))
+            .collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not converged: {summary:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_converge_to_ready_and_back_off() {
+    let w = world(&workers(3, "On"));
+    until(&w, Duration::from_secs(5), |p, _| p == "Ready").await;
+    assert_eq!(w.driver.running(), 3);
+    assert_eq!(
+        w.driver.launches.lock().expect("lock").len(),
+        3,
+        "a VM launched twice"
+    );
+
+    // desired Off: generation 2 observed, VMs gone
+    let mut store_objs = objects(&workers(3, "Off"));
+    store_objs.retain(|o| o.kind != Kind::Cluster);
+    w.engine
+        .with_store(|s| s.apply(&store_objs, None, false, false))
+        .expect("apply");
+    w.engine.enqueue_all();
+    until(&w, Duration::from_secs(5), |p, _| p == "Off").await;
+    assert_eq!(w.driver.running(), 0);
+    let o = w.engine.get(Kind::Worker, "vm-0").expect("vm-0");
+    assert_eq!(o.generation, 2);
+    assert_eq!(o.status["observedGeneration"], 2);
+    let _ = w.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_vm_is_relaunched() {
+    let w = world(&workers(1, "On"));
+    until(&w, Duration::from_secs(5), |p, _| p == "Ready").await;
+    w.driver.crash("vm-0");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while w.driver.launches.lock().expect("lock").len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not relaunched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until(&w, Duration::from_secs(5), |p, _| p == "Ready").await;
+    let _ = w.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_never_boots_is_quarantined() {
+    let w = world(&workers(1, "On"));
+    w.driver
+        .never_boot
+        .lock()
+        .expect("lock")
+        .insert("vm-0".into());
+    until(&w, Duration::from_secs(10), |_, h| h == "Bad").await;
+    let o = w.engine.get(Kind::Worker, "vm-0").expect("vm-0");
+    assert_eq!(o.status["phase"], "Failed");
+    let launches = w.driver.launches.lock().expect("lock").len();
+    assert_eq!(launches, 2, "quarantineAfter: 2 means two boot attempts");
+    assert_eq!(
+        w.driver.running(),
+        0,
+        "a quarantined worker's VM must be stopped"
+    );
+    let events = w
+        .engine
+        .with_store(|s| s.events(Kind::Worker, "vm-0", 50))
+        .expect("events");
+    assert!(
+        events.iter().any(|e| e.reason == "Quarantined"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "BootTimeout" && e.count == 2),
+        "{events:?}"
+    );
+    // Bad workers stay Bad: no further launches
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(w.driver.launches.lock().expect("lock").len(), 2);
+    let _ = w.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_follows_demand() {
+    let w = world(&workers(2, "OnDemand"));
+    until(&w, Duration::from_secs(5), |p, _| p == "Off").await;
+    assert_eq!(w.driver.running(), 0);
+    w.engine.want("vm-1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let o = w.engine.get(Kind::Worker, "vm-1").expect("vm-1");
+        if o.status["phase"] == "Ready" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "vm-1 not Ready: {}",
+            o.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(w.driver.running(), 1);
+    w.engine.release("vm-1");
+    until(&w, Duration::from_secs(5), |p, _| p == "Off").await;
+    assert_eq!(w.driver.running(), 0);
+    let _ = w.stop.send(true);
+}
