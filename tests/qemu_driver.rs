@@ -14,7 +14,6 @@ mod support;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use microfaas::drivers::qemu::{
@@ -36,12 +35,9 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 const GUEST_PORT: u16 = 7100;
 
-/// One VM test at a time (see the module comment).
-static VM_TESTS: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    VM_TESTS.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// One VM test at a time (see the module comment). An async mutex: each test has its own
+/// runtime, and the guard is held across awaits.
+static VM_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// SIGKILLs the QEMU behind a pidfile when dropped, if /proc still shows our uuid on it.
 struct Reaper {
@@ -190,7 +186,7 @@ async fn expect_event(
 
 #[tokio::test]
 async fn agent_connects_then_acpi_powerdown_makes_qemu_exit() {
-    let _one = serial();
+    let _one = VM_TESTS.lock().await;
     let fx = fixture();
     let token = "drivertoken1";
     let endpoint = Endpoint::bind("127.0.0.1:0", token.as_bytes().to_vec())
@@ -264,7 +260,7 @@ async fn agent_connects_then_acpi_powerdown_makes_qemu_exit() {
 
 #[tokio::test]
 async fn quit_and_kill_stop_qemu() {
-    let _one = serial();
+    let _one = VM_TESTS.lock().await;
     let fx = fixture();
 
     let cfg = fx.config("vm-quit", None, "unused");
@@ -314,7 +310,7 @@ async fn quit_and_kill_stop_qemu() {
 
 #[tokio::test]
 async fn adopt_finds_the_same_vm_and_never_a_stranger() {
-    let _one = serial();
+    let _one = VM_TESTS.lock().await;
     let fx = fixture();
     let cfg = fx.config("vm-adopt", None, "unused");
     let _reaper = reaper(&cfg);
