@@ -302,4 +302,9 @@ fn outputs_match_tolerates_last_bit_float_noise_only() {
         &json!({"x": 1.0, "v": [2.5, "s"], "y": 0})
     ));
     assert!(!functions::outputs_match(&json!(1), &json!(2)));
+    // Near zero the tolerance is absolute: accumulated last-bit noise, not a different sum.
+    assert!(functions::outputs_match(&json!(1e-4), &json!(1e-4 + 1e-12)));
+    assert!(!functions::outputs_match(&json!(1e-4), &json!(2e-4)));
+    assert!(functions::outputs_match(&json!(1e12), &json!(1e12 + 1.0)));
+    assert!(!functions::outputs_match(&json!(1e12), &json!(1e12 + 1e4)));
 }

@@ -85,13 +85,16 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Compare two outputs, allowing floating-point numbers a relative error of 1e-9: libm's
-/// sin/cos differ in the last bit between C libraries (glibc on a host, musl in the agent).
+/// Compare two outputs, allowing floating-point numbers an error of 1e-9, relative to their
+/// size or absolute below 1: libm's sin/cos differ in the last bit between C libraries (glibc
+/// on a host, musl in the agent), and a sum of many of them may land near zero.
 pub fn outputs_match(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
         (Value::Number(a), Value::Number(b)) if a.is_f64() || b.is_f64() => {
             match (a.as_f64(), b.as_f64()) {
-                (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+                (Some(x), Some(y)) => {
+                    x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+                }
                 _ => false,
             }
         }
