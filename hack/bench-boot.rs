@@ -1,6 +1,7 @@
 //! Boot-time benchmark behind hack/bench-boot: N cold boots per configuration (Debian cloud
-//! kernel, the small kernel, each with SeaBIOS and with qboot when present), under TCG with
-//! the real agent, split into
+//! kernel and the small kernel; each as bzImage and, when it has a PVH entry, as uncompressed
+//! vmlinux (`+pvh`); each with SeaBIOS and with qboot (`+qboot`) when present), under TCG
+//! with the real agent, split into
 //!   QEMU start → kernel   (hello's arrival minus the guest's CLOCK_BOOTTIME in hello)
 //!   kernel → /init        (the agent's first console line "starting as PID 1")
 //!   /init → hello         (hello frame received by the orchestrator)
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use microfaas::image::{BuildOptions, BuildOutput, KernelSource, build};
+use microfaas::image::{BuildOptions, ImageError, KernelSource, build};
 
 use support::orchestrator::TestOrchestrator;
 use support::qemu::{BootSpec, Vm};
@@ -26,7 +27,8 @@ const INIT_MARKER: &str = "starting as PID 1";
 
 struct Config {
     name: String,
-    image: BuildOutput,
+    kernel: PathBuf,
+    initrd: PathBuf,
     bios: Option<PathBuf>,
 }
 
@@ -74,7 +76,7 @@ fn run() -> Result<(), String> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: hack/bench-boot [-n BOOTS] [--append KERNEL-ARGS] [--nice N] [CONFIG...]   (CONFIG: debian-cloud, small, debian-cloud+qboot, small+qboot)"
+                    "usage: hack/bench-boot [-n BOOTS] [--append KERNEL-ARGS] [--nice N] [CONFIG...]   (CONFIG: NAME[+pvh][+qboot], NAME = debian-cloud | small)"
                 );
                 return Ok(());
             }
@@ -141,13 +143,17 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
     let small = artifact(KERNEL_VAR)?;
     let image = |name: &str, kernel: KernelSource| {
         eprintln!("bench-boot: building the {name} image");
-        build(&BuildOptions {
-            kernel,
-            agent: agent.clone(),
-            out_dir: work.join(name),
-            token: Some(TOKEN.into()),
-            cache_dir: None,
-        })
+        let mut opts = BuildOptions::new(kernel, agent.clone(), work.join(name));
+        opts.token = Some(TOKEN.into());
+        opts.pvh = true;
+        match build(&opts) {
+            Err(ImageError::Vmlinux { reason, .. }) => {
+                eprintln!("bench-boot: {name}: no PVH variant: {reason}");
+                opts.pvh = false;
+                build(&opts)
+            }
+            other => other,
+        }
         .map_err(|e| format!("building the {name} image: {e}"))
     };
     let images = [
@@ -163,17 +169,23 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
     }
     let mut configs = Vec::new();
     for (name, img) in images {
-        configs.push(Config {
-            name: name.into(),
-            image: img.clone(),
-            bios: None,
-        });
-        if let Some(q) = &qboot {
-            configs.push(Config {
-                name: format!("{name}+qboot"),
-                image: img,
-                bios: Some(q.clone()),
-            });
+        let kernels = [
+            Some((name.to_owned(), img.bzimage.clone())),
+            img.vmlinux.clone().map(|v| (format!("{name}+pvh"), v)),
+        ];
+        for (kname, kernel) in kernels.into_iter().flatten() {
+            let firmwares = [
+                Some((kname.clone(), None)),
+                qboot.clone().map(|q| (format!("{kname}+qboot"), Some(q))),
+            ];
+            for (cname, bios) in firmwares.into_iter().flatten() {
+                configs.push(Config {
+                    name: cname,
+                    kernel: kernel.clone(),
+                    initrd: img.initramfs.clone(),
+                    bios,
+                });
+            }
         }
     }
     configs.retain(|c| only.is_empty() || only.contains(&c.name));
@@ -185,7 +197,7 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
 
 fn boot_once(c: &Config, append: &str, nice: i32) -> Result<Sample, String> {
     let orchestrator = TestOrchestrator::bind()?;
-    let mut spec = BootSpec::new(&c.image.bzimage, &c.image.initramfs, orchestrator.port);
+    let mut spec = BootSpec::new(&c.kernel, &c.initrd, orchestrator.port);
     spec.bios = c.bios.clone();
     spec.nice = nice;
     spec.extra_cmdline = format!("microfaas.worker=bench {append}");

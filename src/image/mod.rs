@@ -10,6 +10,7 @@ mod error;
 pub mod initramfs;
 pub mod modules;
 mod tool;
+mod vmlinux;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,11 +38,30 @@ pub struct BuildOptions {
     pub token: Option<String>,
     /// Download cache; `None` means [`default_cache_dir`].
     pub cache_dir: Option<PathBuf>,
+    /// Also write `vmlinux`, the uncompressed kernel ELF, for PVH direct boot
+    /// (`qemu -kernel vmlinux`): no in-guest decompression. Needs a CONFIG_PVH=y kernel.
+    pub pvh: bool,
+}
+
+impl BuildOptions {
+    /// Options with no token, the default cache and no PVH kernel.
+    pub fn new(kernel: KernelSource, agent: PathBuf, out_dir: PathBuf) -> Self {
+        BuildOptions {
+            kernel,
+            agent,
+            out_dir,
+            token: None,
+            cache_dir: None,
+            pvh: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct BuildOutput {
     pub bzimage: PathBuf,
+    /// The uncompressed kernel for PVH boot, when [`BuildOptions::pvh`] asked for it.
+    pub vmlinux: Option<PathBuf>,
     pub initramfs: PathBuf,
     /// Module names in load order; empty for a kernel with everything built in.
     pub modules: Vec<String>,
@@ -105,6 +125,12 @@ pub fn build_with_progress(
     })?;
     let bzimage = opts.out_dir.join("bzImage");
     copy_atomic(&kernel, &bzimage)?;
+    let vmlinux = if opts.pvh {
+        progress("extracting vmlinux for PVH boot");
+        Some(write_vmlinux(&bzimage, &opts.out_dir.join("vmlinux"))?)
+    } else {
+        None
+    };
 
     let initramfs = opts.out_dir.join("initramfs.cpio.gz");
     progress(&format!("writing {}", initramfs.display()));
@@ -118,6 +144,7 @@ pub fn build_with_progress(
     )?;
     Ok(BuildOutput {
         bzimage,
+        vmlinux,
         initramfs,
         modules: names,
         kernel_release: release,
@@ -137,6 +164,22 @@ fn check_token(token: &str) -> Result<(), ImageError> {
         ));
     }
     Ok(())
+}
+
+fn write_vmlinux(bzimage: &Path, to: &Path) -> Result<PathBuf, ImageError> {
+    let bytes = fs::read(bzimage).map_err(|source| ImageError::Read {
+        path: bzimage.to_owned(),
+        source,
+    })?;
+    let elf = vmlinux::extract(bzimage, &bytes)?;
+    let tmp = to.with_extension("tmp");
+    fs::write(&tmp, elf)
+        .and_then(|()| fs::rename(&tmp, to))
+        .map_err(|source| ImageError::Write {
+            path: to.to_owned(),
+            source,
+        })?;
+    Ok(to.to_owned())
 }
 
 fn copy_atomic(from: &Path, to: &Path) -> Result<(), ImageError> {
