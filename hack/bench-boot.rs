@@ -29,6 +29,7 @@ struct Config {
     name: String,
     kernel: PathBuf,
     initrd: PathBuf,
+    cmdline: String,
     bios: Option<PathBuf>,
 }
 
@@ -52,51 +53,77 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let mut n = 10usize;
-    let mut only: Vec<String> = Vec::new();
-    let mut append = String::new();
-    let mut nice = 0i32;
+/// Command-line options.
+struct RunOpts {
+    boots: usize,
+    only: Vec<String>,
+    append: String,
+    nice: i32,
+    plain: bool,
+}
+
+const USAGE: &str = "usage: hack/bench-boot [-n BOOTS] [--append KERNEL-ARGS] [--plain] [--nice N] \
+                     [CONFIG...]\n  CONFIG: NAME[+pvh][+qboot], NAME = debian-cloud | small\n  \
+                     --plain: boot with only `console=ttyS0 quiet`, not the image's cmdline";
+
+fn parse_args() -> Result<Option<RunOpts>, String> {
+    let mut o = RunOpts {
+        boots: 10,
+        only: Vec::new(),
+        append: String::new(),
+        nice: 0,
+        plain: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "-n" => {
-                n = args
+                o.boots = args
                     .next()
                     .and_then(|v| v.parse().ok())
                     .filter(|&v| v > 0)
                     .ok_or("-n needs a positive number")?
             }
-            "--append" => append = args.next().ok_or("--append needs kernel arguments")?,
+            "--append" => o.append = args.next().ok_or("--append needs kernel arguments")?,
+            "--plain" => o.plain = true,
             "--nice" => {
-                nice = args
+                o.nice = args
                     .next()
                     .and_then(|v| v.parse().ok())
                     .ok_or("--nice needs a number (-20..19)")?
             }
             "-h" | "--help" => {
-                println!(
-                    "usage: hack/bench-boot [-n BOOTS] [--append KERNEL-ARGS] [--nice N] [CONFIG...]   (CONFIG: NAME[+pvh][+qboot], NAME = debian-cloud | small)"
-                );
-                return Ok(());
+                println!("{USAGE}");
+                return Ok(None);
             }
-            c => only.push(c.to_owned()),
+            c => o.only.push(c.to_owned()),
         }
     }
+    Ok(Some(o))
+}
 
+fn run() -> Result<(), String> {
+    let Some(opts) = parse_args()? else {
+        return Ok(());
+    };
+    let n = opts.boots;
     // Removed when it goes out of scope, images and all.
     let work = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let configs = prepare(work.path(), &only)?;
+    let configs = prepare(work.path(), &opts.only)?;
     println!(
         "{n} cold boots per configuration, qemu-system-x86_64 -accel tcg, {} host cores, \
-         QEMU nice {nice}, load average at start {}\n",
+         QEMU nice {}, load average at start {}\n",
         std::thread::available_parallelism().map_or(0, |p| p.get()),
+        opts.nice,
         std::fs::read_to_string("/proc/loadavg")
             .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
             .unwrap_or_default()
     );
-    if !append.is_empty() {
-        println!("extra kernel arguments: {append}\n");
+    if opts.plain {
+        println!("kernel arguments: only `console=ttyS0 quiet` (--plain)\n");
+    }
+    if !opts.append.is_empty() {
+        println!("extra kernel arguments: {}\n", opts.append);
     }
     println!(
         "{:<20} {:>15} {:>15} {:>15} {:>15} {:>15}",
@@ -110,8 +137,7 @@ fn run() -> Result<(), String> {
     for c in &configs {
         let mut samples = Vec::with_capacity(n);
         for i in 0..n {
-            let s = boot_once(c, &append, nice)
-                .map_err(|e| format!("{} boot {}: {e}", c.name, i + 1))?;
+            let s = boot_once(c, &opts).map_err(|e| format!("{} boot {}: {e}", c.name, i + 1))?;
             samples.push(s);
         }
         let col = |f: fn(&Sample) -> f64| {
@@ -183,6 +209,7 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
                     name: cname,
                     kernel: kernel.clone(),
                     initrd: img.initramfs.clone(),
+                    cmdline: img.cmdline.clone(),
                     bios,
                 });
             }
@@ -195,12 +222,18 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
     Ok(configs)
 }
 
-fn boot_once(c: &Config, append: &str, nice: i32) -> Result<Sample, String> {
+fn boot_once(c: &Config, opts: &RunOpts) -> Result<Sample, String> {
+    // --plain: the bare console arguments, to measure what the image's recommended ones save.
+    let base = if opts.plain {
+        "console=ttyS0 quiet".to_owned()
+    } else {
+        c.cmdline.clone()
+    };
     let orchestrator = TestOrchestrator::bind()?;
-    let mut spec = BootSpec::new(&c.kernel, &c.initrd, orchestrator.port);
+    let mut spec = BootSpec::new(&c.kernel, &c.initrd, &base, orchestrator.port);
     spec.bios = c.bios.clone();
-    spec.nice = nice;
-    spec.extra_cmdline = format!("microfaas.worker=bench {append}");
+    spec.nice = opts.nice;
+    spec.extra_cmdline = format!("microfaas.worker=bench {}", opts.append);
     let mut vm = Vm::launch(&spec)?;
     let result = measure(&orchestrator, &mut vm);
     if result.is_err() {

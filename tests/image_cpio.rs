@@ -188,6 +188,11 @@ fn initramfs_for_a_builtin_kernel_has_no_modules_and_a_private_token() {
     let out = build(&opts).unwrap();
     assert!(out.modules.is_empty());
     assert_eq!(fs::read(&out.bzimage).unwrap(), b"not really a kernel");
+    assert_eq!(out.cmdline, "console=ttyS0 quiet");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("out/cmdline")).unwrap(),
+        "console=ttyS0 quiet\n"
+    );
 
     let gz = Command::new("gzip")
         .arg("-dc")

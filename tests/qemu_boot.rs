@@ -56,7 +56,7 @@ fn boot_and_run_all_functions(kernel: KernelSource, token_via: TokenVia, pvh: bo
     };
 
     let orchestrator = TestOrchestrator::bind().unwrap_or_else(|e| panic!("{e}"));
-    let mut spec = BootSpec::new(&kernel, &image.initramfs, orchestrator.port);
+    let mut spec = BootSpec::new(&kernel, &image.initramfs, &image.cmdline, orchestrator.port);
     spec.extra_cmdline = format!("microfaas.worker={WORKER}");
     if let TokenVia::Cmdline = token_via {
         spec.extra_cmdline += &format!(" microfaas.token={token}");

@@ -100,6 +100,7 @@ fn build(args: BuildArgs) -> miette::Result<()> {
         out.initramfs.display(),
         out.initramfs_size.div_ceil(1024)
     );
+    println!("cmdline:   {}", out.cmdline);
     if out.modules.is_empty() {
         println!("modules:   none (kernel has what it needs built in)");
     } else {

@@ -2,6 +2,7 @@
 //! the static agent as /init and exactly the modules that kernel needs for virtio-net and the
 //! ACPI power button.
 
+pub mod cmdline;
 pub mod cpio;
 pub mod debian;
 mod decompress;
@@ -69,6 +70,9 @@ pub struct BuildOutput {
     pub kernel_release: Option<String>,
     /// Compressed initramfs size in bytes.
     pub initramfs_size: u64,
+    /// Kernel arguments recommended for this image (also written to `cmdline` in the out
+    /// dir); a VM adds its `microfaas.*` arguments after them.
+    pub cmdline: String,
 }
 
 /// `$MICROFAAS_CACHE`, else `$HOME/.cache/microfaas` (the same place hack/build-kernel.sh uses).
@@ -142,7 +146,14 @@ pub fn build_with_progress(
             token: opts.token.as_deref(),
         },
     )?;
+    let cmdline = cmdline::recommended(matches!(opts.kernel, KernelSource::DebianCloud));
+    let cmdline_file = opts.out_dir.join("cmdline");
+    fs::write(&cmdline_file, format!("{cmdline}\n")).map_err(|source| ImageError::Write {
+        path: cmdline_file,
+        source,
+    })?;
     Ok(BuildOutput {
+        cmdline,
         bzimage,
         vmlinux,
         initramfs,
