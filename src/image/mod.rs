@@ -133,6 +133,8 @@ pub fn build_with_progress(
         progress("extracting vmlinux for PVH boot");
         Some(write_vmlinux(&bzimage, &opts.out_dir.join("vmlinux"))?)
     } else {
+        // A vmlinux left by an earlier --pvh build would no longer match the bzImage.
+        remove_if_present(&opts.out_dir.join("vmlinux"))?;
         None
     };
 
@@ -175,6 +177,16 @@ fn check_token(token: &str) -> Result<(), ImageError> {
         ));
     }
     Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), ImageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ImageError::Write {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn write_vmlinux(bzimage: &Path, to: &Path) -> Result<PathBuf, ImageError> {
