@@ -98,13 +98,12 @@ fn fixture() -> Fixture {
         .prefix("mfq")
         .tempdir()
         .expect("temp dir");
-    let image = build(&BuildOptions {
-        kernel: KernelSource::Path(kernel),
+    // `new`: no token baked in (it goes on the command line), default cache, no PVH.
+    let image = build(&BuildOptions::new(
+        KernelSource::Path(kernel),
         agent,
-        out_dir: dir.path().join("img"),
-        token: None,
-        cache_dir: None,
-    })
+        dir.path().join("img"),
+    ))
     .unwrap_or_else(|e| panic!("image build: {e}"));
     Fixture {
         kernel: image.bzimage,
