@@ -1,6 +1,7 @@
 //! Boot-time benchmark behind hack/bench-boot: N cold boots per configuration (Debian cloud
-//! kernel, the small kernel, each with SeaBIOS and with qboot when present), under TCG with
-//! the real agent, split into
+//! kernel and the small kernel; each as bzImage and, when it has a PVH entry, as uncompressed
+//! vmlinux (`+pvh`); each with SeaBIOS and with qboot (`+qboot`) when present), under TCG
+//! with the real agent, split into
 //!   QEMU start → kernel   (hello's arrival minus the guest's CLOCK_BOOTTIME in hello)
 //!   kernel → /init        (the agent's first console line "starting as PID 1")
 //!   /init → hello         (hello frame received by the orchestrator)
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use microfaas::image::{BuildOptions, BuildOutput, KernelSource, build};
+use microfaas::image::{BuildOptions, ImageError, KernelSource, build};
 
 use support::orchestrator::TestOrchestrator;
 use support::qemu::{BootSpec, Vm};
@@ -26,7 +27,9 @@ const INIT_MARKER: &str = "starting as PID 1";
 
 struct Config {
     name: String,
-    image: BuildOutput,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    cmdline: String,
     bios: Option<PathBuf>,
 }
 
@@ -50,51 +53,77 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let mut n = 10usize;
-    let mut only: Vec<String> = Vec::new();
-    let mut append = String::new();
-    let mut nice = 0i32;
+/// Command-line options.
+struct RunOpts {
+    boots: usize,
+    only: Vec<String>,
+    append: String,
+    nice: i32,
+    plain: bool,
+}
+
+const USAGE: &str = "usage: hack/bench-boot [-n BOOTS] [--append KERNEL-ARGS] [--plain] [--nice N] \
+                     [CONFIG...]\n  CONFIG: NAME[+pvh][+qboot], NAME = debian-cloud | small\n  \
+                     --plain: boot with only `console=ttyS0 quiet`, not the image's cmdline";
+
+fn parse_args() -> Result<Option<RunOpts>, String> {
+    let mut o = RunOpts {
+        boots: 10,
+        only: Vec::new(),
+        append: String::new(),
+        nice: 0,
+        plain: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "-n" => {
-                n = args
+                o.boots = args
                     .next()
                     .and_then(|v| v.parse().ok())
                     .filter(|&v| v > 0)
                     .ok_or("-n needs a positive number")?
             }
-            "--append" => append = args.next().ok_or("--append needs kernel arguments")?,
+            "--append" => o.append = args.next().ok_or("--append needs kernel arguments")?,
+            "--plain" => o.plain = true,
             "--nice" => {
-                nice = args
+                o.nice = args
                     .next()
                     .and_then(|v| v.parse().ok())
                     .ok_or("--nice needs a number (-20..19)")?
             }
             "-h" | "--help" => {
-                println!(
-                    "usage: hack/bench-boot [-n BOOTS] [--append KERNEL-ARGS] [--nice N] [CONFIG...]   (CONFIG: debian-cloud, small, debian-cloud+qboot, small+qboot)"
-                );
-                return Ok(());
+                println!("{USAGE}");
+                return Ok(None);
             }
-            c => only.push(c.to_owned()),
+            c => o.only.push(c.to_owned()),
         }
     }
+    Ok(Some(o))
+}
 
+fn run() -> Result<(), String> {
+    let Some(opts) = parse_args()? else {
+        return Ok(());
+    };
+    let n = opts.boots;
     // Removed when it goes out of scope, images and all.
     let work = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let configs = prepare(work.path(), &only)?;
+    let configs = prepare(work.path(), &opts.only)?;
     println!(
         "{n} cold boots per configuration, qemu-system-x86_64 -accel tcg, {} host cores, \
-         QEMU nice {nice}, load average at start {}\n",
+         QEMU nice {}, load average at start {}\n",
         std::thread::available_parallelism().map_or(0, |p| p.get()),
+        opts.nice,
         std::fs::read_to_string("/proc/loadavg")
             .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
             .unwrap_or_default()
     );
-    if !append.is_empty() {
-        println!("extra kernel arguments: {append}\n");
+    if opts.plain {
+        println!("kernel arguments: only `console=ttyS0 quiet` (--plain)\n");
+    }
+    if !opts.append.is_empty() {
+        println!("extra kernel arguments: {}\n", opts.append);
     }
     println!(
         "{:<20} {:>15} {:>15} {:>15} {:>15} {:>15}",
@@ -108,8 +137,7 @@ fn run() -> Result<(), String> {
     for c in &configs {
         let mut samples = Vec::with_capacity(n);
         for i in 0..n {
-            let s = boot_once(c, &append, nice)
-                .map_err(|e| format!("{} boot {}: {e}", c.name, i + 1))?;
+            let s = boot_once(c, &opts).map_err(|e| format!("{} boot {}: {e}", c.name, i + 1))?;
             samples.push(s);
         }
         let col = |f: fn(&Sample) -> f64| {
@@ -141,13 +169,17 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
     let small = artifact(KERNEL_VAR)?;
     let image = |name: &str, kernel: KernelSource| {
         eprintln!("bench-boot: building the {name} image");
-        build(&BuildOptions {
-            kernel,
-            agent: agent.clone(),
-            out_dir: work.join(name),
-            token: Some(TOKEN.into()),
-            cache_dir: None,
-        })
+        let mut opts = BuildOptions::new(kernel, agent.clone(), work.join(name));
+        opts.token = Some(TOKEN.into());
+        opts.pvh = true;
+        match build(&opts) {
+            Err(ImageError::Vmlinux { reason, .. }) => {
+                eprintln!("bench-boot: {name}: no PVH variant: {reason}");
+                opts.pvh = false;
+                build(&opts)
+            }
+            other => other,
+        }
         .map_err(|e| format!("building the {name} image: {e}"))
     };
     let images = [
@@ -163,17 +195,24 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
     }
     let mut configs = Vec::new();
     for (name, img) in images {
-        configs.push(Config {
-            name: name.into(),
-            image: img.clone(),
-            bios: None,
-        });
-        if let Some(q) = &qboot {
-            configs.push(Config {
-                name: format!("{name}+qboot"),
-                image: img,
-                bios: Some(q.clone()),
-            });
+        let kernels = [
+            Some((name.to_owned(), img.bzimage.clone())),
+            img.vmlinux.clone().map(|v| (format!("{name}+pvh"), v)),
+        ];
+        for (kname, kernel) in kernels.into_iter().flatten() {
+            let firmwares = [
+                Some((kname.clone(), None)),
+                qboot.clone().map(|q| (format!("{kname}+qboot"), Some(q))),
+            ];
+            for (cname, bios) in firmwares.into_iter().flatten() {
+                configs.push(Config {
+                    name: cname,
+                    kernel: kernel.clone(),
+                    initrd: img.initramfs.clone(),
+                    cmdline: img.cmdline.clone(),
+                    bios,
+                });
+            }
         }
     }
     configs.retain(|c| only.is_empty() || only.contains(&c.name));
@@ -183,12 +222,18 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
     Ok(configs)
 }
 
-fn boot_once(c: &Config, append: &str, nice: i32) -> Result<Sample, String> {
+fn boot_once(c: &Config, opts: &RunOpts) -> Result<Sample, String> {
+    // --plain: the bare console arguments, to measure what the image's recommended ones save.
+    let base = if opts.plain {
+        "console=ttyS0 quiet".to_owned()
+    } else {
+        c.cmdline.clone()
+    };
     let orchestrator = TestOrchestrator::bind()?;
-    let mut spec = BootSpec::new(&c.image.bzimage, &c.image.initramfs, orchestrator.port);
+    let mut spec = BootSpec::new(&c.kernel, &c.initrd, &base, orchestrator.port);
     spec.bios = c.bios.clone();
-    spec.nice = nice;
-    spec.extra_cmdline = format!("microfaas.worker=bench {append}");
+    spec.nice = opts.nice;
+    spec.extra_cmdline = format!("microfaas.worker=bench {}", opts.append);
     let mut vm = Vm::launch(&spec)?;
     let result = measure(&orchestrator, &mut vm);
     if result.is_err() {

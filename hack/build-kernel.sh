@@ -60,12 +60,18 @@ kmake olddefconfig >/dev/null
 
 # olddefconfig silently drops symbols whose dependencies are unmet; a kernel missing one of
 # them would boot and then fail in a confusing way (no console, no NIC), so stop here instead.
+# Every assignment in the fragment (=y, =m, numbers, strings) and every "is not set" must hold.
 missing=()
-while IFS= read -r sym; do
-  grep -qx "${sym}=y" "$tree/.config" || missing+=("$sym")
-done < <(grep -E '^CONFIG_[A-Za-z0-9_]+=y$' "$fragment" | cut -d= -f1)
+while IFS= read -r line; do
+  case "$line" in
+    CONFIG_*=*) grep -qxF "$line" "$tree/.config" || missing+=("$line") ;;
+    "# CONFIG_"*" is not set")
+      sym=${line#"# "}; sym=${sym%" is not set"}
+      if grep -qE "^${sym}=" "$tree/.config"; then missing+=("$line"); fi ;;
+  esac
+done <"$fragment"
 if [ ${#missing[@]} -gt 0 ]; then
-  die "these =y symbols from $(basename "$fragment") did not survive olddefconfig (unmet dependencies?): ${missing[*]}"
+  die "these settings from $(basename "$fragment") did not survive olddefconfig (unmet dependencies?): ${missing[*]}"
 fi
 
 jobs=$(nproc)

@@ -182,16 +182,17 @@ fn initramfs_for_a_builtin_kernel_has_no_modules_and_a_private_token() {
     fs::write(&agent, fake_static_elf()).unwrap();
     let kernel = dir.path().join("my-bzImage");
     fs::write(&kernel, b"not really a kernel").unwrap();
-    let out = build(&BuildOptions {
-        kernel: KernelSource::Path(kernel.clone()),
-        agent,
-        out_dir: dir.path().join("out"),
-        token: Some("s3cret".into()),
-        cache_dir: Some(dir.path().join("cache")),
-    })
-    .unwrap();
+    let mut opts = BuildOptions::new(KernelSource::Path(kernel), agent, dir.path().join("out"));
+    opts.token = Some("s3cret".into());
+    opts.cache_dir = Some(dir.path().join("cache"));
+    let out = build(&opts).unwrap();
     assert!(out.modules.is_empty());
     assert_eq!(fs::read(&out.bzimage).unwrap(), b"not really a kernel");
+    assert_eq!(out.cmdline, "console=ttyS0 quiet");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("out/cmdline")).unwrap(),
+        "console=ttyS0 quiet\n"
+    );
 
     let gz = Command::new("gzip")
         .arg("-dc")
@@ -233,13 +234,11 @@ fn initramfs_for_a_builtin_kernel_has_no_modules_and_a_private_token() {
 #[test]
 fn a_dynamically_linked_agent_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let err = build(&BuildOptions {
-        kernel: KernelSource::Path("/nonexistent".into()),
-        agent: "/bin/true".into(),
-        out_dir: dir.path().to_owned(),
-        token: None,
-        cache_dir: None,
-    })
+    let err = build(&BuildOptions::new(
+        KernelSource::Path("/nonexistent".into()),
+        "/bin/true".into(),
+        dir.path().to_owned(),
+    ))
     .unwrap_err();
     assert!(err.to_string().contains("dynamically linked"), "{err}");
 }

@@ -108,6 +108,25 @@ fn builtin_modules_are_skipped_and_unknown_ones_are_errors() {
     assert!(err.to_string().contains("no_such_module"), "{err}");
 }
 
+/// binutils' readelf, not our parser, must see an x86-64 executable with the PVH entry note
+/// (Xen note type 0x12, XEN_ELFNOTE_PHYS32_ENTRY).
+fn check_vmlinux(path: &Path) {
+    let out = Command::new("readelf")
+        .args(["-h", "-n"])
+        .arg(path)
+        .output()
+        .expect("cannot run readelf (binutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "readelf failed on {}", path.display());
+    assert!(text.contains("EXEC (Executable file)"), "{text}");
+    assert!(text.contains("X86-64"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("Xen") && l.contains("0x00000012")),
+        "no PVH note in:\n{text}"
+    );
+}
+
 #[test]
 fn debian_image_carries_the_modules_and_their_list() {
     let k = debian_kernel();
@@ -115,19 +134,20 @@ fn debian_image_carries_the_modules_and_their_list() {
         panic!("MICROFAAS_TEST_AGENT is not set: run `eval \"$(hack/test-artifacts.sh)\"` first")
     });
     let dir = tempfile::tempdir().unwrap();
-    let out = build(&BuildOptions {
-        kernel: KernelSource::DebianCloud,
-        agent: agent.into(),
-        out_dir: dir.path().join("out"),
-        token: None,
-        cache_dir: Some(default_cache_dir()),
-    })
-    .expect("build");
+    let mut opts = BuildOptions::new(
+        KernelSource::DebianCloud,
+        agent.into(),
+        dir.path().join("out"),
+    );
+    opts.cache_dir = Some(default_cache_dir());
+    opts.pvh = true;
+    let out = build(&opts).expect("build");
     assert_eq!(out.kernel_release.as_deref(), Some(k.release.as_str()));
     assert_eq!(
         fs::read(&out.bzimage).unwrap(),
         fs::read(&k.vmlinuz).unwrap()
     );
+    check_vmlinux(out.vmlinux.as_deref().expect("pvh asked for vmlinux"));
 
     let x = dir.path().join("x");
     fs::create_dir(&x).unwrap();

@@ -36,7 +36,8 @@ enum TokenVia {
     Cmdline,
 }
 
-fn boot_and_run_all_functions(kernel: KernelSource, token_via: TokenVia) {
+/// `pvh`: boot the extracted uncompressed vmlinux instead of the bzImage.
+fn boot_and_run_all_functions(kernel: KernelSource, token_via: TokenVia, pvh: bool) {
     let agent = artifact(AGENT_VAR).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("temp dir");
     let token = format!(
@@ -45,17 +46,17 @@ fn boot_and_run_all_functions(kernel: KernelSource, token_via: TokenVia) {
         std::time::Instant::now()
     );
     let token: String = token.chars().filter(char::is_ascii_alphanumeric).collect();
-    let image = build(&BuildOptions {
-        kernel,
-        agent,
-        out_dir: dir.path().join("image"),
-        token: matches!(token_via, TokenVia::Image).then(|| token.clone()),
-        cache_dir: None,
-    })
-    .unwrap_or_else(|e| panic!("image build: {e}"));
+    let mut opts = BuildOptions::new(kernel, agent, dir.path().join("image"));
+    opts.token = matches!(token_via, TokenVia::Image).then(|| token.clone());
+    opts.pvh = pvh;
+    let image = build(&opts).unwrap_or_else(|e| panic!("image build: {e}"));
+    let kernel = match (&image.vmlinux, pvh) {
+        (Some(v), true) => v.clone(),
+        _ => image.bzimage.clone(),
+    };
 
     let orchestrator = TestOrchestrator::bind().unwrap_or_else(|e| panic!("{e}"));
-    let mut spec = BootSpec::new(&image.bzimage, &image.initramfs, orchestrator.port);
+    let mut spec = BootSpec::new(&kernel, &image.initramfs, &image.cmdline, orchestrator.port);
     spec.extra_cmdline = format!("microfaas.worker={WORKER}");
     if let TokenVia::Cmdline = token_via {
         spec.extra_cmdline += &format!(" microfaas.token={token}");
@@ -117,10 +118,15 @@ fn drive(orchestrator: &TestOrchestrator, vm: &mut Vm, token: &[u8]) -> Result<(
 #[test]
 fn small_kernel_runs_every_function_and_powers_off() {
     let kernel = artifact(KERNEL_VAR).unwrap_or_else(|e| panic!("{e}"));
-    boot_and_run_all_functions(KernelSource::Path(kernel), TokenVia::Image);
+    boot_and_run_all_functions(KernelSource::Path(kernel), TokenVia::Image, false);
 }
 
 #[test]
 fn debian_cloud_kernel_runs_every_function_and_powers_off() {
-    boot_and_run_all_functions(KernelSource::DebianCloud, TokenVia::Cmdline);
+    boot_and_run_all_functions(KernelSource::DebianCloud, TokenVia::Cmdline, false);
+}
+
+#[test]
+fn debian_cloud_kernel_boots_through_pvh() {
+    boot_and_run_all_functions(KernelSource::DebianCloud, TokenVia::Image, true);
 }

@@ -40,6 +40,10 @@ pub struct BuildArgs {
     /// Download cache [default: $MICROFAAS_CACHE or ~/.cache/microfaas].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Also write `vmlinux` (uncompressed) for PVH direct boot with `qemu -kernel vmlinux`,
+    /// which skips in-guest decompression (about 1 s under TCG for Debian's kernel).
+    #[arg(long)]
+    pub pvh: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -82,16 +86,21 @@ fn build(args: BuildArgs) -> miette::Result<()> {
         out_dir: args.out,
         token: args.token,
         cache_dir: args.cache_dir,
+        pvh: args.pvh,
     };
     let out = image::build_with_progress(&opts, &mut |msg| eprintln!("==> {msg}"))
         .into_diagnostic()
         .wrap_err("image build failed")?;
     println!("kernel:    {}", out.bzimage.display());
+    if let Some(v) = &out.vmlinux {
+        println!("vmlinux:   {} (PVH)", v.display());
+    }
     println!(
         "initramfs: {} ({} KiB)",
         out.initramfs.display(),
         out.initramfs_size.div_ceil(1024)
     );
+    println!("cmdline:   {}", out.cmdline);
     if out.modules.is_empty() {
         println!("modules:   none (kernel has what it needs built in)");
     } else {

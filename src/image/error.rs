@@ -36,6 +36,8 @@ pub enum ImageError {
     Tool { tool: &'static str, detail: String },
     #[error("{path} cannot be /init: {reason}")]
     NotStaticElf { path: PathBuf, reason: String },
+    #[error("cannot extract vmlinux from {path}: {reason}")]
+    Vmlinux { path: PathBuf, reason: String },
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
     #[error(transparent)]

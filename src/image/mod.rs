@@ -2,6 +2,7 @@
 //! the static agent as /init and exactly the modules that kernel needs for virtio-net and the
 //! ACPI power button.
 
+pub mod cmdline;
 pub mod cpio;
 pub mod debian;
 mod decompress;
@@ -10,6 +11,7 @@ mod error;
 pub mod initramfs;
 pub mod modules;
 mod tool;
+mod vmlinux;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,11 +39,30 @@ pub struct BuildOptions {
     pub token: Option<String>,
     /// Download cache; `None` means [`default_cache_dir`].
     pub cache_dir: Option<PathBuf>,
+    /// Also write `vmlinux`, the uncompressed kernel ELF, for PVH direct boot
+    /// (`qemu -kernel vmlinux`): no in-guest decompression. Needs a CONFIG_PVH=y kernel.
+    pub pvh: bool,
+}
+
+impl BuildOptions {
+    /// Options with no token, the default cache and no PVH kernel.
+    pub fn new(kernel: KernelSource, agent: PathBuf, out_dir: PathBuf) -> Self {
+        BuildOptions {
+            kernel,
+            agent,
+            out_dir,
+            token: None,
+            cache_dir: None,
+            pvh: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct BuildOutput {
     pub bzimage: PathBuf,
+    /// The uncompressed kernel for PVH boot, when [`BuildOptions::pvh`] asked for it.
+    pub vmlinux: Option<PathBuf>,
     pub initramfs: PathBuf,
     /// Module names in load order; empty for a kernel with everything built in.
     pub modules: Vec<String>,
@@ -49,6 +70,9 @@ pub struct BuildOutput {
     pub kernel_release: Option<String>,
     /// Compressed initramfs size in bytes.
     pub initramfs_size: u64,
+    /// Kernel arguments recommended for this image (also written to `cmdline` in the out
+    /// dir); a VM adds its `microfaas.*` arguments after them.
+    pub cmdline: String,
 }
 
 /// `$MICROFAAS_CACHE`, else `$HOME/.cache/microfaas` (the same place hack/build-kernel.sh uses).
@@ -105,6 +129,14 @@ pub fn build_with_progress(
     })?;
     let bzimage = opts.out_dir.join("bzImage");
     copy_atomic(&kernel, &bzimage)?;
+    let vmlinux = if opts.pvh {
+        progress("extracting vmlinux for PVH boot");
+        Some(write_vmlinux(&bzimage, &opts.out_dir.join("vmlinux"))?)
+    } else {
+        // A vmlinux left by an earlier --pvh build would no longer match the bzImage.
+        remove_if_present(&opts.out_dir.join("vmlinux"))?;
+        None
+    };
 
     let initramfs = opts.out_dir.join("initramfs.cpio.gz");
     progress(&format!("writing {}", initramfs.display()));
@@ -116,8 +148,16 @@ pub fn build_with_progress(
             token: opts.token.as_deref(),
         },
     )?;
+    let cmdline = cmdline::recommended(matches!(opts.kernel, KernelSource::DebianCloud));
+    let cmdline_file = opts.out_dir.join("cmdline");
+    fs::write(&cmdline_file, format!("{cmdline}\n")).map_err(|source| ImageError::Write {
+        path: cmdline_file,
+        source,
+    })?;
     Ok(BuildOutput {
+        cmdline,
         bzimage,
+        vmlinux,
         initramfs,
         modules: names,
         kernel_release: release,
@@ -137,6 +177,32 @@ fn check_token(token: &str) -> Result<(), ImageError> {
         ));
     }
     Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), ImageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ImageError::Write {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn write_vmlinux(bzimage: &Path, to: &Path) -> Result<PathBuf, ImageError> {
+    let bytes = fs::read(bzimage).map_err(|source| ImageError::Read {
+        path: bzimage.to_owned(),
+        source,
+    })?;
+    let elf = vmlinux::extract(bzimage, &bytes)?;
+    let tmp = to.with_extension("tmp");
+    fs::write(&tmp, elf)
+        .and_then(|()| fs::rename(&tmp, to))
+        .map_err(|source| ImageError::Write {
+            path: to.to_owned(),
+            source,
+        })?;
+    Ok(to.to_owned())
 }
 
 fn copy_atomic(from: &Path, to: &Path) -> Result<(), ImageError> {

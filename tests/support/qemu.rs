@@ -16,6 +16,8 @@ pub struct BootSpec {
     pub initrd: PathBuf,
     /// The loopback port the guest reaches as 10.0.2.100:port.
     pub orchestrator_port: u16,
+    /// The image's recommended kernel arguments (`BuildOutput::cmdline`).
+    pub base_cmdline: String,
     /// Appended after the microfaas.orchestrator= argument.
     pub extra_cmdline: String,
     /// `-bios` (e.g. /usr/share/qemu/qboot.rom); SeaBIOS when `None`.
@@ -30,11 +32,12 @@ pub struct BootSpec {
 pub const GUEST_ORCHESTRATOR_IP: &str = "10.0.2.100";
 
 impl BootSpec {
-    pub fn new(kernel: &Path, initrd: &Path, orchestrator_port: u16) -> Self {
+    pub fn new(kernel: &Path, initrd: &Path, base_cmdline: &str, orchestrator_port: u16) -> Self {
         BootSpec {
             kernel: kernel.to_owned(),
             initrd: initrd.to_owned(),
             orchestrator_port,
+            base_cmdline: base_cmdline.to_owned(),
             extra_cmdline: String::new(),
             bios: None,
             memory_mib: 256,
@@ -45,8 +48,8 @@ impl BootSpec {
     fn args(&self) -> Vec<String> {
         let port = self.orchestrator_port;
         let cmdline = format!(
-            "console=ttyS0 quiet microfaas.orchestrator={GUEST_ORCHESTRATOR_IP}:{port} {}",
-            self.extra_cmdline
+            "{} microfaas.orchestrator={GUEST_ORCHESTRATOR_IP}:{port} {}",
+            self.base_cmdline, self.extra_cmdline
         );
         let mut args: Vec<String> = [
             "-accel",

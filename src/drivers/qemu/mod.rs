@@ -172,6 +172,24 @@ impl RunState {
         }
     }
 
+    /// From a `query-status` reply: typed when it fits the schema, else the raw `status`
+    /// string (an error only when there is no `status` string at all).
+    pub fn from_status_reply(reply: Decoded<qapi::qmp::StatusInfo>) -> Result<RunState, QmpError> {
+        match reply {
+            Decoded::Typed(info) => Ok(RunState::Known(info.status)),
+            Decoded::Raw { value, error } => {
+                match value.get("status").and_then(serde_json::Value::as_str) {
+                    Some(s) => Ok(RunState::Unknown(s.to_owned())),
+                    None => Err(QmpError::Decode {
+                        command: "query-status".into(),
+                        error,
+                        raw: value.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         matches!(self, RunState::Known(qapi::qmp::RunState::running))
     }
@@ -450,20 +468,8 @@ impl Vm {
     }
 
     pub async fn query_status(&mut self) -> Result<RunState, QemuError> {
-        match self.qmp.execute(&qapi::qmp::query_status {}).await? {
-            Decoded::Typed(info) => Ok(RunState::Known(info.status)),
-            Decoded::Raw { value, error } => {
-                match value.get("status").and_then(serde_json::Value::as_str) {
-                    Some(s) => Ok(RunState::Unknown(s.to_owned())),
-                    None => Err(QmpError::Decode {
-                        command: "query-status".into(),
-                        error,
-                        raw: value.to_string(),
-                    }
-                    .into()),
-                }
-            }
-        }
+        let reply = self.qmp.execute(&qapi::qmp::query_status {}).await?;
+        Ok(RunState::from_status_reply(reply)?)
     }
 
     /// Presses the ACPI power button (`system_powerdown`). QEMU reports POWERDOWN at once; the
