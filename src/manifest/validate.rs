@@ -701,14 +701,14 @@ fn across(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                     )));
                 }
             }
-            Spec::PowerMeter(s) => {
-                if !workers.iter().any(|w| s.covers.matches(&w.metadata.labels)) {
-                    out.push(Diagnostic::warning(
-                        file,
-                        node.pos_of(&[Key("spec"), Key("covers")]),
-                        format!("power meter `{}` covers no declared worker", r.name()),
-                    ));
-                }
+            Spec::PowerMeter(s)
+                if !workers.iter().any(|w| s.covers.matches(&w.metadata.labels)) =>
+            {
+                out.push(Diagnostic::warning(
+                    file,
+                    node.pos_of(&[Key("spec"), Key("covers")]),
+                    format!("power meter `{}` covers no declared worker", r.name()),
+                ));
             }
             _ => {}
         }

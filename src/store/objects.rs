@@ -157,6 +157,7 @@ impl Store {
         let mut outcomes = Vec::new();
         let set_id = applyset.map(|(id, _)| id);
         for obj in objects {
+            #[allow(clippy::type_complexity)]
             let existing: Option<(String, String, String, i64, Option<String>, Option<String>)> = tx
                 .query_row(
                     "SELECT spec, labels, annotations, generation, owner, source FROM objects WHERE kind = ?1 AND name = ?2",
