@@ -12,6 +12,8 @@ pub mod agent;
 #[cfg(feature = "controller")]
 pub mod cli;
 #[cfg(feature = "controller")]
+pub mod drivers;
+#[cfg(feature = "controller")]
 pub mod image;
 #[cfg(feature = "controller")]
 pub mod manifest;

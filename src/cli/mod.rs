@@ -8,6 +8,7 @@ mod get;
 mod manifests;
 mod output;
 mod schema;
+mod switch;
 mod validate;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -19,7 +20,8 @@ Exit codes:
   0  success (diff: no differences)
   1  invalid manifests, object not found (diff: differences found)
   2  bad command line (diff: any error)
-  3  the state store could not be used (unreadable, locked by another engine, I/O error)";
+  3  the state store could not be used (unreadable, locked by another engine, I/O error)
+  4  a switch could not be read over SNMP (timeout, authentication failure, protocol error)";
 
 const ABOUT: &str = "\
 Declarative testbed-as-code for energy-efficient FaaS clusters.
@@ -65,6 +67,8 @@ enum Command {
     Describe(describe::Args),
     /// Delete objects named in manifests, or one object by kind and name.
     Delete(delete::Args),
+    /// Talk to a Switch from the manifests over SNMP: list its ports, bounce one.
+    Switch(switch::Args),
     /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
     Schema(schema::Args),
     /// Print a shell completion script, e.g. `microfaasctl completions bash > /etc/bash_completion.d/microfaasctl`.
@@ -153,6 +157,7 @@ pub fn main() -> ExitCode {
         Command::Get(a) => get::run(a, &state_dir),
         Command::Describe(a) => describe::run(a, &state_dir),
         Command::Delete(a) => delete::run(a, &state_dir),
+        Command::Switch(a) => switch::run(a),
         Command::Schema(a) => schema::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(
