@@ -31,8 +31,13 @@ pub use session::TransportStats;
 use poll::oids;
 use serde::Serialize;
 use session::{Transport, Val};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+
+/// A poll re-walks the interface table for a key it cannot resolve at most this often, so a
+/// worker with a mistyped port does not cost a table walk every poll interval. (`resolve`
+/// always re-walks on a miss: it is called on demand, not periodically.)
+pub const MISS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// IF-MIB ifAdminStatus / ifOperStatus values (RFC 2863). Admin status only uses the first
 /// three. Any other number an agent sends is reported as `Unknown`.
@@ -120,6 +125,8 @@ impl SwitchObservation {
 struct State {
     transport: Transport,
     map: Option<PortMap>,
+    /// When `map` was walked.
+    map_read_at: Option<Instant>,
     last_uptime_ticks: Option<u64>,
     map_refreshes: u64,
 }
@@ -145,6 +152,7 @@ impl SnmpSwitch {
             state: Mutex::new(State {
                 transport: Transport::new(&config),
                 map: None,
+                map_read_at: None,
                 last_uptime_ticks: None,
                 map_refreshes: 0,
             }),
@@ -193,7 +201,9 @@ impl SnmpSwitch {
             let map = self.map(&mut st, need_walk).await?;
             refreshed |= need_walk;
             let (resolved, unresolved) = self.resolve_all(&map, keys);
+            let map_age = st.map_read_at.map_or(Duration::MAX, |t| t.elapsed());
             if !refreshed
+                && map_age >= MISS_REFRESH_INTERVAL
                 && unresolved
                     .iter()
                     .any(|u| matches!(u.error, SnmpError::NotFound { .. }))
@@ -314,6 +324,7 @@ impl SnmpSwitch {
         let ticks = sys[1].as_u64().unwrap_or(0);
         st.last_uptime_ticks = Some(ticks);
         st.map = Some(map);
+        st.map_read_at = Some(Instant::now());
         st.map_refreshes += 1;
         Ok(SwitchObservation {
             sys_name: text(&sys[0]).unwrap_or_default(),
@@ -378,6 +389,7 @@ impl SnmpSwitch {
         let map = map_from_columns(&cols[0], &cols[1]);
         st.map_refreshes += 1;
         st.map = Some(map.clone());
+        st.map_read_at = Some(Instant::now());
         Ok(map)
     }
 
