@@ -27,7 +27,7 @@ pub struct Args {
 enum SwitchCommand {
     /// Read the switch's ports (ifName, ifDescr, admin/oper status, speed) over SNMP.
     ///
-    /// Without --port or --workers every interface is listed (one GETBULK walk); the WORKER
+    /// Without --port or --workers every interface is listed (a GETBULK walk of the tables); the WORKER
     /// column shows which worker in the manifests uses each port. With --port/--workers only
     /// those ports are read, the way the engine polls (GETs in batches).
     #[command(after_help = "\
