@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what microfaas's tests and its main job need on a Debian 12 machine, idempotently:
 # QEMU from bookworm-backports (the default suite's qemu-system conflicts with the image's
-# qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents, and the
-# static-agent Rust target.
+# qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents (net-snmp and
+# an snmpsim venv), and the static-agent Rust target.
 set -euo pipefail
 
 need_apt=()
@@ -35,6 +35,17 @@ fi
 
 # snmpd's package starts a system daemon; tests run their own instances on loopback.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop snmpd 2>/dev/null || true; fi
+
+# A simulated managed switch for the SNMP driver tests: snmpsim in a venv made from Debian's
+# Python, because snmpsim run as root drops to nobody, who cannot read a Python under /root.
+# tests/snmp.rs looks here (or at $MICROFAAS_SNMPSIM).
+SNMPSIM_VENV=/opt/microfaas/snmpsim-venv
+if [ ! -x "$SNMPSIM_VENV/bin/snmpsim-command-responder" ]; then
+  mkdir -p "$(dirname "$SNMPSIM_VENV")"
+  /usr/bin/python3 -m venv "$SNMPSIM_VENV"
+  # snmpsim does not pull pysmi itself.
+  "$SNMPSIM_VENV/bin/pip" install -q snmpsim==1.2.2 pysmi==2.0.0
+fi
 
 rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl

@@ -33,6 +33,7 @@ impl Env {
             out_dir: out,
             token: None,
             cache_dir: None,
+            pvh: false,
         })
         .expect("image build");
         // A fixed port for this test's engine: a VM keeps the guestfwd it was started with,

@@ -14,6 +14,7 @@ mod relay;
 mod report;
 mod schema;
 mod teardown;
+mod switch;
 mod validate;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -25,7 +26,8 @@ Exit codes:
   0  success (diff: no differences)
   1  invalid manifests, object not found (diff: differences found)
   2  bad command line (diff: any error)
-  3  the state store could not be used (unreadable, locked by another engine, I/O error)";
+  3  the state store could not be used (unreadable, locked by another engine, I/O error)
+  4  a switch could not be read over SNMP (timeout, authentication failure, protocol error)";
 
 const ABOUT: &str = "\
 Declarative testbed-as-code for energy-efficient FaaS clusters.
@@ -78,6 +80,8 @@ enum Command {
     Report(report::Args),
     /// Build worker images: a kernel plus an initramfs whose /init is the static agent.
     Image(image::ImageArgs),
+    /// Talk to a Switch from the manifests over SNMP: list its ports, bounce one.
+    Switch(switch::Args),
     /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
     Schema(schema::Args),
     /// Relay a guest connection to the orchestrator (run by QEMU, not by people).
@@ -198,6 +202,7 @@ pub fn main() -> ExitCode {
                 code: 1,
                 report: Some(report),
             }),
+        Command::Switch(a) => switch::run(a),
         Command::Schema(a) => schema::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(
