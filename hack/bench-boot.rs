@@ -24,6 +24,8 @@ const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 const TOKEN: &str = "bench-token";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const INIT_MARKER: &str = "starting as PID 1";
+/// Retries per configuration for boots that another process killed.
+const MAX_OUTSIDE_KILLS: usize = 5;
 
 struct Config {
     name: String,
@@ -126,7 +128,7 @@ fn run() -> Result<(), String> {
         println!("extra kernel arguments: {}\n", opts.append);
     }
     println!(
-        "{:<20} {:>15} {:>15} {:>15} {:>15} {:>15}",
+        "{:<24} {:>15} {:>15} {:>15} {:>15} {:>15}",
         "config  p50/p95 s",
         "QEMU→kernel",
         "kernel→/init",
@@ -136,9 +138,29 @@ fn run() -> Result<(), String> {
     );
     for c in &configs {
         let mut samples = Vec::with_capacity(n);
-        for i in 0..n {
-            let s = boot_once(c, &opts).map_err(|e| format!("{} boot {}: {e}", c.name, i + 1))?;
-            samples.push(s);
+        let mut outside_kills = 0;
+        while samples.len() < n {
+            match boot_once(c, &opts) {
+                Ok(s) => samples.push(s),
+                Err(Boot::KilledFromOutside) if outside_kills < MAX_OUTSIDE_KILLS => {
+                    outside_kills += 1;
+                    eprintln!(
+                        "bench-boot: {} boot {}: QEMU was killed by another process; retrying",
+                        c.name,
+                        samples.len() + 1
+                    );
+                }
+                Err(Boot::KilledFromOutside) => {
+                    return Err(format!(
+                        "{}: QEMU killed from outside {outside_kills} times; is something \
+                         killing qemu-system processes?",
+                        c.name
+                    ));
+                }
+                Err(Boot::Failed(e)) => {
+                    return Err(format!("{} boot {}: {e}", c.name, samples.len() + 1));
+                }
+            }
         }
         let col = |f: fn(&Sample) -> f64| {
             let mut v: Vec<f64> = samples.iter().map(f).collect();
@@ -146,7 +168,7 @@ fn run() -> Result<(), String> {
             format!("{:.2} / {:.2}", percentile(&v, 50), percentile(&v, 95))
         };
         println!(
-            "{:<20} {:>15} {:>15} {:>15} {:>15} {:>15}",
+            "{:<24} {:>15} {:>15} {:>15} {:>15} {:>15}",
             c.name,
             col(|s| s.to_kernel),
             col(|s| s.kernel_to_init),
@@ -222,25 +244,34 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
     Ok(configs)
 }
 
-fn boot_once(c: &Config, opts: &RunOpts) -> Result<Sample, String> {
+/// Why a boot produced no sample.
+enum Boot {
+    /// Another process on the machine SIGKILLed our QEMU: retry, it measured nothing.
+    KilledFromOutside,
+    Failed(String),
+}
+
+fn boot_once(c: &Config, opts: &RunOpts) -> Result<Sample, Boot> {
     // --plain: the bare console arguments, to measure what the image's recommended ones save.
     let base = if opts.plain {
         "console=ttyS0 quiet".to_owned()
     } else {
         c.cmdline.clone()
     };
-    let orchestrator = TestOrchestrator::bind()?;
+    let orchestrator = TestOrchestrator::bind().map_err(Boot::Failed)?;
     let mut spec = BootSpec::new(&c.kernel, &c.initrd, &base, orchestrator.port);
     spec.bios = c.bios.clone();
     spec.nice = opts.nice;
     spec.extra_cmdline = format!("microfaas.worker=bench {}", opts.append);
-    let mut vm = Vm::launch(&spec)?;
+    let mut vm = Vm::launch(&spec).map_err(Boot::Failed)?;
     let result = measure(&orchestrator, &mut vm);
     if result.is_err() {
-        vm.kill();
-        eprintln!("--- guest console ---\n{}", vm.console());
+        if vm.killed_from_outside() {
+            return Err(Boot::KilledFromOutside);
+        }
+        eprintln!("{}", vm.post_mortem());
     }
-    result
+    result.map_err(Boot::Failed)
 }
 
 fn measure(orchestrator: &TestOrchestrator, vm: &mut Vm) -> Result<Sample, String> {

@@ -65,13 +65,7 @@ fn boot_and_run_all_functions(kernel: KernelSource, token_via: TokenVia, pvh: bo
 
     let outcome = drive(&orchestrator, &mut vm, token.as_bytes());
     if let Err(e) = outcome {
-        let pid = vm.pid();
-        vm.kill();
-        panic!(
-            "{e}\n(QEMU pid {pid} killed; modules {:?})\n--- guest console ---\n{}",
-            image.modules,
-            vm.console()
-        );
+        panic!("{e}\n(modules {:?})\n{}", image.modules, vm.post_mortem());
     }
 }
 

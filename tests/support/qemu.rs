@@ -95,6 +95,7 @@ pub struct Vm {
     serial: Arc<Mutex<Serial>>,
     reader: Option<JoinHandle<()>>,
     exit: Option<ExitStatus>,
+    killed_by_us: bool,
 }
 
 #[derive(Default)]
@@ -157,6 +158,7 @@ impl Vm {
             serial,
             reader: Some(reader),
             exit: None,
+            killed_by_us: false,
         })
     }
 
@@ -213,9 +215,31 @@ impl Vm {
         }
     }
 
+    /// After a failure: how QEMU ended (waiting a moment for it to exit by itself, killing it
+    /// otherwise) and the guest console, for the error message.
+    pub fn post_mortem(&mut self) -> String {
+        let pid = self.pid();
+        let fate = match self.wait_exit(Duration::from_secs(1)) {
+            Some(status) => format!("QEMU (pid {pid}) had exited: {status}"),
+            None => {
+                self.kill();
+                format!("QEMU (pid {pid}) was still running; killed")
+            }
+        };
+        format!("{fate}\n--- guest console ---\n{}", self.console())
+    }
+
+    /// Whether QEMU died of a signal this harness did not send (another process on the
+    /// machine killed it): the boot says nothing about boot time then.
+    pub fn killed_from_outside(&mut self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        !self.killed_by_us && self.try_exit().is_some_and(|s| s.signal().is_some())
+    }
+
     /// Kills QEMU (SIGKILL to its PID) and reaps it.
     pub fn kill(&mut self) {
         if self.try_exit().is_none() {
+            self.killed_by_us = true;
             let _ = self.child.kill();
             self.exit = self.child.wait().ok();
         }
