@@ -13,8 +13,8 @@ mod output;
 mod relay;
 mod report;
 mod schema;
-mod teardown;
 mod switch;
+mod teardown;
 mod validate;
 
 use clap::{CommandFactory, Parser, Subcommand};
