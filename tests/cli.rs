@@ -12,7 +12,13 @@ struct Out {
 
 fn ctl(state: &Path, args: &[&str], stdin: Option<&str>) -> Out {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_microfaasctl"));
-    cmd.args(args)
+    // These tests are about the store and the CLI contract; convergence (which runs the engine
+    // and binds the agent port) is tested with real QEMU in e2e_qemu.rs.
+    let mut args = args.to_vec();
+    if args.first() == Some(&"apply") && !args.contains(&"--dry-run") {
+        args.push("--no-wait");
+    }
+    cmd.args(&args)
         .env("MICROFAAS_STATE_DIR", state)
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
