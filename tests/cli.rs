@@ -338,3 +338,36 @@ fn kinds_accept_every_spelling_and_help_teaches() {
     let v: serde_json::Value = serde_json::from_str(&sch.stdout).expect("json");
     assert_eq!(v["title"], "Worker");
 }
+
+#[test]
+fn cordon_and_uncordon_set_health() {
+    let state = tempfile::tempdir().expect("tmp");
+    let s = state.path();
+    assert_eq!(
+        ctl(s, &["apply", "-f", "-", "--no-fs-checks"], Some(TWO_VMS)).code,
+        0
+    );
+    let c = ctl(s, &["cordon", "worker", "vm-0"], None);
+    assert_eq!(
+        (c.code, c.stdout.as_str()),
+        (0, "worker/vm-0 cordoned\n"),
+        "{}",
+        c.stderr
+    );
+    let get = |s: &Path| -> serde_json::Value {
+        serde_json::from_str(&ctl(s, &["get", "worker", "vm-0", "-o", "json"], None).stdout)
+            .expect("json")
+    };
+    assert_eq!(get(s)["status"]["health"], "Maintenance");
+    let u = ctl(s, &["uncordon", "worker", "vm-0"], None);
+    assert_eq!(u.code, 0);
+    assert_eq!(get(s)["status"]["health"], "Good");
+    let d = ctl(s, &["describe", "worker", "vm-0"], None);
+    assert!(
+        d.stdout.contains("Cordoned") && d.stdout.contains("Uncordoned"),
+        "{}",
+        d.stdout
+    );
+    let wrong = ctl(s, &["cordon", "function", "x"], None);
+    assert_eq!(wrong.code, 1);
+}

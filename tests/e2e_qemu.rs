@@ -197,6 +197,18 @@ fn ci_workload_runs_to_completion() {
         env.json(&["get", "workload", "ci", "-o", "json"])["status"]["run"],
         1
     );
+    // `rerun` makes run 2 of the same generation, recorded apart from run 1.
+    ok(&env.ctl(&["rerun", "workload", "ci", "--timeout", "8m"]));
+    let second = env.json(&["report", "ci", "--run", "2", "--format", "json"]);
+    assert_eq!(second["run"], 2, "{second}");
+    assert_eq!(second["succeeded"], 36, "{second}");
+    let first = env.json(&["report", "ci", "--run", "1", "--format", "json"]);
+    assert_eq!(first["succeeded"], 36, "{first}");
+    assert!(
+        env.qemus().is_empty(),
+        "QEMU left running: {:?}",
+        env.qemus()
+    );
 }
 
 #[test]

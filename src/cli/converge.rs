@@ -66,6 +66,11 @@ pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations:
                 Standing::Waiting(phase.to_string())
             }
         }
+        Kind::Workload
+            if o.status.get(crate::engine::RERUN) == Some(&serde_json::Value::Bool(true)) =>
+        {
+            Standing::Waiting("rerun requested".into())
+        }
         Kind::Workload => match latest_run {
             Some(r) if r.generation == o.generation => match r.phase {
                 crate::store::invocations::RunPhase::Running => Standing::Waiting(format!(
@@ -180,6 +185,10 @@ pub async fn converge<D: VmDriver>(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut changes = engine.subscribe_changes();
     let mut interrupted = false;
+    // SIGTERM as well as Ctrl-C: stop converging, leave workers as they are (a later apply
+    // adopts them), and say what had not converged.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let outcome = loop {
         let mut failed = Vec::new();
         let mut waiting = Vec::new();
@@ -221,6 +230,7 @@ pub async fn converge<D: VmDriver>(
             _ = changes.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = tokio::signal::ctrl_c() => { interrupted = true; }
+            _ = term.recv() => { interrupted = true; }
         }
     };
     progress.finish();

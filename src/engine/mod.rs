@@ -65,6 +65,9 @@ pub struct Engine<D: VmDriver, P: Presence> {
     seen: Mutex<std::collections::HashSet<Key>>,
 }
 
+/// Status field set by `microfaasctl rerun` and cleared when the new run starts.
+pub const RERUN: &str = "rerunRequested";
+
 /// Called with a workload's name to start its run for the current generation.
 pub type Starter = Arc<dyn Fn(String) + Send + Sync>;
 
@@ -150,7 +153,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let has_run = latest
             .as_ref()
             .is_some_and(|r| r.generation == obj.generation);
-        if !has_run && !in_progress {
+        // `microfaasctl rerun` asks for one more run of the same generation.
+        let rerun = obj.status.get(RERUN) == Some(&serde_json::Value::Bool(true));
+        if (!has_run || rerun) && !in_progress {
             let starter = lock(&self.starter).clone();
             if let Some(start) = starter {
                 lock(&self.running).insert(name.to_string());
