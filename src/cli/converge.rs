@@ -56,7 +56,24 @@ pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations:
                 return Standing::Failed("unreadable spec".into());
             };
             let done = match (spec.vm.is_some(), spec.power) {
-                (false, _) => phase == "Unknown",
+                // Boards: no power control yet; done once their link state is known (when
+                // they sit on a switch).
+                (false, _) => {
+                    phase == "Unknown"
+                        && !o.status["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "LinkUp" && c["reason"] == "NotPolledYet")
+                        })
+                        && (spec
+                            .board
+                            .as_ref()
+                            .and_then(|b| b.network.as_ref())
+                            .and_then(|n| n.switch.as_ref())
+                            .is_none()
+                            || o.status["conditions"]
+                                .as_array()
+                                .is_some_and(|c| c.iter().any(|c| c["type"] == "LinkUp")))
+                }
                 (true, PowerPolicy::On) => matches!(phase, "Ready" | "Busy"),
                 (true, PowerPolicy::Off | PowerPolicy::OnDemand) => phase == "Off",
             };

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod queue;
 pub mod status;
+mod switch;
 pub mod vm;
 mod worker;
 
@@ -63,6 +64,8 @@ pub struct Engine<D: VmDriver, P: Presence> {
     /// Objects reconciled successfully at least once by this process: a stored status written
     /// by an earlier process is not evidence of the present.
     seen: Mutex<std::collections::HashSet<Key>>,
+    /// One SNMP session per switch, with the spec it was made from.
+    switches: Mutex<HashMap<String, (serde_json::Value, Arc<crate::drivers::snmp::SnmpSwitch>)>>,
 }
 
 /// Status field set by `microfaasctl rerun` and cleared when the new run starts.
@@ -93,6 +96,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             starter: Mutex::new(None),
             running: Mutex::new(std::collections::HashSet::new()),
             seen: Mutex::new(std::collections::HashSet::new()),
+            switches: Mutex::new(HashMap::new()),
         })
     }
 
@@ -253,6 +257,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         match key.0 {
             Kind::Worker => self.reconcile_worker(&key.1).await,
             Kind::Workload => self.reconcile_workload(&key.1).await,
+            Kind::Switch => self.reconcile_switch(&key.1).await,
             _ => {
                 // Kinds without a driver yet are accepted as declared.
                 if let Some(o) = self.get(key.0, &key.1) {
