@@ -504,6 +504,13 @@ spec:
         assert_ne!(retry[1], victim, "retried on the same worker:\n{csv}");
     }
     let d = String::from_utf8_lossy(&env.ctl(&["describe", "worker", &victim]).stdout).into_owned();
-    assert!(d.contains("PoweredOn"), "{d}");
+    // The killed VM was started again for the work still queued on it: PoweredOn twice or more.
+    let launches: u32 = d
+        .lines()
+        .find(|l| l.contains("PoweredOn"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(launches >= 2, "the killed VM was not relaunched:\n{d}");
     assert!(env.qemus().is_empty(), "{:?}", env.qemus());
 }
