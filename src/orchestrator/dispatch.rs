@@ -48,7 +48,11 @@ struct Run<D: VmDriver> {
     wake: Notify,
     permits: Semaphore,
     workers: BTreeMap<String, WorkerSpec>,
+    last_progress: Mutex<Instant>,
 }
+
+/// How often a run's progress is written to the store while it runs.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -224,6 +228,7 @@ async fn run_workload<D: VmDriver>(
         wake: Notify::new(),
         permits: Semaphore::new(usize::try_from(spec.concurrency).unwrap_or(1).max(1)),
         workers,
+        last_progress: Mutex::new(Instant::now()),
     });
     r.publish("Running");
 
@@ -392,7 +397,10 @@ impl<D: VmDriver> Run<D> {
             output_size: digest.as_ref().map(|d| d.0),
             output_sha256: digest.map(|d| d.1),
         };
-        if let Err(e) = self.engine.with_store(|s| s.record_attempt(&attempt)) {
+        // A durable commit (fsync) per attempt: off the async workers' backs.
+        let recorded =
+            tokio::task::block_in_place(|| self.engine.with_store(|s| s.record_attempt(&attempt)));
+        if let Err(e) = recorded {
             tracing::error!(
                 "cannot record attempt {}#{}: {e}",
                 attempt.invocation_id,
@@ -414,10 +422,24 @@ impl<D: VmDriver> Run<D> {
             }
             let counts = sh.counts;
             drop(sh);
-            let _ = self
-                .engine
-                .with_store(|s| s.set_run_counts(&self.workload, self.run, &counts));
-            self.publish("Running");
+            // Progress for `get`/`apply`, at most a few times a second: the attempts themselves
+            // are already durable.
+            let due = {
+                let mut last = lock(&self.last_progress);
+                let due = last.elapsed() >= PROGRESS_EVERY;
+                if due {
+                    *last = Instant::now();
+                }
+                due
+            };
+            if due {
+                tokio::task::block_in_place(|| {
+                    let _ = self
+                        .engine
+                        .with_store(|s| s.set_run_counts(&self.workload, self.run, &counts));
+                    self.publish("Running");
+                });
+            }
             self.wake.notify_waiters();
         }
         retry
