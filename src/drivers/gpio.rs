@@ -66,6 +66,12 @@ impl fmt::Display for LineSpec {
 pub enum GpioError {
     #[error("GPIO chip `{0}` not found: no /dev/gpiochipN has that name or label")]
     ChipNotFound(String),
+    #[error("{pin}: no GPIO chip for AM335x bank {bank} (labelled {} or {}, else gpiochip{bank})", labels[0], labels[1])]
+    BankNotFound {
+        pin: String,
+        bank: u8,
+        labels: [&'static str; 2],
+    },
     #[error("no GPIO line is named `{0}`")]
     LineNameNotFound(String),
     #[error("`{0}` is not a GPIO-capable BeagleBone header pin")]
@@ -327,8 +333,14 @@ pub fn locate(spec: &LineSpec) -> Result<Located, GpioError> {
         LineSpec::HeaderPin(pin) => {
             let (bank, line) = crate::manifest::pins::lookup(pin)
                 .ok_or_else(|| GpioError::UnknownPin(pin.clone()))?;
-            let path = bank_chip(bank, &chips())
-                .ok_or_else(|| GpioError::ChipNotFound(format!("AM335x GPIO bank {bank}")))?;
+            let path = bank_chip(bank, &chips()).ok_or_else(|| GpioError::BankNotFound {
+                pin: pin.clone(),
+                bank,
+                labels: AM335X_BANK_LABELS
+                    .get(usize::from(bank))
+                    .copied()
+                    .unwrap_or(["?", "?"]),
+            })?;
             let label = format!("pin {pin} ({} line {line})", chip_name(&path));
             (path, u32::from(line), label)
         }
