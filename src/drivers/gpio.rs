@@ -428,37 +428,75 @@ impl Buttons<CdevLine> {
     pub fn open(
         &self,
         worker: &str,
-        spec: &LineSpec,
-        active_low: bool,
-        pulse: Duration,
-        force_off: Duration,
+        config: &ButtonConfig,
     ) -> Result<Arc<Button<CdevLine>>, GpioError> {
-        let at = locate(spec)?;
+        let at = locate(&config.spec)?;
         let for_open = at.clone();
         self.claim(worker, &at, move || {
             Ok(Button::new(
-                CdevLine::request_located(for_open, active_low)?,
-                pulse,
-                force_off,
+                CdevLine::request_located(for_open, config.active_low)?,
+                config.pulse,
+                config.force_off,
             ))
         })
     }
 }
 
-/// The line a manifest's power button declares: header pin first, then chip + line, then name
-/// (the order of `manifest::validate::line_identity`).
+/// A worker's power button as the driver needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ButtonConfig {
+    pub spec: LineSpec,
+    pub active_low: bool,
+    pub pulse: Duration,
+    pub force_off: Duration,
+}
+
+/// Why a manifest's power button cannot be used (validation normally catches these first).
 #[cfg(feature = "controller")]
-pub fn spec_of(pb: &crate::manifest::types::PowerButton) -> Option<LineSpec> {
-    if let Some(pin) = &pb.pin {
-        return Some(LineSpec::HeaderPin(pin.clone()));
+#[derive(Debug, thiserror::Error)]
+pub enum ButtonConfigError {
+    #[error("powerButton names no line: give pin, chip + line, or lineName")]
+    NoLine,
+    #[error("powerButton line {0} is not a valid offset")]
+    BadOffset(i64),
+    #[error("powerButton {field}: {source}")]
+    Duration {
+        field: &'static str,
+        #[source]
+        source: crate::manifest::quantity::QuantityError,
+    },
+}
+
+#[cfg(feature = "controller")]
+impl ButtonConfig {
+    /// From a manifest: header pin first, then chip + line, then line name (the order of
+    /// `manifest::validate::line_identity`, so collisions found there are the lines used here).
+    pub fn from_manifest(
+        pb: &crate::manifest::types::PowerButton,
+    ) -> Result<ButtonConfig, ButtonConfigError> {
+        let spec = if let Some(pin) = &pb.pin {
+            LineSpec::HeaderPin(pin.clone())
+        } else if let (Some(chip), Some(line)) = (&pb.chip, pb.line) {
+            LineSpec::Chip {
+                chip: chip.clone(),
+                line: u32::try_from(line).map_err(|_| ButtonConfigError::BadOffset(line))?,
+            }
+        } else if let Some(name) = &pb.line_name {
+            LineSpec::Name(name.clone())
+        } else {
+            return Err(ButtonConfigError::NoLine);
+        };
+        let duration = |field, d: &crate::manifest::quantity::Duration| {
+            d.parse()
+                .map_err(|source| ButtonConfigError::Duration { field, source })
+        };
+        Ok(ButtonConfig {
+            spec,
+            active_low: pb.active_low,
+            pulse: duration("pulse", &pb.pulse)?,
+            force_off: duration("forceOff", &pb.force_off)?,
+        })
     }
-    if let (Some(chip), Some(line)) = (&pb.chip, pb.line) {
-        return Some(LineSpec::Chip {
-            chip: chip.clone(),
-            line: u32::try_from(line).ok()?,
-        });
-    }
-    pb.line_name.clone().map(LineSpec::Name)
 }
 
 #[cfg(test)]
@@ -565,6 +603,43 @@ mod tests {
         }
         buttons.release("bbb-3");
         assert!(buttons.claim("bbb-4", &at, open).is_ok());
+    }
+
+    #[cfg(feature = "controller")]
+    #[test]
+    fn manifest_buttons() {
+        let pb = |v: serde_json::Value| {
+            serde_json::from_value::<crate::manifest::types::PowerButton>(v)
+                .map_err(|e| e.to_string())
+                .and_then(|pb| ButtonConfig::from_manifest(&pb).map_err(|e| e.to_string()))
+        };
+        let rack = pb(serde_json::json!({"pin": "P9_12"}));
+        assert_eq!(
+            rack.ok(),
+            Some(ButtonConfig {
+                spec: LineSpec::HeaderPin("P9_12".into()),
+                active_low: true,
+                pulse: DEFAULT_PULSE,
+                force_off: DEFAULT_FORCE_OFF,
+            })
+        );
+        let chip = pb(
+            serde_json::json!({"chip": "gpiochip1", "line": 28, "activeLow": false, "pulse": "300ms"}),
+        );
+        let chip = chip.expect("chip + line");
+        assert_eq!(
+            chip.spec,
+            LineSpec::Chip {
+                chip: "gpiochip1".into(),
+                line: 28
+            }
+        );
+        assert!(!chip.active_low);
+        assert_eq!(chip.pulse, Duration::from_millis(300));
+        let named = pb(serde_json::json!({"lineName": "PWR_BUT_3"})).expect("by name");
+        assert_eq!(named.spec, LineSpec::Name("PWR_BUT_3".into()));
+        assert!(pb(serde_json::json!({"chip": "gpiochip1", "line": -1})).is_err());
+        assert!(pb(serde_json::json!({})).is_err());
     }
 
     #[test]
