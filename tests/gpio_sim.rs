@@ -143,6 +143,34 @@ fn power_button_on_gpio_sim() {
     check_press(&all, "pulse-by-name", &console);
     check_press(&all, "hold-pin-p9_12", &console);
 
+    // Two pulses at once on one line: serialised, so the line is active for both in turn.
+    let both = all
+        .get("two-pulses")
+        .unwrap_or_else(|| panic!("no two-pulses result\n{console}"));
+    let total: f64 = field(both, "total_ms", &console).parse().expect("total_ms");
+    let runs = field(both, "runs", &console);
+    assert!(
+        runs == "1" || runs == "2",
+        "two-pulses: {runs} runs\n{console}"
+    );
+    assert!(
+        (total - 1000.0).abs() <= TOLERANCE_MS * 2.0,
+        "two pulses active {total} ms in all, wanted 2 × 500 ms\n{console}"
+    );
+    assert_eq!(field(both, "before", &console), "0", "{console}");
+    assert_eq!(field(both, "after", &console), "0", "{console}");
+
+    // A line held by another program: the error names it.
+    let foreign = all
+        .get("busy-foreign")
+        .unwrap_or_else(|| panic!("no busy-foreign result\n{console}"));
+    assert_eq!(field(foreign, "kind", &console), "busy", "{console}");
+    let msg = field(foreign, "error", &console);
+    assert!(
+        msg.contains("line 10") && msg.contains("`wiring-check`"),
+        "busy error should name the line and the other consumer: {msg}"
+    );
+
     // Another process asking for the held line is refused, naming the line and our consumer.
     let busy = all
         .get("busy")
