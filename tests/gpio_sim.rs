@@ -160,25 +160,26 @@ fn power_button_on_gpio_sim() {
     assert_eq!(field(both, "before", &console), "0", "{console}");
     assert_eq!(field(both, "after", &console), "0", "{console}");
 
-    // A line held by another program: the error names it.
-    let foreign = all
-        .get("busy-foreign")
-        .unwrap_or_else(|| panic!("no busy-foreign result\n{console}"));
-    assert_eq!(field(foreign, "kind", &console), "busy", "{console}");
-    let msg = field(foreign, "error", &console);
-    assert!(
-        msg.contains("line 10") && msg.contains("`wiring-check`"),
-        "busy error should name the line and the other consumer: {msg}"
-    );
+    // A line held by another program, or by another microfaas process: refused, and the
+    // error names the line and whoever holds it.
+    check_busy(&all, "busy-foreign", "line 10", "`wiring-check`", &console);
+    check_busy(&all, "busy", "line 3", "`microfaas`", &console);
+}
 
-    // Another process asking for the held line is refused, naming the line and our consumer.
-    let busy = all
-        .get("busy")
-        .unwrap_or_else(|| panic!("no busy result\n{console}"));
-    assert_eq!(field(busy, "kind", &console), "busy", "{console}");
-    let msg = field(busy, "error", &console);
+fn check_busy(
+    all: &HashMap<String, HashMap<String, String>>,
+    case: &str,
+    line: &str,
+    consumer: &str,
+    ctx: &str,
+) {
+    let r = all
+        .get(case)
+        .unwrap_or_else(|| panic!("no result for {case}\n{ctx}"));
+    assert_eq!(field(r, "kind", ctx), "busy", "{case}\n{ctx}");
+    let msg = field(r, "error", ctx);
     assert!(
-        msg.contains("line 3") && msg.contains("`microfaas`"),
-        "busy error should name the line and the consumer: {msg}"
+        msg.contains(line) && msg.contains(consumer),
+        "{case}: the error should name {line} and {consumer}: {msg}"
     );
 }
