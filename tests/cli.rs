@@ -12,7 +12,13 @@ struct Out {
 
 fn ctl(state: &Path, args: &[&str], stdin: Option<&str>) -> Out {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_microfaasctl"));
-    cmd.args(args)
+    // These tests are about the store and the CLI contract; convergence (which runs the engine
+    // and binds the agent port) is tested with real QEMU in e2e_qemu.rs.
+    let mut args = args.to_vec();
+    if args.first() == Some(&"apply") && !args.contains(&"--dry-run") {
+        args.push("--no-wait");
+    }
+    cmd.args(&args)
         .env("MICROFAAS_STATE_DIR", state)
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
@@ -360,4 +366,37 @@ fn power_pulse_names_the_missing_line() {
         assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
         assert!(out.stderr.contains(word), "{args:?}: {}", out.stderr);
     }
+}
+
+#[test]
+fn cordon_and_uncordon_set_health() {
+    let state = tempfile::tempdir().expect("tmp");
+    let s = state.path();
+    assert_eq!(
+        ctl(s, &["apply", "-f", "-", "--no-fs-checks"], Some(TWO_VMS)).code,
+        0
+    );
+    let c = ctl(s, &["cordon", "worker", "vm-0"], None);
+    assert_eq!(
+        (c.code, c.stdout.as_str()),
+        (0, "worker/vm-0 cordoned\n"),
+        "{}",
+        c.stderr
+    );
+    let get = |s: &Path| -> serde_json::Value {
+        serde_json::from_str(&ctl(s, &["get", "worker", "vm-0", "-o", "json"], None).stdout)
+            .expect("json")
+    };
+    assert_eq!(get(s)["status"]["health"], "Maintenance");
+    let u = ctl(s, &["uncordon", "worker", "vm-0"], None);
+    assert_eq!(u.code, 0);
+    assert_eq!(get(s)["status"]["health"], "Good");
+    let d = ctl(s, &["describe", "worker", "vm-0"], None);
+    assert!(
+        d.stdout.contains("Cordoned") && d.stdout.contains("Uncordoned"),
+        "{}",
+        d.stdout
+    );
+    let wrong = ctl(s, &["cordon", "function", "x"], None);
+    assert_eq!(wrong.code, 1);
 }

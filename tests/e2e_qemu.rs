@@ -13,7 +13,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::{AGENT_VAR, KERNEL_VAR, artifact};
 
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Env {
+    _serial: std::sync::MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     state: PathBuf,
     kernel: PathBuf,
@@ -23,6 +26,9 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        // One test at a time: several TCG guests on two cores would make boot times, and so
+        // these tests, depend on what else runs.
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let kernel_src = artifact(KERNEL_VAR).unwrap_or_else(|e| panic!("{e}"));
         let agent = artifact(AGENT_VAR).unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().expect("tmp");
@@ -43,6 +49,7 @@ impl Env {
             .map(|a| a.port())
             .expect("free port");
         Env {
+            _serial: serial,
             state: dir.path().join("state"),
             kernel: built.bzimage,
             initrd: built.initramfs,
@@ -196,6 +203,18 @@ fn ci_workload_runs_to_completion() {
     assert_eq!(
         env.json(&["get", "workload", "ci", "-o", "json"])["status"]["run"],
         1
+    );
+    // `rerun` makes run 2 of the same generation, recorded apart from run 1.
+    ok(&env.ctl(&["rerun", "workload", "ci", "--timeout", "8m"]));
+    let second = env.json(&["report", "ci", "--run", "2", "--format", "json"]);
+    assert_eq!(second["run"], 2, "{second}");
+    assert_eq!(second["succeeded"], 36, "{second}");
+    let first = env.json(&["report", "ci", "--run", "1", "--format", "json"]);
+    assert_eq!(first["succeeded"], 36, "{first}");
+    assert!(
+        env.qemus().is_empty(),
+        "QEMU left running: {:?}",
+        env.qemus()
     );
 }
 
@@ -364,5 +383,134 @@ fn a_worker_that_cannot_boot_is_quarantined() {
     let d =
         String::from_utf8_lossy(&env.ctl(&["describe", "worker", "vm-bad"]).stdout).into_owned();
     assert!(d.contains("Quarantined") && d.contains("BootFailed"), "{d}");
+    assert!(env.qemus().is_empty(), "{:?}", env.qemus());
+}
+
+#[test]
+fn a_vm_killed_mid_invocation_costs_one_attempt_and_is_replaced() {
+    let env = Env::new();
+    let text = format!(
+        "{}---
+apiVersion: microfaas.dev/v1alpha1
+kind: WorkerSet
+metadata: {{name: vm}}
+spec:
+  replicas: 2
+  template:
+    metadata: {{labels: {{pool: t}}}}
+    spec:
+      power: OnDemand
+      lifecycle: {{mode: OneShot}}
+      vm: {{kernel: {}, initrd: {}, memory: 128Mi, machine: pc, accel: tcg}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Function
+metadata: {{name: aes}}
+spec: {{runtime: builtin, handler: pyaes, timeout: 60s}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Workload
+metadata: {{name: slow}}
+spec:
+  functions:
+    - {{function: aes, count: 4, inputs: [{{rounds: 1500}}]}}
+  arrival: {{pattern: fixed, rate: 20/s}}
+  concurrency: 2
+",
+        env.cluster(""),
+        env.kernel.display(),
+        env.initrd.display()
+    );
+    let f = env.write("m.yaml", &text);
+    let mut apply = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+        .args(["apply", "-f", &f, "--timeout", "8m"])
+        .env("MICROFAAS_STATE_DIR", &env.state)
+        .stdin(Stdio::null())
+        // Files, not pipes: nobody reads a pipe until the end, and a full one would stall apply.
+        .stdout(std::fs::File::create(env.dir.path().join("apply.out")).expect("out file"))
+        .stderr(std::fs::File::create(env.dir.path().join("apply.err")).expect("err file"))
+        .spawn()
+        .expect("apply");
+    // Wait for a worker to be Busy (running an invocation), then kill its QEMU from outside.
+    let started = Instant::now();
+    let victim = loop {
+        let err = || std::fs::read_to_string(env.dir.path().join("apply.err")).unwrap_or_default();
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no worker ever got Busy:\n{}",
+            err()
+        );
+        if let Ok(Some(st)) = apply.try_wait() {
+            panic!(
+                "apply ended before any worker got Busy ({st:?}):\n{}",
+                err()
+            );
+        }
+        let out = env.ctl(&["get", "workers", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let busy = v["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|w| w["status"]["phase"] == "Busy")
+                .and_then(|w| w["metadata"]["name"].as_str().map(str::to_string))
+        });
+        if let Some(name) = busy {
+            break name;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (_, pid) = env
+        .qemus()
+        .into_iter()
+        .find(|(n, _)| *n == victim)
+        .expect("the busy worker's QEMU");
+    // SAFETY: a PID found running with this test's state dir in its argv.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let status = apply.wait().expect("apply");
+    assert!(
+        status.success(),
+        "apply: {status:?}\n{}",
+        std::fs::read_to_string(env.dir.path().join("apply.err")).unwrap_or_default()
+    );
+
+    let report = env.json(&["report", "slow", "--format", "json"]);
+    assert_eq!(report["succeeded"], 4, "{report}");
+    assert!(
+        report["retried"].as_u64().is_some_and(|r| r >= 1),
+        "{report}"
+    );
+    let csv = String::from_utf8_lossy(&env.ctl(&["report", "slow", "--format", "csv"]).stdout)
+        .into_owned();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    // columns: invocation_id, worker, ..., attempt (10), status (11)
+    let lost: Vec<&Vec<&str>> = rows
+        .iter()
+        .filter(|r| r[11] == "lost" || r[11] == "timeout")
+        .collect();
+    assert!(!lost.is_empty(), "no failed attempt recorded:\n{csv}");
+    for l in &lost {
+        assert_eq!(l[1], victim, "the failed attempt ran elsewhere:\n{csv}");
+        let retry = rows
+            .iter()
+            .find(|r| r[0] == l[0] && r[10] == "2")
+            .unwrap_or_else(|| panic!("invocation {} was not retried:\n{csv}", l[0]));
+        assert_eq!(retry[11], "succeeded", "{csv}");
+        assert_ne!(retry[1], victim, "retried on the same worker:\n{csv}");
+    }
+    let d = String::from_utf8_lossy(&env.ctl(&["describe", "worker", &victim]).stdout).into_owned();
+    // The killed VM was started again for the work still queued on it: PoweredOn twice or more.
+    let launches: u32 = d
+        .lines()
+        .find(|l| l.contains("PoweredOn"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(launches >= 2, "the killed VM was not relaunched:\n{d}");
     assert!(env.qemus().is_empty(), "{:?}", env.qemus());
 }

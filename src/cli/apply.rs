@@ -93,6 +93,11 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     .map_err(Failure::invalid)?
     .map_err(Failure::invalid)?;
 
+    finish(outcome, args.timeout, state_dir)
+}
+
+/// Prints the report of every run that took place and names what did not converge.
+pub fn finish(outcome: converge::Outcome, timeout: Duration, state_dir: &Path) -> CmdResult {
     let store = Store::open(state_dir)?;
     for (workload, run) in &outcome.runs {
         if let Ok(attempts) = store.attempts(workload, *run) {
@@ -107,7 +112,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
         eprintln!("{r}: failed: {why}");
     }
     for (r, why) in &outcome.waiting {
-        eprintln!("{r}: not converged within {:?} (still {why})", args.timeout);
+        eprintln!("{r}: not converged within {timeout:?} (still {why})");
     }
     Err(Failure::silent(1))
 }

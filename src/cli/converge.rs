@@ -56,7 +56,24 @@ pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations:
                 return Standing::Failed("unreadable spec".into());
             };
             let done = match (spec.vm.is_some(), spec.power) {
-                (false, _) => phase == "Unknown",
+                // Boards: no power control yet; done once their link state is known (when
+                // they sit on a switch).
+                (false, _) => {
+                    phase == "Unknown"
+                        && !o.status["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "LinkUp" && c["reason"] == "NotPolledYet")
+                        })
+                        && (spec
+                            .board
+                            .as_ref()
+                            .and_then(|b| b.network.as_ref())
+                            .and_then(|n| n.switch.as_ref())
+                            .is_none()
+                            || o.status["conditions"]
+                                .as_array()
+                                .is_some_and(|c| c.iter().any(|c| c["type"] == "LinkUp")))
+                }
                 (true, PowerPolicy::On) => matches!(phase, "Ready" | "Busy"),
                 (true, PowerPolicy::Off | PowerPolicy::OnDemand) => phase == "Off",
             };
@@ -65,6 +82,11 @@ pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations:
             } else {
                 Standing::Waiting(phase.to_string())
             }
+        }
+        Kind::Workload
+            if o.status.get(crate::engine::RERUN) == Some(&serde_json::Value::Bool(true)) =>
+        {
+            Standing::Waiting("rerun requested".into())
         }
         Kind::Workload => match latest_run {
             Some(r) if r.generation == o.generation => match r.phase {
@@ -180,6 +202,10 @@ pub async fn converge<D: VmDriver>(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut changes = engine.subscribe_changes();
     let mut interrupted = false;
+    // SIGTERM as well as Ctrl-C: stop converging, leave workers as they are (a later apply
+    // adopts them), and say what had not converged.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let outcome = loop {
         let mut failed = Vec::new();
         let mut waiting = Vec::new();
@@ -221,6 +247,7 @@ pub async fn converge<D: VmDriver>(
             _ = changes.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = tokio::signal::ctrl_c() => { interrupted = true; }
+            _ = term.recv() => { interrupted = true; }
         }
     };
     progress.finish();

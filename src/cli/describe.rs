@@ -64,10 +64,51 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     ));
     if let Some(obj) = o.status.as_object() {
         for (k, v) in obj {
-            if !matches!(k.as_str(), "phase" | "observedGeneration" | "conditions") {
+            if !matches!(
+                k.as_str(),
+                "phase" | "observedGeneration" | "conditions" | "ports"
+            ) {
                 out.push_str(&format!("  {k}: {}\n", compact(v)));
             }
         }
+    }
+    if let Some(ports) = o
+        .status
+        .get("ports")
+        .and_then(|p| p.as_array())
+        .filter(|p| !p.is_empty())
+    {
+        let mut t = Table::new();
+        t.load_preset(NOTHING);
+        t.set_header([
+            "  PORT",
+            "IFINDEX",
+            "IFNAME",
+            "IFDESCR",
+            "OPER",
+            "ADMIN",
+            "SPEED (Mb/s)",
+            "WORKER",
+        ]);
+        for p in ports {
+            let f = |k: &str| {
+                p.get(k)
+                    .filter(|v| !v.is_null())
+                    .map(compact)
+                    .unwrap_or_else(|| "-".into())
+            };
+            t.add_row([
+                format!("  {}", f("key")),
+                f("index"),
+                f("name"),
+                f("descr"),
+                f("oper"),
+                f("admin"),
+                f("speedMbps"),
+                f("worker"),
+            ]);
+        }
+        out.push_str(&format!("Ports:\n{t}\n"));
     }
     out.push_str("Conditions:\n");
     match o.status.get("conditions").and_then(|c| c.as_array()) {

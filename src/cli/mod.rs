@@ -9,6 +9,7 @@ mod get;
 pub mod image;
 mod logs;
 mod manifests;
+mod operate;
 mod output;
 mod power;
 mod relay;
@@ -77,6 +78,12 @@ enum Command {
     Delete(delete::Args),
     /// Print a VM worker's serial console (-f to follow).
     Logs(logs::Args),
+    /// Take a worker out of service (health Maintenance): powered off, never scheduled.
+    Cordon(operate::WorkerArgs),
+    /// Return a worker to service (health Good), also clearing a quarantine (Bad).
+    Uncordon(operate::WorkerArgs),
+    /// Run a workload again (same generation, a new run number) and report it.
+    Rerun(operate::RerunArgs),
     /// Summarise a workload run: counts, throughput, latency percentiles, per function and
     /// per worker, as a table, JSON, CSV (one row per attempt) or an HTML page with plots.
     Report(report::Args),
@@ -198,6 +205,9 @@ pub fn main() -> ExitCode {
         Command::Describe(a) => describe::run(a, &state_dir),
         Command::Delete(a) => delete::run(a, &state_dir),
         Command::Logs(a) => logs::run(a, &state_dir),
+        Command::Cordon(a) => operate::set_health(a, &state_dir, "Maintenance"),
+        Command::Uncordon(a) => operate::set_health(a, &state_dir, "Good"),
+        Command::Rerun(a) => operate::rerun(a, &state_dir),
         Command::Relay(a) => relay::run(a),
         Command::Report(a) => report::run(a, &state_dir),
         Command::Image(a) => image::run(a)

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod queue;
 pub mod status;
+mod switch;
 pub mod vm;
 mod worker;
 
@@ -63,7 +64,12 @@ pub struct Engine<D: VmDriver, P: Presence> {
     /// Objects reconciled successfully at least once by this process: a stored status written
     /// by an earlier process is not evidence of the present.
     seen: Mutex<std::collections::HashSet<Key>>,
+    /// One SNMP session per switch, with the spec it was made from.
+    switches: Mutex<HashMap<String, (serde_json::Value, Arc<crate::drivers::snmp::SnmpSwitch>)>>,
 }
+
+/// Status field set by `microfaasctl rerun` and cleared when the new run starts.
+pub const RERUN: &str = "rerunRequested";
 
 /// Called with a workload's name to start its run for the current generation.
 pub type Starter = Arc<dyn Fn(String) + Send + Sync>;
@@ -90,6 +96,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             starter: Mutex::new(None),
             running: Mutex::new(std::collections::HashSet::new()),
             seen: Mutex::new(std::collections::HashSet::new()),
+            switches: Mutex::new(HashMap::new()),
         })
     }
 
@@ -150,7 +157,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let has_run = latest
             .as_ref()
             .is_some_and(|r| r.generation == obj.generation);
-        if !has_run && !in_progress {
+        // `microfaasctl rerun` asks for one more run of the same generation.
+        let rerun = obj.status.get(RERUN) == Some(&serde_json::Value::Bool(true));
+        if (!has_run || rerun) && !in_progress {
             let starter = lock(&self.starter).clone();
             if let Some(start) = starter {
                 lock(&self.running).insert(name.to_string());
@@ -248,6 +257,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         match key.0 {
             Kind::Worker => self.reconcile_worker(&key.1).await,
             Kind::Workload => self.reconcile_workload(&key.1).await,
+            Kind::Switch => self.reconcile_switch(&key.1).await,
             _ => {
                 // Kinds without a driver yet are accepted as declared.
                 if let Some(o) = self.get(key.0, &key.1) {

@@ -128,6 +128,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         st.set("health", json!(health));
 
         let Some(vm) = &spec.vm else {
+            if let Some(net) = spec.board.as_ref().and_then(|b| b.network.as_ref())
+                && let (Some(switch), Some(port)) = (&net.switch, &net.port)
+            {
+                let (status, reason, message) = self.link_up(name, switch, port);
+                st.condition("LinkUp", status, &reason, &message);
+            }
             st.set_phase("Unknown")
                 .condition(
                     "PowerControl",

@@ -138,6 +138,7 @@ async fn run_workload<D: VmDriver>(
         .with_store(|s| s.start_run(name, obj.generation))
         .map_err(|e| e.to_string())?;
     let mut st = Status::from_value(&obj.status);
+    st.set(crate::engine::RERUN, serde_json::Value::Null);
     if workers.is_empty() {
         let msg = "no healthy VM worker matches the workload's selector";
         engine
@@ -291,7 +292,8 @@ impl<D: VmDriver> Run<D> {
         };
         let counts = lock(&self.shared).counts;
         let mut st = Status::from_value(&obj.status);
-        st.set_phase(phase)
+        st.set(crate::engine::RERUN, serde_json::Value::Null)
+            .set_phase(phase)
             .set("run", json!(self.run))
             .set("total", json!(counts.total))
             .set("succeeded", json!(counts.succeeded))

@@ -4,6 +4,7 @@
 
 pub mod orchestrator;
 pub mod qemu;
+pub mod snmp_agents;
 
 use std::path::PathBuf;
 

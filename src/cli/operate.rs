@@ -1,0 +1,118 @@
+//! Operator commands on single objects: `cordon`/`uncordon` a worker (health Maintenance /
+//! Good, which also clears a quarantine) and `rerun` a workload (one more run of the same
+//! generation, converged in this process like `apply`).
+
+use super::{CmdResult, Failure, converge};
+use crate::engine::status::{CondStatus, Status};
+use crate::manifest::Kind;
+use crate::store::{EventType, StateLock, Store};
+use serde_json::json;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Only `worker`.
+    kind: String,
+    name: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RerunArgs {
+    /// Only `workload`.
+    kind: String,
+    name: String,
+    /// Store the request and return; the next `apply` (or engine) runs it.
+    #[arg(long)]
+    no_wait: bool,
+    #[arg(long, default_value = "30m", value_parser = |s: &str| crate::manifest::quantity::parse_duration(s).map_err(|e| e.to_string()))]
+    timeout: Duration,
+}
+
+fn expect_kind(given: &str, want: Kind) -> Result<(), Failure> {
+    let k: Kind = given.parse().map_err(Failure::invalid)?;
+    if k != want {
+        return Err(Failure::invalid(format!(
+            "this command takes a {}, not a {}",
+            want.singular(),
+            k.singular()
+        )));
+    }
+    Ok(())
+}
+
+/// Sets a worker's health: `Maintenance` keeps it off and unused; `Good` returns it to service.
+pub fn set_health(args: WorkerArgs, state_dir: &Path, health: &str) -> CmdResult {
+    expect_kind(&args.kind, Kind::Worker)?;
+    let mut store = Store::open(state_dir)?;
+    let obj = store
+        .get(Kind::Worker, &args.name)?
+        .ok_or_else(|| Failure::invalid(format!("worker/{} not found", args.name)))?;
+    let mut st = Status::from_value(&obj.status);
+    st.set("health", json!(health));
+    if health == "Good" {
+        st.set("failedBoots", serde_json::Value::Null).condition(
+            "Healthy",
+            CondStatus::True,
+            "Uncordoned",
+            "returned to service by an operator",
+        );
+    } else {
+        st.condition(
+            "Healthy",
+            CondStatus::False,
+            "Cordoned",
+            "set to Maintenance by an operator",
+        );
+    }
+    store.set_status(Kind::Worker, &args.name, &st.into_value())?;
+    let reason = if health == "Good" {
+        "Uncordoned"
+    } else {
+        "Cordoned"
+    };
+    store.record_event(
+        Kind::Worker,
+        &args.name,
+        EventType::Normal,
+        reason,
+        &format!("health set to {health}"),
+    )?;
+    println!("worker/{} {}", args.name, reason.to_lowercase());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rerun(args: RerunArgs, state_dir: &Path) -> CmdResult {
+    expect_kind(&args.kind, Kind::Workload)?;
+    let mut store = Store::open(state_dir)?;
+    let _lock = StateLock::acquire(state_dir)?;
+    let obj = store
+        .get(Kind::Workload, &args.name)?
+        .ok_or_else(|| Failure::invalid(format!("workload/{} not found", args.name)))?;
+    let mut st = Status::from_value(&obj.status);
+    st.set(crate::engine::RERUN, json!(true));
+    store.set_status(Kind::Workload, &args.name, &st.into_value())?;
+    println!("workload/{} rerun requested", args.name);
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut touched = vec![(Kind::Workload, args.name.clone())];
+    touched.extend(
+        store
+            .list(Some(Kind::Worker))?
+            .into_iter()
+            .map(|w| (Kind::Worker, w.name)),
+    );
+    let outcome = super::teardown::block_on(converge::converge(
+        store,
+        std::sync::Arc::new(crate::drivers::vms::QemuVms::new()),
+        state_dir,
+        touched,
+        args.timeout,
+        super::image_default_initrd(),
+    ))
+    .map_err(Failure::invalid)?
+    .map_err(Failure::invalid)?;
+    super::apply::finish(outcome, args.timeout, state_dir)
+}
