@@ -147,6 +147,8 @@ impl<L: ButtonLine> Button<L> {
     pub async fn press(&self, length: Duration) -> Result<(), GpioError> {
         let _exclusive = self.pressing.lock().await;
         self.line.set(true)?;
+        // Declared after the lock guard, so dropped before it: a cancelled press is released
+        // before the next press may start.
         let release = ReleaseOnDrop(&self.line);
         tokio::time::sleep(length).await;
         std::mem::forget(release);
@@ -202,14 +204,8 @@ impl CdevLine {
         Self::request_located(at, active_low)
     }
 
+    /// As [`CdevLine::request`], for a line already located.
     pub fn request_located(at: Located, active_low: bool) -> Result<CdevLine, GpioError> {
-        let gpio_err = |label: &str| {
-            let label = label.to_owned();
-            move |source| GpioError::Gpio {
-                line: label.clone(),
-                source,
-            }
-        };
         // Check first so the error names the holder; the kernel's EBUSY alone does not.
         if let Some(consumer) = holder(&at)? {
             return Err(GpioError::Busy {
@@ -242,7 +238,10 @@ impl CdevLine {
                     line: at.label,
                     consumer,
                 }),
-                None => Err(gpio_err(&at.label)(e)),
+                None => Err(GpioError::Gpio {
+                    line: at.label,
+                    source: e,
+                }),
             },
         }
     }
