@@ -2,6 +2,7 @@
 # Prepares what the QEMU and image tests need and prints `export` lines for them:
 #   MICROFAAS_TEST_KERNEL  the small all-built-in bzImage (hack/build-kernel.sh, cached)
 #   MICROFAAS_TEST_AGENT   the static musl microfaas-agent (release build)
+#   MICROFAAS_TEST_GPIO_GUEST  the static musl PID 1 of tests/gpio_sim.rs (hack/gpio-sim-guest.rs)
 # Use it as:  eval "$(hack/test-artifacts.sh)" && cargo test
 # The Debian cloud kernel is fetched by the tests themselves into the same cache
 # (${MICROFAAS_CACHE:-$HOME/.cache/microfaas}) with apt-get download.
@@ -13,21 +14,31 @@ repo=$(dirname "$here")
 
 kernel=$("$here/build-kernel.sh")
 
-echo "test-artifacts: building the static agent (x86_64-unknown-linux-musl)" >&2
-# The JSON artifact messages name the executable wherever CARGO_TARGET_DIR puts it.
-agent=$(cd "$repo" && cargo build --release --no-default-features --features agent \
-    --target x86_64-unknown-linux-musl --bin microfaas-agent \
-    --message-format=json-render-diagnostics \
-  | python3 -c '
-import json, sys
+# Builds one static musl target in release; prints its executable (the JSON artifact messages
+# name it wherever CARGO_TARGET_DIR puts it).
+# usage: build_static FEATURES --bin|--example NAME
+build_static() {
+  local features=$1 kind=$2 name=$3 exe
+  echo "test-artifacts: building $name (x86_64-unknown-linux-musl, features $features)" >&2
+  exe=$(cd "$repo" && cargo build --release --no-default-features --features "$features" \
+      --target x86_64-unknown-linux-musl "$kind" "$name" \
+      --message-format=json-render-diagnostics \
+    | NAME="$name" python3 -c '
+import json, os, sys
 for line in sys.stdin:
     msg = json.loads(line)
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
-            and msg["target"]["name"] == "microfaas-agent":
+            and msg["target"]["name"] == os.environ["NAME"]:
         print(msg["executable"])
 ')
-[ -n "$agent" ] && [ -x "$agent" ] || { echo "test-artifacts: agent build produced no executable" >&2; exit 1; }
-echo "test-artifacts: agent $agent ($(stat -c %s "$agent") bytes)" >&2
+  [ -n "$exe" ] && [ -x "$exe" ] || { echo "test-artifacts: $name build produced no executable" >&2; exit 1; }
+  echo "test-artifacts: $name $exe ($(stat -c %s "$exe") bytes)" >&2
+  printf '%s\n' "$exe"
+}
+
+agent=$(build_static agent --bin microfaas-agent)
+gpio_guest=$(build_static gpio --example gpio-sim-guest)
 
 printf 'export MICROFAAS_TEST_KERNEL=%q\n' "$kernel"
 printf 'export MICROFAAS_TEST_AGENT=%q\n' "$agent"
+printf 'export MICROFAAS_TEST_GPIO_GUEST=%q\n' "$gpio_guest"

@@ -11,13 +11,13 @@ pub mod agent;
 
 #[cfg(feature = "controller")]
 pub mod cli;
-#[cfg(feature = "controller")]
+#[cfg(any(feature = "controller", feature = "gpio"))]
 pub mod drivers;
 #[cfg(feature = "controller")]
 pub mod engine;
 #[cfg(feature = "controller")]
 pub mod image;
-#[cfg(feature = "controller")]
+#[cfg(any(feature = "controller", feature = "gpio"))]
 pub mod manifest;
 #[cfg(feature = "controller")]
 pub mod orchestrator;

@@ -339,6 +339,35 @@ fn kinds_accept_every_spelling_and_help_teaches() {
     assert_eq!(v["title"], "Worker");
 }
 
+/// `power pulse|hold` on a machine without GPIO chips: bad command lines exit 2, a line that
+/// cannot be found exits 5 naming what was looked for. (Pressing for real is tested against a
+/// kernel in tests/gpio_sim.rs.)
+#[test]
+fn power_pulse_names_the_missing_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // (arguments, exit code, a word stderr must contain)
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["power", "pulse"], 2, "--chip"),
+        (&["power", "pulse", "--chip", "gpiochip0"], 2, "--line"),
+        (
+            &["power", "hold", "--pin", "P9_12", "--duration", "5q"],
+            2,
+            "5q",
+        ),
+        (&["power", "pulse", "--pin", "P9_99"], 5, "P9_99"),
+        (
+            &["power", "pulse", "--chip", "no-such-chip", "--line", "3"],
+            5,
+            "no-such-chip",
+        ),
+    ];
+    for (args, code, word) in cases {
+        let out = ctl(dir.path(), args, None);
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(word), "{args:?}: {}", out.stderr);
+    }
+}
+
 #[test]
 fn cordon_and_uncordon_set_health() {
     let state = tempfile::tempdir().expect("tmp");

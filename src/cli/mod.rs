@@ -11,6 +11,7 @@ mod logs;
 mod manifests;
 mod operate;
 mod output;
+mod power;
 mod relay;
 mod report;
 mod schema;
@@ -28,7 +29,8 @@ Exit codes:
   1  invalid manifests, object not found (diff: differences found)
   2  bad command line (diff: any error)
   3  the state store could not be used (unreadable, locked by another engine, I/O error)
-  4  a switch could not be read over SNMP (timeout, authentication failure, protocol error)";
+  4  a switch could not be read over SNMP (timeout, authentication failure, protocol error)
+  5  a GPIO line could not be used (not found, held by another consumer, I/O error)";
 
 const ABOUT: &str = "\
 Declarative testbed-as-code for energy-efficient FaaS clusters.
@@ -89,6 +91,8 @@ enum Command {
     Image(image::ImageArgs),
     /// Talk to a Switch from the manifests over SNMP: list its ports, bounce one.
     Switch(switch::Args),
+    /// Press a board's power button on a GPIO line: a short pulse or a force-off hold.
+    Power(power::Args),
     /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
     Schema(schema::Args),
     /// Relay a guest connection to the orchestrator (run by QEMU, not by people).
@@ -213,6 +217,7 @@ pub fn main() -> ExitCode {
                 report: Some(report),
             }),
         Command::Switch(a) => switch::run(a),
+        Command::Power(a) => power::run(a),
         Command::Schema(a) => schema::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(

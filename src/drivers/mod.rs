@@ -5,8 +5,16 @@
 //! - [`qmp`]: the tolerant QMP client the QEMU driver talks through.
 //! - [`vms`]: the engine's `VmDriver` over QEMU.
 //! - [`snmp`]: managed switches over SNMP (port state, bounce).
+//! - [`gpio`]: BeagleBone power buttons on Linux GPIO lines (also built alone, feature `gpio`,
+//!   for its static real-kernel test program).
 
+#[cfg(feature = "gpio")]
+pub mod gpio;
+#[cfg(feature = "controller")]
 pub mod qemu;
+#[cfg(feature = "controller")]
 pub mod qmp;
+#[cfg(feature = "controller")]
 pub mod snmp;
+#[cfg(feature = "controller")]
 pub mod vms;

@@ -1,24 +1,41 @@
 //! Manifests: the resource types, reading YAML with positions, validation and JSON Schemas.
+//!
+//! Only [`pins`] is built without the `controller` feature: the GPIO driver resolves header pins
+//! through it in its static test program too.
 
+#[cfg(feature = "controller")]
 pub mod diag;
+#[cfg(feature = "controller")]
 pub mod expand;
+#[cfg(feature = "controller")]
 pub mod load;
+#[cfg(feature = "controller")]
 pub mod node;
 pub mod pins;
+#[cfg(feature = "controller")]
 pub mod quantity;
+#[cfg(feature = "controller")]
 pub mod resource;
+#[cfg(feature = "controller")]
 pub mod schema;
+#[cfg(feature = "controller")]
 pub mod types;
+#[cfg(feature = "controller")]
 pub mod validate;
 
+#[cfg(feature = "controller")]
 pub use diag::{Diagnostic, Severity};
+#[cfg(feature = "controller")]
 pub use load::{Loaded, Source};
+#[cfg(feature = "controller")]
 pub use resource::{Kind, Resource, Spec};
 
+#[cfg(feature = "controller")]
 use std::path::PathBuf;
 
 /// Reads, expands and validates everything named by `-f` arguments. The result holds every
 /// resource that parsed and every diagnostic, sorted by file and position.
+#[cfg(feature = "controller")]
 pub fn load_and_validate(paths: &[PathBuf], opts: validate::Options) -> Loaded {
     let mut loaded = load::load_paths(paths);
     resolve_relative_paths(&mut loaded);
@@ -33,6 +50,7 @@ pub fn load_and_validate(paths: &[PathBuf], opts: validate::Options) -> Loaded {
 
 /// Relative VM kernel and initrd paths are relative to the manifest that names them, so a
 /// repository of manifests works from any current directory. They are stored absolute.
+#[cfg(feature = "controller")]
 fn resolve_relative_paths(loaded: &mut Loaded) {
     for res in &mut loaded.resources {
         let base = loaded
