@@ -327,17 +327,28 @@ fn killed_apply_is_adopted_not_duplicated() {
     }
     child.kill().expect("kill -9 apply");
     let _ = child.wait();
-    // `-daemonize` forks: until each launcher has exited there are two processes per VM.
+    // `-daemonize` forks: the launcher exits once the daemon has written its pidfile. Settled
+    // = one process per VM, and it is the one its pidfile names.
     let settled = Instant::now();
     let before = loop {
         let now = env.qemus();
-        let names: Vec<&str> = now.iter().map(|q| q.0.as_str()).collect();
-        if names == ["vm-a", "vm-b"] {
+        let pidfile = |name: &str| -> Option<i32> {
+            std::fs::read_to_string(env.state.join("vms").join(name).join("qemu.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let expected: Vec<(String, i32)> = ["vm-a", "vm-b"]
+            .iter()
+            .filter_map(|n| Some((n.to_string(), pidfile(n)?)))
+            .collect();
+        if expected.len() == 2 && now == expected {
             break now;
         }
         assert!(
             settled.elapsed() < Duration::from_secs(30),
-            "QEMUs did not settle: {now:?}"
+            "QEMUs did not settle: {now:?} vs pidfiles {expected:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
