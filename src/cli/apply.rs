@@ -82,18 +82,27 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
         .filter(|(_, _, o)| *o != ApplyOutcome::Pruned)
         .map(|(k, n, _)| (k, n))
         .collect();
+    converge_and_report(store, state_dir, touched, args.timeout)
+}
+
+/// Converges `touched` with QEMU workers in this process, then reports (see `finish`).
+pub fn converge_and_report(
+    store: Store,
+    state_dir: &Path,
+    touched: Vec<(Kind, String)>,
+    timeout: Duration,
+) -> CmdResult {
     let outcome = super::teardown::block_on(converge::converge(
         store,
         std::sync::Arc::new(crate::drivers::vms::QemuVms::new()),
         state_dir,
         touched,
-        args.timeout,
+        timeout,
         super::image_default_initrd(),
     ))
     .map_err(Failure::invalid)?
     .map_err(Failure::invalid)?;
-
-    finish(outcome, args.timeout, state_dir)
+    finish(outcome, timeout, state_dir)
 }
 
 /// Prints the report of every run that took place and names what did not converge.

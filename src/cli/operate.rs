@@ -2,7 +2,7 @@
 //! Good, which also clears a quarantine) and `rerun` a workload (one more run of the same
 //! generation, converged in this process like `apply`).
 
-use super::{CmdResult, Failure, converge};
+use super::{CmdResult, Failure};
 use crate::engine::status::{CondStatus, Status};
 use crate::manifest::Kind;
 use crate::store::{EventType, StateLock, Store};
@@ -104,15 +104,5 @@ pub fn rerun(args: RerunArgs, state_dir: &Path) -> CmdResult {
             .into_iter()
             .map(|w| (Kind::Worker, w.name)),
     );
-    let outcome = super::teardown::block_on(converge::converge(
-        store,
-        std::sync::Arc::new(crate::drivers::vms::QemuVms::new()),
-        state_dir,
-        touched,
-        args.timeout,
-        super::image_default_initrd(),
-    ))
-    .map_err(Failure::invalid)?
-    .map_err(Failure::invalid)?;
-    super::apply::finish(outcome, args.timeout, state_dir)
+    super::apply::converge_and_report(store, state_dir, touched, args.timeout)
 }

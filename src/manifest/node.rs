@@ -70,9 +70,8 @@ impl Node {
         }
     }
 
-    /// The position of the deepest node along `path` that exists: a validation error about a
-    /// field left at its default still points at its enclosing block.
-    pub fn pos_of(&self, path: &[Seg<'_>]) -> Pos {
+    /// The deepest node along `path` that exists, and whether the whole path resolved.
+    fn deepest(&self, path: &[Seg<'_>]) -> (&Node, bool) {
         let mut node = self;
         for seg in path {
             let next = match (seg, &node.value) {
@@ -82,10 +81,16 @@ impl Node {
             };
             match next {
                 Some(n) => node = n,
-                None => break,
+                None => return (node, false),
             }
         }
-        node.pos
+        (node, true)
+    }
+
+    /// The position of the deepest node along `path` that exists: a validation error about a
+    /// field left at its default still points at its enclosing block.
+    pub fn pos_of(&self, path: &[Seg<'_>]) -> Pos {
+        self.deepest(path).0.pos
     }
 
     /// Position of the key itself (not its value) for the last segment, when it is a key.
@@ -93,19 +98,10 @@ impl Node {
         let Some((Seg::Key(last), parent)) = path.split_last() else {
             return self.pos_of(path);
         };
-        let mut node = self;
-        for seg in parent {
-            let next = match (seg, &node.value) {
-                (Seg::Key(k), Value::Map(_)) => node.get(k),
-                (Seg::Index(i), Value::Seq(items)) => items.get(*i),
-                _ => None,
-            };
-            match next {
-                Some(n) => node = n,
-                None => return node.pos,
-            }
+        match self.deepest(parent) {
+            (node, true) => node.entry(last).map(|(k, _)| k.pos).unwrap_or(node.pos),
+            (node, false) => node.pos,
         }
-        node.entry(last).map(|(k, _)| k.pos).unwrap_or(node.pos)
     }
 
     /// Every map key anywhere in the tree, with its position, for checks that look at keys.
