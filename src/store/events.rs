@@ -42,31 +42,22 @@ impl Store {
         message: &str,
     ) -> Result<()> {
         let now = clock::now();
-        let updated = self
-            .conn
-            .execute(
+        self.observation(|conn| {
+            let updated = conn.execute(
                 "UPDATE events SET count = count + 1, last_time = ?6
                  WHERE id = (SELECT id FROM events WHERE kind = ?1 AND name = ?2 AND type = ?3
                              AND reason = ?4 AND message = ?5 ORDER BY id DESC LIMIT 1)",
-                params![
-                    kind.as_str(),
-                    name,
-                    event_type.as_str(),
-                    reason,
-                    message,
-                    now
-                ],
-            )
-            .map_err(self.sq())?;
-        if updated == 0 {
-            self.conn
-                .execute(
+                params![kind.as_str(), name, event_type.as_str(), reason, message, now],
+            )?;
+            if updated == 0 {
+                conn.execute(
                     "INSERT INTO events (kind, name, type, reason, message, count, first_time, last_time)
                      VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
                     params![kind.as_str(), name, event_type.as_str(), reason, message, now],
-                )
-                .map_err(self.sq())?;
-        }
+                )?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 

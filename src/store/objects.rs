@@ -299,13 +299,12 @@ impl Store {
 
     /// Replaces an object's status (written by the engine).
     pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
-        let n = self
-            .conn
-            .execute(
+        let n = self.observation(|conn| {
+            conn.execute(
                 "UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2",
                 params![kind.as_str(), name, json_text(status)],
             )
-            .map_err(self.sq())?;
+        })?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));
         }
