@@ -52,7 +52,8 @@ pub trait VmDriver: Send + Sync + 'static {
         how: StopHow,
         wait: Duration,
     ) -> impl Future<Output = Result<bool, String>> + Send;
-    /// Names of workers whose VM exited or whose control connection closed.
+    /// Names of workers whose VM exited or whose control connection closed (the fake also
+    /// uses it for its agents connecting).
     fn exits(&self) -> broadcast::Receiver<String>;
 }
 
@@ -119,6 +120,8 @@ impl VmDriver for FakeDriver {
     async fn launch(&self, spec: &VmLaunch) -> Result<(), String> {
         lock(&self.launches).push(spec.name.clone());
         lock(&self.running).insert(spec.name.clone());
+        // The real world's "agent connected" trigger: the instantly booted agent says hello.
+        let _ = self.exits.send(spec.name.clone());
         Ok(())
     }
 

@@ -98,11 +98,40 @@ pub fn run(conn: &mut Connection, path: &Path) -> Result<()> {
         });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction().map_err(sq)?;
+        // IMMEDIATE takes the write lock before reading the version again: two processes
+        // opening a new state dir at once (apply and get) must not both run a migration.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq)?;
+        let now: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sq)?;
+        if now > i as i64 {
+            continue;
+        }
         tx.execute_batch(sql).map_err(sq)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)
             .map_err(sq)?;
         tx.commit().map_err(sq)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Many processes' worth of connections opening one new state dir at once.
+    #[test]
+    fn concurrent_opens_migrate_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let d = dir.path().to_path_buf();
+                std::thread::spawn(move || crate::store::Store::open(&d).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            let r = h.join().expect("thread");
+            assert!(r.is_ok(), "{:?}", r.err().map(|e| e.to_string()));
+        }
+    }
 }

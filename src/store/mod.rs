@@ -135,7 +135,11 @@ mod tests {
         };
         store.apply(&[obj], None, false, false).expect("apply");
         store
-            .set_status(Kind::Function, "f", &serde_json::json!({"phase": "Accepted"}))
+            .set_status(
+                Kind::Function,
+                "f",
+                &serde_json::json!({"phase": "Accepted"}),
+            )
             .expect("status");
         store
             .record_event(Kind::Function, "f", EventType::Normal, "R", "m")
@@ -146,7 +150,11 @@ mod tests {
             .expect("pragma");
         assert_eq!(sync, 2, "synchronous is no longer FULL");
         assert_eq!(
-            store.get(Kind::Function, "f").expect("get").expect("f").status["phase"],
+            store
+                .get(Kind::Function, "f")
+                .expect("get")
+                .expect("f")
+                .status["phase"],
             "Accepted"
         );
     }
