@@ -518,8 +518,9 @@ spec:
     // The killed VM was started again for the work still queued on it: PoweredOn twice or more.
     let launches: u32 = d
         .lines()
-        .find(|l| l.contains("PoweredOn"))
-        .and_then(|l| l.split_whitespace().nth(3))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.len() > 3 && w[0] == "Normal" && w[1] == "PoweredOn")
+        .and_then(|w| w.get(3).copied())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(launches >= 2, "the killed VM was not relaunched:\n{d}");
