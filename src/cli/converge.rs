@@ -27,16 +27,9 @@ pub enum Standing {
 
 /// Pure convergence rule, shared by apply and tests.
 pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations::Run>) -> Standing {
-    let phase = o
-        .status
-        .get("phase")
-        .and_then(|p| p.as_str())
-        .unwrap_or("Pending");
-    let observed = o
-        .status
-        .get("observedGeneration")
-        .and_then(|g| g.as_i64())
-        .unwrap_or(0);
+    let status = crate::engine::status::Status::from_value(&o.status);
+    let phase = status.phase().unwrap_or("Pending");
+    let observed = status.observed_generation();
     match o.kind {
         Kind::Worker => {
             if o.status

@@ -49,16 +49,9 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     for line in yaml(&o.spec).lines() {
         out.push_str(&format!("  {line}\n"));
     }
-    let phase = o
-        .status
-        .get("phase")
-        .and_then(|p| p.as_str())
-        .unwrap_or("Pending");
-    let observed = o
-        .status
-        .get("observedGeneration")
-        .and_then(|g| g.as_i64())
-        .unwrap_or(0);
+    let status = crate::engine::status::Status::from_value(&o.status);
+    let phase = status.phase().unwrap_or("Pending");
+    let observed = status.observed_generation();
     out.push_str(&format!(
         "Status:\n  Phase:               {phase}\n  Observed Generation: {observed}\n"
     ));

@@ -348,12 +348,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     // The agent left a running VM (a OneShot agent going down): wait for the exit.
                     st.set_phase("PoweringOff");
                     next = Next::RequeueAfter(Duration::from_secs(5));
-                    if self
-                        .driver
-                        .stop(name, StopHow::Quit, Duration::from_secs(10))
-                        .await
-                        .unwrap_or(false)
-                    {
+                    if self.await_exit(name).await {
                         self.stopped(name);
                         next = Next::RequeueAfter(Duration::ZERO);
                     }
@@ -437,6 +432,14 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         Err(format!("{why} ({failures}/{quarantine_after})"))
     }
 
+    /// Waits for a VM whose agent is powering it off, quitting it if it lingers; true once gone.
+    async fn await_exit(&self, name: &str) -> bool {
+        self.driver
+            .stop(name, StopHow::Quit, Duration::from_secs(10))
+            .await
+            .unwrap_or(false)
+    }
+
     /// The power-off ladder; every step is an event.
     pub async fn power_off(&self, name: &str, connected: bool) {
         if connected && self.presence.request_poweroff(name).await {
@@ -447,12 +450,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 "PowerOff",
                 "asked the agent to power off",
             );
-            if self
-                .driver
-                .stop(name, StopHow::Quit, Duration::from_secs(10))
-                .await
-                .unwrap_or(false)
-            {
+            if self.await_exit(name).await {
                 self.stopped(name);
                 return;
             }
