@@ -16,6 +16,8 @@ pub mod drivers;
 #[cfg(feature = "controller")]
 pub mod engine;
 #[cfg(feature = "controller")]
+pub mod gateway;
+#[cfg(feature = "controller")]
 pub mod image;
 #[cfg(any(feature = "controller", feature = "gpio"))]
 pub mod manifest;

@@ -4,6 +4,7 @@
 
 pub mod clock;
 mod events;
+pub mod gateway;
 pub mod invocations;
 pub mod lock;
 mod migrations;
