@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::host::{
-    AUTH, AgentProcs, Host, HostOptions, body_text, faas_cli_deploy, http, json_of, objects,
-    wait_function,
+    AUTH, AgentProcs, Host, HostOptions, body_text, call, delete_function, faas_cli_deploy, http,
+    json_of, objects, scale, wait_function,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -295,13 +295,7 @@ async fn faas_provider_api_end_to_end_on_loopback_agents() {
     // Sync call: the workers are off (OnDemand), so the first call waits for a cold start.
     let input = json!({"rounds": 7, "data": "microfaas"});
     let want = microfaas::functions::run("cascading_sha256", &input).expect("local run");
-    let r = http(
-        "POST",
-        &h.url("/function/sha"),
-        true,
-        input.to_string().into_bytes(),
-    )
-    .await;
+    let r = call(&h, "/function/sha", &input).await;
     assert_eq!(r.status, 200, "{}", body_text(&r));
     assert_eq!(json_of(&r), want);
     assert_eq!(r.header("x-microfaas-cold-start"), Some("true"));
@@ -317,42 +311,18 @@ async fn faas_provider_api_end_to_end_on_loopback_agents() {
     );
 
     // Scale to 1: one Warm worker is kept powered and the next call finds it ready.
-    let r = http(
-        "POST",
-        &h.url("/system/scale-function/sha"),
-        true,
-        json!({"serviceName": "sha", "replicas": 1})
-            .to_string()
-            .into_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", body_text(&r));
+    scale(&h, "sha", 1).await;
     wait_function(&h, "sha", "a ready replica", |v| {
         v["availableReplicas"] == 1
     })
     .await;
-    let r = http(
-        "POST",
-        &h.url("/function/sha/some/path"),
-        true,
-        input.to_string().into_bytes(),
-    )
-    .await;
+    let r = call(&h, "/function/sha/some/path", &input).await;
     assert_eq!(r.status, 200, "{}", body_text(&r));
     assert_eq!(json_of(&r), want);
     assert_eq!(r.header("x-microfaas-cold-start"), Some("false"));
 
     // Scale to 0: the worker powers off; the next call cold-starts one again.
-    let r = http(
-        "POST",
-        &h.url("/system/scale-function/sha"),
-        true,
-        json!({"serviceName": "sha", "replicas": 0})
-            .to_string()
-            .into_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 202);
+    scale(&h, "sha", 0).await;
     wait_function(&h, "sha", "no replica", |v| v["replicas"] == 0).await;
     // An empty body runs the function with its default input.
     let r = http("GET", &h.url("/function/sha"), true, vec![]).await;
@@ -419,13 +389,7 @@ async fn faas_provider_api_end_to_end_on_loopback_agents() {
                 .is_some_and(|b| *b >= 1.0)
     );
     assert!(after.contains_key("microfaas_worker_phase{phase=Off,worker=lo-0}"));
-    let r = http(
-        "POST",
-        &h.url("/function/sha"),
-        true,
-        input.to_string().into_bytes(),
-    )
-    .await;
+    let r = call(&h, "/function/sha", &input).await;
     assert_eq!(r.status, 200);
     assert_eq!(metrics(&h).await.get(key), Some(&4.0));
 
@@ -469,20 +433,7 @@ async fn faas_provider_api_end_to_end_on_loopback_agents() {
     assert_eq!(r.status, 200);
 
     // Delete: gone from the store and from the API.
-    let r = http(
-        "DELETE",
-        &h.url("/system/functions"),
-        true,
-        json!({"functionName": "sha"}).to_string().into_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 202);
-    assert_eq!(
-        http("GET", &h.url("/system/function/sha"), true, vec![])
-            .await
-            .status,
-        404
-    );
+    delete_function(&h, "sha").await;
     assert_eq!(
         http("POST", &h.url("/function/sha"), true, vec![])
             .await
@@ -497,9 +448,12 @@ async fn faas_provider_api_end_to_end_on_loopback_agents() {
     h.stop().await;
 }
 
+/// Callbacks received: (X-Call-Id, X-Function-Status, body).
+type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
 /// Records every callback it receives.
-async fn callback_listener() -> (String, Arc<Mutex<Vec<(String, String, Vec<u8>)>>>) {
-    let got: Arc<Mutex<Vec<(String, String, Vec<u8>)>>> = Arc::default();
+async fn callback_listener() -> (String, Received) {
+    let got: Received = Arc::default();
     let g = got.clone();
     let app = axum::Router::new().route(
         "/cb",

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::host::{
-    Host, HostOptions, body_text, faas_cli_deploy, http, json_of, objects, wait_function,
+    Host, HostOptions, body_text, call, delete_function, faas_cli_deploy, http, json_of, objects,
+    scale, wait_function,
 };
 use support::{AGENT_VAR, KERNEL_VAR, artifact};
 
@@ -24,26 +25,20 @@ struct QemuGuard(PathBuf);
 
 impl QemuGuard {
     fn pids(&self) -> Vec<i32> {
-        let needle = self.0.join("vms").display().to_string();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if args.first().is_some_and(|a| a.contains("qemu-system"))
-                && args.iter().any(|a| a.contains(&needle))
-            {
-                out.push(pid);
-            }
+        support::qemu::running_for(&self.0)
+            .into_iter()
+            .map(|(_, pid)| pid)
+            .collect()
+    }
+}
+
+impl QemuGuard {
+    async fn wait_gone(&self, what: &str) {
+        let start = Instant::now();
+        while !self.pids().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(60), "{what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        out
     }
 }
 
@@ -128,13 +123,7 @@ async fn faas_cli_flow_through_a_qemu_worker() {
     // The VM is off: the call waits for it to boot.
     let input = json!({"rounds": 100, "data": "qemu"});
     let want = microfaas::functions::run("cascading_sha256", &input).expect("local");
-    let r = http(
-        "POST",
-        &h.url("/function/sha"),
-        true,
-        input.to_string().into_bytes(),
-    )
-    .await;
+    let r = call(&h, "/function/sha", &input).await;
     assert_eq!(r.status, 200, "{}", body_text(&r));
     assert_eq!(json_of(&r), want);
     assert_eq!(r.header("x-microfaas-worker"), Some("vm-0"));
@@ -145,80 +134,23 @@ async fn faas_cli_flow_through_a_qemu_worker() {
     assert_eq!(list[0]["invocationCount"], 1);
 
     // Kept warm: the next call does not wait for a boot.
-    let r = http(
-        "POST",
-        &h.url("/system/scale-function/sha"),
-        true,
-        json!({"serviceName": "sha", "replicas": 1})
-            .to_string()
-            .into_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 202);
+    scale(&h, "sha", 1).await;
     wait_function(&h, "sha", "vm-0 ready", |v| v["availableReplicas"] == 1).await;
-    let r = http(
-        "POST",
-        &h.url("/function/sha"),
-        true,
-        input.to_string().into_bytes(),
-    )
-    .await;
+    let r = call(&h, "/function/sha", &input).await;
     assert_eq!(r.status, 200, "{}", body_text(&r));
     assert_eq!(r.header("x-microfaas-cold-start"), Some("false"));
 
     // Scale to zero: the VM powers off; the next call boots it again.
-    let r = http(
-        "POST",
-        &h.url("/system/scale-function/sha"),
-        true,
-        json!({"serviceName": "sha", "replicas": 0})
-            .to_string()
-            .into_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 202);
+    scale(&h, "sha", 0).await;
     wait_function(&h, "sha", "vm-0 off", |v| v["replicas"] == 0).await;
-    let start = Instant::now();
-    while !guard.pids().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "QEMU still running after scale to 0"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = http(
-        "POST",
-        &h.url("/function/sha"),
-        true,
-        input.to_string().into_bytes(),
-    )
-    .await;
+    guard.wait_gone("QEMU still running after scale to 0").await;
+    let r = call(&h, "/function/sha", &input).await;
     assert_eq!(r.status, 200, "{}", body_text(&r));
     assert_eq!(json_of(&r), want);
     assert_eq!(r.header("x-microfaas-cold-start"), Some("true"));
 
-    let r = http(
-        "DELETE",
-        &h.url("/system/functions"),
-        true,
-        json!({"functionName": "sha"}).to_string().into_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 202);
-    assert_eq!(
-        http("GET", &h.url("/system/function/sha"), true, vec![])
-            .await
-            .status,
-        404
-    );
+    delete_function(&h, "sha").await;
     // The VM goes off once the last call released it.
-    let start = Instant::now();
-    while !guard.pids().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "QEMU still running at the end"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    guard.wait_gone("QEMU still running at the end").await;
     h.stop().await;
 }

@@ -9,9 +9,9 @@ use crate::manifest::Kind;
 use crate::manifest::types::{FunctionSpec, LifecycleMode, Runtime, WorkerSpec};
 use crate::orchestrator::FollowUp;
 use crate::orchestrator::attempt::{self, Call, Slot};
-use crate::store::AttemptStatus;
 use crate::store::clock;
 use crate::store::gateway::WORKLOAD;
+use crate::store::{AttemptStatus, StoredObject};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -106,32 +106,33 @@ impl<D: VmDriver> Gateway<D> {
         Ok(spec)
     }
 
-    fn candidates(&self) -> Vec<Candidate> {
-        let all = self
-            .engine
+    /// Healthy VM workers with their specs: the ones that can run functions.
+    pub(super) fn vm_workers(&self) -> Vec<(StoredObject, WorkerSpec)> {
+        self.engine
             .with_store(|s| s.list(Some(Kind::Worker)))
-            .unwrap_or_default();
-        all.into_iter()
-            .filter(|w| {
-                w.status
-                    .get("health")
-                    .and_then(|h| h.as_str())
-                    .unwrap_or("Good")
-                    == "Good"
-            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(attempt::health_good)
             .filter_map(|w| {
-                let spec: WorkerSpec = serde_json::from_value(w.spec).ok()?;
+                let spec: WorkerSpec = serde_json::from_value(w.spec.clone()).ok()?;
                 spec.vm.as_ref()?;
-                Some(Candidate {
-                    name: w.name,
-                    oneshot: spec.lifecycle.mode == LifecycleMode::OneShot,
-                    idle: spec
-                        .lifecycle
-                        .idle_timeout
-                        .as_ref()
-                        .and_then(|d| d.parse().ok())
-                        .unwrap_or(Duration::ZERO),
-                })
+                Some((w, spec))
+            })
+            .collect()
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.vm_workers()
+            .into_iter()
+            .map(|(w, spec)| Candidate {
+                name: w.name,
+                oneshot: spec.lifecycle.mode == LifecycleMode::OneShot,
+                idle: spec
+                    .lifecycle
+                    .idle_timeout
+                    .as_ref()
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(Duration::ZERO),
             })
             .collect()
     }

@@ -76,19 +76,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 
 /// Workers that could run a function: healthy VM workers, with their phase.
 fn runnable_workers<D: VmDriver>(gw: &Gateway<D>) -> Vec<StoredObject> {
-    gw.engine
-        .with_store(|s| s.list(Some(Kind::Worker)))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|w| w.spec.get("vm").is_some())
-        .filter(|w| {
-            w.status
-                .get("health")
-                .and_then(Value::as_str)
-                .unwrap_or("Good")
-                == "Good"
-        })
-        .collect()
+    gw.vm_workers().into_iter().map(|(w, _)| w).collect()
 }
 
 fn phase(o: &StoredObject) -> &str {
@@ -138,14 +126,10 @@ async fn one<D: VmDriver>(State(gw): Gw<D>, Path(name): Path<String>) -> Respons
 }
 
 /// Parses a deploy body; a 400 that names the offending field otherwise.
-fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, Response> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Some(obj) = v.as_object() else {
-        return Err(text(
-            StatusCode::BAD_REQUEST,
-            "body: expected a JSON object",
-        ));
+        return Err("body: expected a JSON object".to_string());
     };
     match serde_json::from_value::<FunctionDeployment>(v.clone()) {
         Ok(d) => Ok(d),
@@ -161,7 +145,7 @@ fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, Response> {
                     break;
                 }
             }
-            Err(text(StatusCode::BAD_REQUEST, msg))
+            Err(msg)
         }
     }
 }
@@ -169,7 +153,7 @@ fn parse_deployment(body: &[u8]) -> Result<FunctionDeployment, Response> {
 async fn store_deployment<D: VmDriver>(gw: &Gateway<D>, body: &[u8], create: bool) -> Response {
     let d = match parse_deployment(body) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
     };
     let obj = match deploy::to_desired(&d) {
         Ok(o) => o,
@@ -407,7 +391,7 @@ fn reply_response(r: Reply, function: &str) -> Response {
         resp = resp.header(k, v);
     }
     resp.body(axum::body::Body::from(r.body))
-        .unwrap_or_else(|e| internal(e))
+        .unwrap_or_else(internal)
 }
 
 async fn invoke<D: VmDriver>(State(gw): Gw<D>, Path(name): Path<String>, body: Bytes) -> Response {

@@ -6,28 +6,15 @@
 use super::{Gateway, lock};
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
-use crate::manifest::types::{LifecycleMode, WorkerSpec};
+use crate::manifest::types::LifecycleMode;
 
 impl<D: VmDriver> Gateway<D> {
     /// Healthy Warm VM workers, by name.
     fn warm_capable(&self) -> Vec<String> {
-        let all = self
-            .engine
-            .with_store(|s| s.list(Some(Kind::Worker)))
-            .unwrap_or_default();
-        all.into_iter()
-            .filter(|w| {
-                w.status
-                    .get("health")
-                    .and_then(|h| h.as_str())
-                    .unwrap_or("Good")
-                    == "Good"
-            })
-            .filter(|w| {
-                serde_json::from_value::<WorkerSpec>(w.spec.clone())
-                    .is_ok_and(|s| s.vm.is_some() && s.lifecycle.mode == LifecycleMode::Warm)
-            })
-            .map(|w| w.name)
+        self.vm_workers()
+            .into_iter()
+            .filter(|(_, s)| s.lifecycle.mode == LifecycleMode::Warm)
+            .map(|(w, _)| w.name)
             .collect()
     }
 

@@ -8,8 +8,8 @@ use crate::engine::Engine;
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
 use crate::protocol::{ErrorKind, Invoke, Outcome, RUNTIME_BUILTIN};
-use crate::store::clock;
 use crate::store::invocations::{Attempt, AttemptStatus, output_digest};
+use crate::store::{StoredObject, clock};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -57,15 +57,20 @@ pub struct Slot<'a> {
     pub queued_ms: i64,
 }
 
-/// Whether the worker is healthy (not quarantined, not cordoned).
+/// Whether a stored worker is healthy (not quarantined, not cordoned).
+pub fn health_good(o: &StoredObject) -> bool {
+    o.status
+        .get("health")
+        .and_then(|h| h.as_str())
+        .unwrap_or("Good")
+        == "Good"
+}
+
+/// Whether the worker exists and is healthy.
 pub fn healthy<D: VmDriver>(engine: &Engine<D, Sessions>, worker: &str) -> bool {
-    engine.get(Kind::Worker, worker).is_some_and(|o| {
-        o.status
-            .get("health")
-            .and_then(|h| h.as_str())
-            .unwrap_or("Good")
-            == "Good"
-    })
+    engine
+        .get(Kind::Worker, worker)
+        .is_some_and(|o| health_good(&o))
 }
 
 /// Waits until `worker` has a session other than `stale` (one already told to power off or

@@ -120,13 +120,7 @@ async fn run_workload<D: VmDriver>(
     let workers: BTreeMap<String, WorkerSpec> = all
         .into_iter()
         .filter(|w| spec.workers.matches(&w.labels))
-        .filter(|w| {
-            w.status
-                .get("health")
-                .and_then(|h| h.as_str())
-                .unwrap_or("Good")
-                == "Good"
-        })
+        .filter(attempt::health_good)
         .filter_map(|w| {
             Some((
                 w.name.clone(),

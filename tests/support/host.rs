@@ -321,3 +321,29 @@ pub fn faas_cli_deploy(service: &str, image: &str) -> Value {
         "limits": {"memory": "64Mi"}, "requests": null, "readOnlyRootFilesystem": false
     })
 }
+
+/// An authenticated call with a JSON body: `target` is a path (POST) or `METHOD /path`.
+pub async fn call<D: VmDriver>(h: &Host<D>, target: &str, body: &Value) -> Response {
+    let (method, path) = target.split_once(' ').unwrap_or(("POST", target));
+    http(method, &h.url(path), true, body.to_string().into_bytes()).await
+}
+
+/// `POST /system/scale-function/NAME`, which must be accepted.
+pub async fn scale<D: VmDriver>(h: &Host<D>, function: &str, replicas: u32) {
+    let body = json!({"serviceName": function, "replicas": replicas});
+    let r = call(h, &format!("/system/scale-function/{function}"), &body).await;
+    assert_eq!(r.status, 202, "{}", body_text(&r));
+}
+
+/// `DELETE /system/functions`, accepted; the function is gone from the API afterwards.
+pub async fn delete_function<D: VmDriver>(h: &Host<D>, name: &str) {
+    let r = call(
+        h,
+        "DELETE /system/functions",
+        &json!({"functionName": name}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", body_text(&r));
+    let url = h.url(&format!("/system/function/{name}"));
+    assert_eq!(http("GET", &url, true, vec![]).await.status, 404);
+}
