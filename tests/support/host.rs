@@ -3,7 +3,7 @@
 //! `microfaas-agent` processes dialling the endpoint (booting in milliseconds, exiting on
 //! poweroff), so power-on, cold starts and power-off happen for real without QEMU.
 
-use microfaas::engine::vm::{StopHow, VmDriver, VmLaunch};
+use microfaas::engine::vm::{StopHow, VmConfig, VmDriver};
 use microfaas::engine::{Config, Engine};
 use microfaas::gateway::client::{self, Response};
 use microfaas::gateway::{self, Credentials, Running};
@@ -85,7 +85,7 @@ impl Drop for AgentProcs {
 }
 
 impl VmDriver for AgentProcs {
-    async fn launch(&self, spec: &VmLaunch) -> Result<(), String> {
+    async fn launch(&self, spec: &VmConfig) -> Result<(), String> {
         let delay = *lock(&self.delay);
         // A slow boot: a shell that sleeps, then becomes the agent (same PID).
         let mut cmd = match delay {
@@ -100,7 +100,13 @@ impl VmDriver for AgentProcs {
         let child = cmd
             .args([
                 "--orchestrator",
-                &format!("127.0.0.1:{}", spec.orchestrator_port),
+                &format!(
+                    "127.0.0.1:{}",
+                    Self::arg(&spec.cmdline, "microfaas.orchestrator=")
+                        .rsplit(':')
+                        .next()
+                        .unwrap_or("")
+                ),
                 "--name",
                 &spec.name,
                 "--token",
@@ -118,7 +124,7 @@ impl VmDriver for AgentProcs {
         Ok(())
     }
 
-    async fn adopt(&self, spec: &VmLaunch) -> Result<bool, String> {
+    async fn adopt(&self, spec: &VmConfig) -> Result<bool, String> {
         Ok(self.is_running(&spec.name))
     }
 
