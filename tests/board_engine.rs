@@ -5,14 +5,14 @@
 //! The engine polls that switch over SNMP like a real one.
 //!
 //! Covered: Off → Ready with one press; power off through the agent with no press; a hung agent
-//! forced off by the long hold after the agent timeout; boot gating with a port bounce (the SET
+//! forced off by the long hold after the agent timeout; an operator's power cycle; boot gating with a port bounce (the SET
 //! seen by the simulator) only where `bounceOnFailure` is set, then the ladder to Bad; and no
 //! action at all when the switch does not answer.
 
 mod support;
 
 use microfaas::drivers::gpio::{ButtonLine, GpioError, LineSpec, Located};
-use microfaas::engine::board::{BoardTiming, GpioButtons, LineOpener};
+use microfaas::engine::board::{BoardTiming, GpioButtons, LineOpener, POWER_REQUEST, POWER_RESULT};
 use microfaas::engine::vm::FakeDriver;
 use microfaas::engine::{Config, Engine};
 use microfaas::manifest::Kind;
@@ -472,6 +472,32 @@ async fn one_press_to_ready_agent_led_off_and_forced_off() {
     for name in ["bbb-1", "bbb-2"] {
         assert_eq!(lock(&w.rack.boards)[name].pulses_while_on, 0, "{name}");
     }
+
+    // An operator's `power cycle` of bbb-1 (wanted Off, observed Off): the off half is already
+    // done, the on half is one pulse to Ready, and the result is recorded for the CLI.
+    let request = json!({"id": "req-1", "action": "cycle", "force": false});
+    w.until(Duration::from_secs(60), "the cycle's result", |w| {
+        let st = w.status("bbb-1");
+        if st[POWER_RESULT]["id"] == "req-1" {
+            return true;
+        }
+        if st[POWER_REQUEST].is_null() {
+            // Put the request (back) in: a reconcile's own status write may race this one.
+            let mut st = st;
+            st[POWER_REQUEST] = request.clone();
+            let _ = w
+                .engine
+                .with_store(|s| s.set_status(Kind::Worker, "bbb-1", &st));
+            w.engine.queue.add((Kind::Worker, "bbb-1".into()));
+        }
+        false
+    })
+    .await;
+    let st = w.status("bbb-1");
+    assert_eq!(st[POWER_RESULT]["ok"], true, "{st}");
+    assert_eq!(st["phase"], "Ready", "{st}");
+    assert_eq!(w.rack.presses("bbb-1").len(), 2, "{}", w.dump());
+    assert!(w.count("bbb-1", "PowerCycle") >= 1 && w.count("bbb-1", "PowerRequestDone") >= 1);
 }
 
 fn link_of(status: &Value) -> Value {

@@ -49,6 +49,12 @@ Example:
 Exit codes as for `power on`.")]
     Off(RequestArgs),
     /// Power a board worker off (as `power off`), then on (as `power on`).
+    #[command(after_help = "\
+Examples:
+  microfaasctl power cycle bbb-3
+  microfaasctl power cycle bbb-3 --force   # power Unknown: force off first, then power on
+
+Exit codes as for `power on`.")]
     Cycle(RequestArgs),
     /// Print a board's observed power, the evidence for it, the last command and recent presses.
     #[command(after_help = "\
