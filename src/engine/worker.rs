@@ -118,6 +118,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let Some(obj) = self.get(Kind::Worker, name) else {
             // Gone from the store: its teardown ran before the record went (see `teardown`).
             lock(&self.runtime).remove(name);
+            self.board_gone(name);
             return Ok(Next::Done);
         };
         let spec: WorkerSpec =

@@ -779,6 +779,13 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         }
     }
 
+    /// Forgets a deleted worker's attempts and closes its line (if it was a board).
+    pub(super) fn board_gone(&self, name: &str) {
+        if lock(&self.boards.runtime).remove(name).is_some() {
+            self.buttons().forget(name);
+        }
+    }
+
     /// Finalizer of a board: power it off (agent first, then the hold), then close its line.
     pub(super) async fn board_teardown(&self, name: &str, obj: &StoredObject, board: &BoardSpec) {
         let Ok(button) = ButtonConfig::from_manifest(&board.power_button) else {
@@ -822,7 +829,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 tokio::time::sleep(d.max(Duration::from_millis(50))).await;
             }
         }
-        lock(&self.boards.runtime).remove(name);
+        self.board_gone(name);
         self.buttons().forget(name);
     }
 }
