@@ -8,7 +8,6 @@ use microfaas::store::{DesiredObject, Store};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A store in a temp dir holding one PowerMeter with `spec`.
@@ -62,7 +61,8 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(store: Store) -> Sampler {
+    fn start(state: &Path) -> Sampler {
+        let state = state.to_path_buf();
         let (tx, rx) = tokio::sync::watch::channel(false);
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -71,7 +71,7 @@ impl Sampler {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let task = microfaas::energy::sampler::spawn(Arc::new(Mutex::new(store)), rx);
+                let task = microfaas::energy::sampler::spawn(&state, rx).expect("sampler");
                 let _ = task.await;
             });
         });
@@ -178,12 +178,12 @@ fn wattsup_session_over_a_pty_with_corruption_and_a_reconnect() {
     let link = dir.path().join("wattsup");
     let (mut master, slave) = pty();
     relink(&link, &slave);
-    let store = store_with_meter(
+    let _store = store_with_meter(
         &state,
         "strip",
         serde_json::json!({"wattsup": {"device": link.display().to_string(), "interval": "1s"}, "covers": {"matchLabels": {}}}),
     );
-    let sampler = Sampler::start(store);
+    let sampler = Sampler::start(&state);
 
     let session = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -282,12 +282,12 @@ fn command_meter_reads_each_interval_and_skips_a_hung_reading() {
         ),
     )
     .expect("script");
-    let store = store_with_meter(
+    let _store = store_with_meter(
         &state,
         "plug",
         serde_json::json!({"command": {"command": ["sh", script.display().to_string()], "interval": "200ms", "timeout": "1s"}, "covers": {"matchLabels": {}}}),
     );
-    let sampler = Sampler::start(store);
+    let sampler = Sampler::start(&state);
     let watts = wait_samples(&state, "plug", 3, Duration::from_secs(30));
     drop(sampler);
     assert_eq!(
@@ -316,12 +316,12 @@ fn command_meter_reads_each_interval_and_skips_a_hung_reading() {
 fn command_meter_that_prints_no_number_warns_and_stores_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
-    let store = store_with_meter(
+    let _store = store_with_meter(
         &state,
         "bad",
         serde_json::json!({"command": {"command": ["echo", "offline"], "interval": "100ms", "timeout": "1s"}, "covers": {"matchLabels": {}}}),
     );
-    let sampler = Sampler::start(store);
+    let sampler = Sampler::start(&state);
     let start = Instant::now();
     while !events(&state, "bad").iter().any(|e| e.1 == "ReadFailed") {
         assert!(

@@ -187,7 +187,8 @@ pub async fn converge<D: VmDriver>(
     }));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Meters sample for as long as the engine runs, so every run has its energy recorded.
-    let sampler = crate::energy::sampler::spawn(engine.store.clone(), stop_rx.clone());
+    let sampler = crate::energy::sampler::spawn(state_dir, stop_rx.clone())
+        .map_err(|e| format!("cannot start the power meters: {e}"))?;
     let runner = tokio::spawn(engine.clone().run(stop_rx, Some(endpoint.subscribe())));
     for (k, n) in &touched {
         engine.queue.add((*k, n.clone()));

@@ -123,7 +123,8 @@ pub fn max_gap(spec: &PowerMeterSpec) -> Duration {
             .and_then(|m| m.interval.as_ref())
             .map_or(Duration::from_secs(1), every)
     };
-    (interval * 3).max(Duration::from_secs(3))
+    // Floor: a sampler delayed a few seconds by a loaded host is not a meter that was gone.
+    (interval * 3).max(Duration::from_secs(5))
 }
 
 /// The names of the stored workers `spec` covers.

@@ -1,5 +1,5 @@
 //! Runs every declared `PowerMeter` for as long as its host runs, storing each sample as it
-//! arrives. Self-contained: it needs only the store and a stop signal, so `apply`'s in-process
+//! arrives. Self-contained: it needs only the state directory and a stop signal, so `apply`'s in-process
 //! engine and the `serve` daemon start it the same way ([`spawn`]). It rescans the store so
 //! meters added, changed or deleted while it runs are picked up.
 //!
@@ -27,9 +27,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 type Shared = Arc<Mutex<Store>>;
 
-/// Starts sampling every meter in the store until `stop` turns true.
-pub fn spawn(store: Shared, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(supervise(store, stop))
+/// Starts sampling every meter in the store under `state_dir` until `stop` turns true. The
+/// sampler has a connection of its own: SQLite (WAL) readers do not wait for the engine's
+/// writes, so a slow fsync elsewhere cannot leave holes in the samples.
+pub fn spawn(
+    state_dir: &std::path::Path,
+    stop: watch::Receiver<bool>,
+) -> crate::store::Result<JoinHandle<()>> {
+    let store = Arc::new(Mutex::new(Store::open(state_dir)?));
+    Ok(tokio::spawn(supervise(store, stop)))
 }
 
 /// Runs `f` on the store off the async workers (a sample is an fsynced commit).
@@ -76,7 +82,7 @@ async fn supervise(store: Shared, mut stop: watch::Receiver<bool>) {
                 generation: m.generation,
                 phase: None,
             };
-            let task = tokio::spawn(meter.run(spec));
+            let task = tokio::spawn(meter.run(spec, stop.clone()));
             running.insert(m.name, (m.spec, task));
         }
         tokio::select! {
@@ -84,8 +90,14 @@ async fn supervise(store: Shared, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(RESCAN) => {}
         }
     }
-    for (_, (_, task)) in running {
-        task.abort();
+    // Model meters take a last sample at the stop, so the end of the last run is covered.
+    for (_, (_, mut task)) in running {
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }
 
@@ -102,13 +114,22 @@ fn duration(d: &crate::manifest::quantity::Duration, fallback: Duration) -> Dura
 }
 
 impl Meter {
-    async fn run(mut self, spec: PowerMeterSpec) {
+    /// Samples until `stop` turns true.
+    async fn run(mut self, spec: PowerMeterSpec, mut stop: watch::Receiver<bool>) {
+        let stopped = async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
         if let Some(w) = &spec.wattsup {
-            self.wattsup(w).await;
+            tokio::select! { _ = self.wattsup(w) => {}, _ = stopped => {} }
         } else if let Some(c) = &spec.command {
-            self.command(c).await;
+            tokio::select! { _ = self.command(c) => {}, _ = stopped => {} }
         } else if let Some(m) = &spec.model {
-            self.model(m, &spec).await;
+            tokio::pin!(stopped);
+            self.model(m, &spec, stopped).await;
         }
     }
 
@@ -250,14 +271,23 @@ impl Meter {
         }
     }
 
-    async fn model(&mut self, m: &ModelMeter, spec: &PowerMeterSpec) {
+    async fn model(
+        &mut self,
+        m: &ModelMeter,
+        spec: &PowerMeterSpec,
+        mut stopped: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) {
         let interval = m.interval.as_ref().map_or(Duration::from_secs(1), |i| {
             duration(i, Duration::from_secs(1))
         });
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = &mut stopped => true,
+            };
+            let at = clock::now_millis();
             let (m, covers) = (m.clone(), spec.covers.clone());
             let watts = db(&self.store, move |s| {
                 let workers = s.list(Some(Kind::Worker)).ok()?;
@@ -285,13 +315,16 @@ impl Meter {
             .flatten();
             if let Some(watts) = watts {
                 self.record(
-                    clock::now_millis(),
+                    at,
                     Reading {
                         watts,
                         ..Reading::default()
                     },
                 )
                 .await;
+            }
+            if last {
+                return;
             }
         }
     }
