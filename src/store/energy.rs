@@ -39,18 +39,16 @@ fn row_to_sample(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sample> {
 
 /// Appends `phase` to `worker`'s history unless it is already the latest entry.
 pub(super) fn note_phase(conn: &Connection, worker: &str, phase: &str) -> rusqlite::Result<()> {
+    // Every worker status write comes here: cached statements keep it cheap.
     let last: Option<String> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT phase FROM worker_phases WHERE worker = ?1 ORDER BY at DESC, id DESC LIMIT 1",
-            params![worker],
-            |r| r.get(0),
-        )
+        )?
+        .query_row(params![worker], |r| r.get(0))
         .optional()?;
     if last.as_deref() != Some(phase) {
-        conn.execute(
-            "INSERT INTO worker_phases (worker, at, phase) VALUES (?1, ?2, ?3)",
-            params![worker, clock::now_millis(), phase],
-        )?;
+        conn.prepare_cached("INSERT INTO worker_phases (worker, at, phase) VALUES (?1, ?2, ?3)")?
+            .execute(params![worker, clock::now_millis(), phase])?;
     }
     Ok(())
 }
