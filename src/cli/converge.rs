@@ -218,6 +218,9 @@ pub async fn converge<D: VmDriver>(
         dispatch::spawn(e2.clone(), events.clone(), name)
     }));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Meters sample for as long as the engine runs, so every run has its energy recorded.
+    let sampler = crate::energy::sampler::spawn(state_dir, stop_rx.clone())
+        .map_err(|e| format!("cannot start the power meters: {e}"))?;
     let runner = tokio::spawn(engine.clone().run(stop_rx, Some(endpoint.subscribe())));
     for (k, n) in &touched {
         engine.queue.add((*k, n.clone()));
@@ -278,6 +281,7 @@ pub async fn converge<D: VmDriver>(
     progress.finish();
     let _ = stop_tx.send(true);
     let _ = runner.await;
+    let _ = sampler.await;
     drop(endpoint);
     Ok(outcome)
 }
