@@ -14,6 +14,8 @@ pub mod cli;
 #[cfg(any(feature = "controller", feature = "gpio"))]
 pub mod drivers;
 #[cfg(feature = "controller")]
+pub mod energy;
+#[cfg(feature = "controller")]
 pub mod engine;
 #[cfg(feature = "controller")]
 pub mod gateway;

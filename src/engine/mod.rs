@@ -3,6 +3,7 @@
 //! (connects, disconnects). Reconcile is level-triggered: observe, compare, act once, record.
 
 pub mod backoff;
+pub mod board;
 pub mod queue;
 pub mod status;
 mod switch;
@@ -66,6 +67,8 @@ pub struct Engine<D: VmDriver, P: Presence> {
     seen: Mutex<std::collections::HashSet<Key>>,
     /// One SNMP session per switch, with the spec it was made from.
     switches: Mutex<HashMap<String, (serde_json::Value, Arc<crate::drivers::snmp::SnmpSwitch>)>>,
+    /// Power buttons and power-state bookkeeping of board workers.
+    boards: board::Boards,
     /// Failed reconciles per kind since this engine started (for metrics).
     reconcile_errors: Mutex<HashMap<Kind, u64>>,
     /// Invocations waiting in the queues of each running workload (for metrics).
@@ -101,6 +104,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             running: Mutex::new(std::collections::HashSet::new()),
             seen: Mutex::new(std::collections::HashSet::new()),
             switches: Mutex::new(HashMap::new()),
+            boards: board::Boards::default(),
             reconcile_errors: Mutex::new(HashMap::new()),
             queue_depths: Mutex::new(HashMap::new()),
         })
