@@ -3,6 +3,7 @@
 //! (connects, disconnects). Reconcile is level-triggered: observe, compare, act once, record.
 
 pub mod backoff;
+mod lifecycle;
 pub mod queue;
 pub mod status;
 mod switch;
@@ -254,6 +255,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     }
 
     async fn reconcile(self: &Arc<Self>, key: &Key) -> Result<Next, String> {
+        if self.deletion_requested(key) {
+            return self.finalize(key).await;
+        }
         match key.0 {
             Kind::Worker => self.reconcile_worker(&key.1).await,
             Kind::Workload => self.reconcile_workload(&key.1).await,
