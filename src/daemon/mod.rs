@@ -348,10 +348,7 @@ impl<D: VmDriver> Daemon<D> {
                 let mut set = tokio::task::JoinSet::new();
                 for w in workers {
                     let e = engine.clone();
-                    set.spawn(async move {
-                        e.teardown(&w).await;
-                        tracing::info!(object = %format!("worker/{w}"), reason = "PoweredOff", "powered off for shutdown");
-                    });
+                    set.spawn(async move { e.power_off_for_shutdown(&w).await });
                 }
                 while set.join_next().await.is_some() {}
             }

@@ -3,6 +3,7 @@
 //! through its folder, because editors that save by writing a temp file and renaming it over
 //! the original replace the inode a watch on the file itself would follow.
 
+use notify_debouncer_full::notify::event::{EventKind, ModifyKind};
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,13 @@ impl Watcher {
             Ok(events) => {
                 let hit: Vec<PathBuf> = events
                     .iter()
+                    // Reading the files (our own reload among others) is not a change.
+                    .filter(|e| {
+                        !matches!(
+                            e.kind,
+                            EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+                        )
+                    })
                     .flat_map(|e| e.paths.iter())
                     .filter(|p| interests.iter().any(|i| i.matches(p)))
                     .cloned()
@@ -144,6 +152,8 @@ mod tests {
         std::fs::write(&f, "a: 4\n").expect("write");
         assert!(next(&mut w).await.contains(&abs));
         std::fs::write(dir.path().join("unrelated.txt"), "y").expect("write");
+        // Reading the watched file (as every reload does) is not a change.
+        let _ = std::fs::read_to_string(&f).expect("read");
         assert!(
             tokio::time::timeout(Duration::from_millis(800), w.changed())
                 .await

@@ -3,10 +3,11 @@
 //! another reconcile of it — and only then removed from the store. Draining stops new workload
 //! runs from starting while the ones in flight finish (`serve` on SIGTERM).
 
+use super::status::{CondStatus, Status};
 use super::vm::{Presence, VmDriver};
 use super::{Engine, Key, Next, lock};
 use crate::manifest::Kind;
-use crate::store::StoreError;
+use crate::store::{EventType, StoreError};
 use std::time::Duration;
 
 impl<D: VmDriver, P: Presence> Engine<D, P> {
@@ -69,6 +70,33 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
         }
         failed
+    }
+
+    /// Powers a VM worker off because the engine stops (`shutdownPolicy: PowerOff`) and says
+    /// so in its status; the next engine powers it on again if its spec wants it on.
+    pub async fn power_off_for_shutdown(&self, name: &str) {
+        let Some(obj) = self.get(Kind::Worker, name) else {
+            return;
+        };
+        if obj.spec.get("vm").is_none_or(serde_json::Value::is_null) {
+            return;
+        }
+        self.teardown(name).await;
+        let mut st = Status::from_value(&obj.status);
+        st.set_phase("Off").condition(
+            "Ready",
+            CondStatus::False,
+            "EngineStopped",
+            "powered off when the engine stopped (shutdownPolicy PowerOff)",
+        );
+        self.write_status(Kind::Worker, name, st.into_value());
+        self.event(
+            Kind::Worker,
+            name,
+            EventType::Normal,
+            "PoweredOff",
+            "powered off: the engine stopped (shutdownPolicy PowerOff)",
+        );
     }
 
     /// No new workload runs start from now on; runs in flight go on.
