@@ -34,6 +34,10 @@ async fn wait_all(
         if all.iter().filter(|o| pred(&o.status, o.generation)).count() == N {
             return;
         }
+        // A listing of 1,000 objects costs as much as several reconciles, and this waiter ran
+        // on every status write (40% of the CPU in a profile): look at most every 10 ms, so
+        // the measurement competes less with what it measures (adds <= 10 ms to the figure).
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let _ = tokio::time::timeout(Duration::from_millis(20), changes.changed()).await;
     }
 }

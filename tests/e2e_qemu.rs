@@ -106,6 +106,18 @@ fn power_changes_recreate_and_teardown() {
         ["vm-a", "vm-b"],
         "{first:?}"
     );
+    // The serial console, as `logs` shows it: the agent came up as PID 1 and dialled us.
+    let logs = env.ctl(&["logs", "worker", "vm-a"]);
+    ok(&logs);
+    let console = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        console.contains("microfaas-agent: starting as PID 1")
+            && console.contains("worker vm-a (Warm) dialling"),
+        "{console}"
+    );
+    let missing = env.ctl(&["logs", "worker", "vm-z"]);
+    assert_eq!(missing.status.code(), Some(1), "not found");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no console log for worker/vm-z"));
 
     // memory of vm-b changes: vm-b (only) is recreated
     let f = env.write(

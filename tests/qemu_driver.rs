@@ -118,10 +118,8 @@ impl Fixture {
         let mut cfg = VmConfig::new(name, &uuid(), &self.kernel);
         cfg.initrd = Some(self.initrd.clone());
         cfg.accel = Accel::Tcg;
-        // Not microvm: under TCG on a loaded host its kernel hangs calibrating timers (microvm
-        // has no HPET or ACPI PM timer to fall back on when PIT calibration fails); `pc` boots
-        // reliably, as in tests/qemu_boot.rs.
-        cfg.machine = Machine::Pc;
+        // The default machine (microvm): the driver must make it boot under TCG.
+        assert_eq!(cfg.machine, Machine::Microvm);
         cfg.memory_mib = 128;
         cfg.run_dir = self.dir.path().join("vms").join(name);
         cfg.cmdline = format!(

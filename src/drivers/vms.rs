@@ -1,12 +1,11 @@
 //! The engine's `VmDriver` over real QEMU: one `Vm` per worker, QMP events turned into
 //! "this worker's VM exited" triggers for the reconcile loop.
 
-use super::qemu::{Vm, VmConfig, VmNet};
+use super::qemu::{Vm, VmConfig};
 use super::qmp::QmpEvent;
-use crate::engine::vm::{StopHow, VmDriver, VmLaunch};
-use crate::manifest::types::VmNetworkMode;
+use crate::engine::vm::{StopHow, VmDriver};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,40 +73,17 @@ impl QemuVms {
         });
     }
 
-    fn config(&self, spec: &VmLaunch) -> VmConfig {
-        let network = match spec.network {
-            VmNetworkMode::User => VmNet::User {
-                guestfwd: Some((
-                    GUEST_ORCHESTRATOR,
-                    spec.orchestrator_port,
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, spec.orchestrator_port)),
-                )),
-            },
-            VmNetworkMode::Tap => VmNet::Tap {
-                bridge: spec.bridge.clone().unwrap_or_default(),
-                mac: spec.mac.clone(),
-            },
-        };
+    fn config(&self, spec: &VmConfig) -> VmConfig {
         VmConfig {
-            name: spec.name.clone(),
-            uuid: spec.uuid.clone(),
-            kernel: spec.kernel.clone(),
-            initrd: spec.initrd.clone(),
-            cmdline: spec.cmdline.clone(),
-            memory_mib: spec.memory_mib,
-            cpus: spec.cpus,
-            machine: spec.machine,
-            accel: spec.accel,
-            network,
-            run_dir: spec.run_dir.clone(),
             qemu_binary: self.binary.clone(),
             relay: self.relay.clone(),
+            ..spec.clone()
         }
     }
 }
 
 impl VmDriver for QemuVms {
-    async fn launch(&self, spec: &VmLaunch) -> Result<(), String> {
+    async fn launch(&self, spec: &VmConfig) -> Result<(), String> {
         let vm = Vm::launch(&self.config(spec))
             .await
             .map_err(|e| e.to_string())?;
@@ -115,7 +91,7 @@ impl VmDriver for QemuVms {
         Ok(())
     }
 
-    async fn adopt(&self, spec: &VmLaunch) -> Result<bool, String> {
+    async fn adopt(&self, spec: &VmConfig) -> Result<bool, String> {
         match Vm::adopt(&spec.run_dir, &spec.name, &spec.uuid).await {
             Ok(Some(vm)) => {
                 self.track(&spec.name, vm);

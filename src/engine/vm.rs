@@ -1,33 +1,12 @@
 //! What the engine needs from a VM driver, as a small trait, plus an in-memory fake for unit
 //! tests and benchmarks. The real implementation over QEMU lives in `drivers::qemu`.
 
-use crate::manifest::types::{Accel, Machine, VmNetworkMode};
+pub use crate::drivers::qemu::VmConfig;
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::broadcast;
-
-/// Everything needed to start one worker VM, decided by the engine from the Worker spec.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VmLaunch {
-    pub name: String,
-    pub uuid: String,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub memory_mib: u64,
-    pub cpus: u32,
-    pub machine: Machine,
-    pub accel: Accel,
-    pub network: VmNetworkMode,
-    pub bridge: Option<String>,
-    pub mac: Option<String>,
-    /// The orchestrator endpoint the guest must reach (user networking forwards only this).
-    pub orchestrator_port: u16,
-    pub run_dir: PathBuf,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopHow {
@@ -40,10 +19,11 @@ pub enum StopHow {
 }
 
 pub trait VmDriver: Send + Sync + 'static {
-    /// Starts the VM detached, so it survives the engine's process.
-    fn launch(&self, spec: &VmLaunch) -> impl Future<Output = Result<(), String>> + Send;
+    /// Starts the VM detached, so it survives the engine's process. The engine decides
+    /// everything in `spec` but the QEMU binary and the relay command, which are the driver's.
+    fn launch(&self, spec: &VmConfig) -> impl Future<Output = Result<(), String>> + Send;
     /// Re-attaches to a VM a previous engine started; `Ok(false)` when there is none alive.
-    fn adopt(&self, spec: &VmLaunch) -> impl Future<Output = Result<bool, String>> + Send;
+    fn adopt(&self, spec: &VmConfig) -> impl Future<Output = Result<bool, String>> + Send;
     fn is_running(&self, name: &str) -> bool;
     /// Stops the VM the given way and waits up to `wait`; `Ok(true)` once it is gone.
     fn stop(
@@ -117,7 +97,7 @@ impl FakeDriver {
 }
 
 impl VmDriver for FakeDriver {
-    async fn launch(&self, spec: &VmLaunch) -> Result<(), String> {
+    async fn launch(&self, spec: &VmConfig) -> Result<(), String> {
         lock(&self.launches).push(spec.name.clone());
         lock(&self.running).insert(spec.name.clone());
         // The real world's "agent connected" trigger: the instantly booted agent says hello.
@@ -125,7 +105,7 @@ impl VmDriver for FakeDriver {
         Ok(())
     }
 
-    async fn adopt(&self, spec: &VmLaunch) -> Result<bool, String> {
+    async fn adopt(&self, spec: &VmConfig) -> Result<bool, String> {
         Ok(lock(&self.running).contains(&spec.name))
     }
 

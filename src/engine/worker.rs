@@ -3,10 +3,11 @@
 //! QMP quit → SIGKILL). Board workers wait for the GPIO driver and report Unknown.
 
 use super::status::{CondStatus, Status};
-use super::vm::{Presence, StopHow, VmDriver, VmLaunch};
+use super::vm::{Presence, StopHow, VmDriver};
 use super::{Engine, Next, lock};
+use crate::drivers::qemu::{VmConfig, VmNet};
 use crate::manifest::Kind;
-use crate::manifest::types::{LifecycleMode, PowerPolicy, VmSpec, WorkerSpec};
+use crate::manifest::types::{LifecycleMode, PowerPolicy, VmNetworkMode, VmSpec, WorkerSpec};
 use crate::store::EventType;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -46,28 +47,37 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         spec: &WorkerSpec,
         vm: &VmSpec,
         uuid: &str,
-    ) -> Result<VmLaunch, String> {
+    ) -> Result<VmConfig, String> {
         let memory = vm.memory.parse().map_err(|e| e.to_string())?;
         let lifecycle = match spec.lifecycle.mode {
             LifecycleMode::OneShot => "oneshot",
             LifecycleMode::Warm => "warm",
         };
+        let port = self.cfg.orchestrator_port;
         // User networking forwards one guest address to the endpoint; on a tap network the
         // guest dials the address the Cluster advertises.
-        let orchestrator = match vm.network.mode {
-            crate::manifest::types::VmNetworkMode::User => {
-                format!(
-                    "{}:{}",
-                    crate::drivers::vms::GUEST_ORCHESTRATOR,
-                    self.cfg.orchestrator_port
+        let (orchestrator, network) = match vm.network.mode {
+            VmNetworkMode::User => {
+                let guest = crate::drivers::vms::GUEST_ORCHESTRATOR;
+                let host = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+                (
+                    format!("{guest}:{port}"),
+                    VmNet::User {
+                        guestfwd: Some((guest, port, host)),
+                    },
                 )
             }
-            crate::manifest::types::VmNetworkMode::Tap => self
-                .cluster()
-                .and_then(|c| c.orchestrator.advertise)
-                .ok_or(
-                    "a VM on tap networking needs the Cluster's orchestrator.advertise address",
-                )?,
+            VmNetworkMode::Tap => (
+                self.cluster()
+                    .and_then(|c| c.orchestrator.advertise)
+                    .ok_or(
+                        "a VM on tap networking needs the Cluster's orchestrator.advertise address",
+                    )?,
+                VmNet::Tap {
+                    bridge: vm.network.bridge.clone().unwrap_or_default(),
+                    mac: vm.network.mac.clone(),
+                },
+            ),
         };
         let mut cmdline = format!(
             "console=ttyS0 panic=-1 microfaas.worker={name} microfaas.orchestrator={orchestrator} microfaas.token={} microfaas.lifecycle={lifecycle}",
@@ -77,27 +87,20 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             cmdline.push(' ');
             cmdline.push_str(extra);
         }
-        let initrd = vm
+        let mut cfg = VmConfig::new(name, uuid, &vm.kernel);
+        cfg.initrd = vm
             .initrd
             .as_ref()
             .map(PathBuf::from)
             .or_else(|| self.cfg.default_initrd.clone());
-        Ok(VmLaunch {
-            name: name.to_string(),
-            uuid: uuid.to_string(),
-            kernel: PathBuf::from(&vm.kernel),
-            initrd,
-            cmdline,
-            memory_mib: memory / (1 << 20),
-            cpus: u32::try_from(vm.cpus).unwrap_or(1),
-            machine: vm.machine,
-            accel: vm.accel,
-            network: vm.network.mode,
-            bridge: vm.network.bridge.clone(),
-            mac: vm.network.mac.clone(),
-            orchestrator_port: self.cfg.orchestrator_port,
-            run_dir: self.cfg.state_dir.join("vms").join(name),
-        })
+        cfg.cmdline = cmdline;
+        cfg.memory_mib = memory / (1 << 20);
+        cfg.cpus = u32::try_from(vm.cpus).unwrap_or(1);
+        cfg.machine = vm.machine;
+        cfg.accel = vm.accel;
+        cfg.network = network;
+        cfg.run_dir = self.cfg.state_dir.join("vms").join(name);
+        Ok(cfg)
     }
 
     /// Whether the worker should be powered now.
@@ -512,20 +515,17 @@ fn new_uuid() -> String {
     )
 }
 
-/// Identity of what a VM was started with: a change means a new VM.
-fn launch_hash(l: &VmLaunch) -> String {
+/// Identity of what a VM was started with: a change means a new VM. The endpoint's port is
+/// left out (an ephemeral port changes with every engine, and the relay follows it), and the
+/// text is the one earlier versions hashed, so running VMs are not recreated by an upgrade.
+fn launch_hash(l: &VmConfig) -> String {
+    let (mode, bridge, mac) = match &l.network {
+        VmNet::User { .. } => (VmNetworkMode::User, None, None),
+        VmNet::Tap { bridge, mac } => (VmNetworkMode::Tap, Some(bridge), mac.as_ref()),
+    };
     let text = format!(
         "{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        l.kernel,
-        l.initrd,
-        l.cmdline,
-        l.memory_mib,
-        l.cpus,
-        l.machine,
-        l.accel,
-        l.network,
-        l.bridge,
-        l.mac
+        l.kernel, l.initrd, l.cmdline, l.memory_mib, l.cpus, l.machine, l.accel, mode, bridge, mac
     );
     crate::functions::hex(&Sha256::digest(text.as_bytes())[..8])
 }

@@ -43,18 +43,19 @@ impl Store {
     ) -> Result<()> {
         let now = clock::now();
         self.observation(|conn| {
-            let updated = conn.execute(
-                "UPDATE events SET count = count + 1, last_time = ?6
-                 WHERE id = (SELECT id FROM events WHERE kind = ?1 AND name = ?2 AND type = ?3
-                             AND reason = ?4 AND message = ?5 ORDER BY id DESC LIMIT 1)",
-                params![kind.as_str(), name, event_type.as_str(), reason, message, now],
-            )?;
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE events SET count = count + 1, last_time = ?6
+                     WHERE id = (SELECT id FROM events WHERE kind = ?1 AND name = ?2 AND type = ?3
+                                 AND reason = ?4 AND message = ?5 ORDER BY id DESC LIMIT 1)",
+                )?
+                .execute(params![kind.as_str(), name, event_type.as_str(), reason, message, now])?;
             if updated == 0 {
-                conn.execute(
+                conn.prepare_cached(
                     "INSERT INTO events (kind, name, type, reason, message, count, first_time, last_time)
                      VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
-                    params![kind.as_str(), name, event_type.as_str(), reason, message, now],
-                )?;
+                )?
+                .execute(params![kind.as_str(), name, event_type.as_str(), reason, message, now])?;
             }
             Ok(())
         })?;

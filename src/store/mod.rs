@@ -100,13 +100,15 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        self.conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(self.sq())?;
+        let set = |level: &str| {
+            self.conn
+                .prepare_cached(&format!("PRAGMA synchronous = {level}"))
+                .and_then(|mut st| st.execute([]))
+                .map(drop)
+        };
+        set("NORMAL").map_err(self.sq())?;
         let r = f(&self.conn).map_err(self.sq());
-        self.conn
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(self.sq())?;
+        set("FULL").map_err(self.sq())?;
         r
     }
 

@@ -13,8 +13,14 @@ pub(crate) fn escape_opt(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
-/// `accel` must already be resolved (never `Auto`).
-pub(crate) fn build(cfg: &VmConfig, files: &RunFiles, accel: Accel) -> Vec<OsString> {
+/// `accel` must already be resolved (never `Auto`). `host_tsc_khz` is what a `microvm` guest
+/// under TCG is told its TSC runs at (see `tsc.rs`).
+pub(crate) fn build(
+    cfg: &VmConfig,
+    files: &RunFiles,
+    accel: Accel,
+    host_tsc_khz: Option<u32>,
+) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut arg = |s: &dyn AsRef<std::ffi::OsStr>| a.push(s.as_ref().to_owned());
     // Nothing from the host's default config or default devices: what runs is exactly what
@@ -61,7 +67,7 @@ pub(crate) fn build(cfg: &VmConfig, files: &RunFiles, accel: Accel) -> Vec<OsStr
         arg(initrd);
     }
     arg(&"-append");
-    arg(&cfg.cmdline);
+    arg(&kernel_cmdline(cfg, accel, host_tsc_khz));
     arg(&"-chardev");
     arg(&format!(
         "file,id=console,path={}",
@@ -113,6 +119,18 @@ pub(crate) fn build(cfg: &VmConfig, files: &RunFiles, accel: Accel) -> Vec<OsStr
     a
 }
 
+/// The manifest's command line, plus what the guest kernel needs to keep time on `microvm`
+/// under TCG: without a calibration source it stalls at boot, and its watchdog would later
+/// demote the (correct) TSC for jiffies, leaving the agent a 10 ms clock to time functions by.
+fn kernel_cmdline(cfg: &VmConfig, accel: Accel, host_tsc_khz: Option<u32>) -> String {
+    match (cfg.machine, accel, host_tsc_khz) {
+        (Machine::Microvm, Accel::Tcg | Accel::Auto, Some(khz)) => {
+            format!("{} tsc_early_khz={khz} tsc=reliable", cfg.cmdline)
+        }
+        _ => cfg.cmdline.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,7 +167,7 @@ mod tests {
                 SocketAddr::from(([127, 0, 0, 1], 7001)),
             )),
         };
-        let args = strings(build(&c, &RunFiles::new(&c.run_dir), Accel::Tcg));
+        let args = strings(build(&c, &RunFiles::new(&c.run_dir), Accel::Tcg, None));
         assert_eq!(
             after(&args, "-netdev"),
             ["user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:7000-tcp:127.0.0.1:7001"]
@@ -175,7 +193,12 @@ mod tests {
             bridge: "br0".into(),
             mac: Some("52:54:00:12:34:56".into()),
         };
-        let args = strings(build(&c, &RunFiles::new(&c.run_dir), Accel::Kvm));
+        let args = strings(build(
+            &c,
+            &RunFiles::new(&c.run_dir),
+            Accel::Kvm,
+            Some(2_300_000),
+        ));
         assert_eq!(after(&args, "-accel"), ["kvm"]);
         assert_eq!(after(&args, "-cpu"), ["host"]);
         assert_eq!(after(&args, "-machine"), ["q35"]);
@@ -185,5 +208,29 @@ mod tests {
             ["virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"]
         );
         assert!(after(&args, "-chardev").contains(&"file,id=console,path=/odd,,dir/console.log"));
+    }
+
+    #[test]
+    fn microvm_under_tcg_is_told_its_tsc_frequency() {
+        let mut c = cfg();
+        c.machine = Machine::Microvm;
+        let files = RunFiles::new(&c.run_dir);
+        let tcg = strings(build(&c, &files, Accel::Tcg, Some(2_299_966)));
+        assert_eq!(
+            after(&tcg, "-append"),
+            ["console=ttyS0 microfaas.worker=vm-0 tsc_early_khz=2299966 tsc=reliable"]
+        );
+        // KVM gives the guest kvmclock; other machines have HPET and the ACPI PM timer.
+        let kvm = strings(build(&c, &files, Accel::Kvm, Some(2_299_966)));
+        assert_eq!(
+            after(&kvm, "-append"),
+            ["console=ttyS0 microfaas.worker=vm-0"]
+        );
+        c.machine = Machine::Pc;
+        let pc = strings(build(&c, &files, Accel::Tcg, Some(2_299_966)));
+        assert_eq!(
+            after(&pc, "-append"),
+            ["console=ttyS0 microfaas.worker=vm-0"]
+        );
     }
 }

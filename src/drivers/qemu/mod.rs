@@ -37,6 +37,7 @@
 mod args;
 mod probe;
 mod process;
+mod tsc;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -306,7 +307,7 @@ impl Vm {
             path: files.stderr.clone(),
             source,
         })?;
-        let argv = args::build(cfg, &files, accel);
+        let argv = args::build(cfg, &files, accel, tsc::host_tsc_khz());
         tracing::debug!(
             "launching {} for {} ({accel:?}): {argv:?}",
             binary.display(),
