@@ -90,6 +90,8 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
             Err(DaemonError::Store(e)) => return Err(e.into()),
             Err(DaemonError::Start(e)) => return Err(Failure::invalid(e)),
         };
+        // Services that share the engine (the HTTP gateway on Cluster.spec.gateway.listen)
+        // are spawned here: `daemon.host_mut().spawn_service(name, |ctx| ...)`.
         daemon.run().await.map_err(Failure::invalid)?;
         Ok(ExitCode::SUCCESS)
     })

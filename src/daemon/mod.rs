@@ -290,6 +290,9 @@ impl<D: VmDriver> Daemon<D> {
         for (key, rev) in &now {
             if self.revisions.get(key) != Some(rev) {
                 tracing::debug!(object = %format!("{}/{}", key.0.singular(), key.1), "desired state changed");
+                if key.0 == Kind::Cluster {
+                    self.cluster_changed();
+                }
                 self.host.engine.queue.add(key.clone());
             }
         }
@@ -299,6 +302,28 @@ impl<D: VmDriver> Daemon<D> {
             }
         }
         self.revisions = now;
+    }
+
+    /// Defaults and the shutdown policy are read live; the addresses the daemon listens on are
+    /// bound once, so say when they no longer match.
+    fn cluster_changed(&self) {
+        let Some(now) = host::stored_cluster(&self.store) else {
+            return;
+        };
+        let was = self.host.cluster();
+        let listen = |c: Option<&crate::manifest::types::ClusterSpec>| {
+            (
+                c.map(|c| c.orchestrator.listen.clone()),
+                c.and_then(|c| c.gateway.as_ref().map(|g| g.listen.clone())),
+            )
+        };
+        if listen(was) != listen(Some(&now)) {
+            tracing::warn!(
+                object = "cluster",
+                reason = "RestartNeeded",
+                "the Cluster's listen addresses changed; they take effect when serve restarts"
+            );
+        }
     }
 
     /// Stop accepting new work (services, new workload runs), give runs in flight `grace` to
