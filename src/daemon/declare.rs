@@ -121,3 +121,68 @@ pub fn request_deletion(
     }
     Ok(marked)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FN: &str = "apiVersion: microfaas.dev/v1alpha1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: exec, command: [\"true\"]}\n";
+    const SET: &str = "apiVersion: microfaas.dev/v1alpha1\nkind: WorkerSet\nmetadata: {name: vms}\nspec:\n  replicas: 2\n  template:\n    spec: {vm: {kernel: /k}}\n";
+
+    fn load(dir: &std::path::Path) -> Loaded {
+        let l = crate::manifest::load_and_validate(
+            &[dir.to_path_buf()],
+            crate::manifest::validate::Options { fs_checks: false },
+        );
+        assert!(
+            l.diagnostics.iter().all(|d| !d.is_error()),
+            "{:?}",
+            l.diagnostics
+        );
+        l
+    }
+
+    /// Without prune a document gone from the files is only reported; with prune it (and a
+    /// WorkerSet's workers) is marked for the engine to finalize, not deleted outright.
+    #[test]
+    fn undeclared_objects_are_reported_or_marked() {
+        let state = tempfile::tempdir().expect("tmp");
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = vec![dir.path().to_path_buf()];
+        std::fs::write(dir.path().join("f.yaml"), FN).expect("write");
+        std::fs::write(dir.path().join("set.yaml"), SET).expect("write");
+        let mut store = Store::open(state.path()).expect("open");
+        let first = declare(&mut store, &load(dir.path()), &files, false, false).expect("d");
+        assert_eq!(first.outcomes.len(), 4);
+        assert!(first.undeclared.is_empty());
+
+        std::fs::remove_file(dir.path().join("set.yaml")).expect("rm");
+        let kept = declare(&mut store, &load(dir.path()), &files, false, false).expect("d");
+        let gone: Vec<String> = kept.undeclared.iter().map(|(_, n)| n.clone()).collect();
+        assert_eq!(gone, ["vms-0", "vms-1", "vms"]);
+        assert!(!store.deletion_requested(Kind::WorkerSet, "vms").expect("q"));
+
+        let pruned = declare(&mut store, &load(dir.path()), &files, true, false).expect("d");
+        assert!(pruned.undeclared.is_empty());
+        assert_eq!(
+            pruned
+                .outcomes
+                .iter()
+                .filter(|(_, _, o)| *o == ApplyOutcome::Pruned)
+                .count(),
+            3
+        );
+        for (k, n) in [
+            (Kind::WorkerSet, "vms"),
+            (Kind::Worker, "vms-0"),
+            (Kind::Worker, "vms-1"),
+        ] {
+            assert!(
+                store.get(k, n).expect("get").is_some(),
+                "{n} deleted before teardown"
+            );
+            assert!(store.deletion_requested(k, n).expect("q"), "{n} not marked");
+        }
+        assert!(!store.deletion_requested(Kind::Function, "f").expect("q"));
+    }
+}
