@@ -84,7 +84,7 @@ impl Claim {
         match StateLock::acquire(state_dir) {
             Ok(l) => Ok(Claim::Here { _lock: l }),
             Err(LockError::Held { pid, .. }) => {
-                tracing::info!("a daemon (PID {pid}) holds the state dir: it converges");
+                eprintln!("the engine of PID {pid} holds the state dir: waiting on it to converge");
                 Ok(Claim::Daemon { pid })
             }
             Err(e) => Err(e.into()),
