@@ -16,6 +16,8 @@ pub mod daemon;
 #[cfg(any(feature = "controller", feature = "gpio"))]
 pub mod drivers;
 #[cfg(feature = "controller")]
+pub mod energy;
+#[cfg(feature = "controller")]
 pub mod engine;
 #[cfg(feature = "controller")]
 pub mod image;

@@ -39,6 +39,7 @@ fn ci_workload_runs_to_completion() {
             .is_some_and(|c| c > 0.0),
         "OneShot invocations wait for a boot"
     );
+    check_energy(&env, &report);
     let workers = env.json(&["get", "workers", "-o", "json"]);
     for w in workers["items"].as_array().expect("items") {
         assert_eq!(
@@ -71,6 +72,104 @@ fn ci_workload_runs_to_completion() {
         env.qemus().is_empty(),
         "QEMU left running: {:?}",
         env.qemus()
+    );
+}
+
+/// The energy section of the CI run's report, against the stored samples: every invocation
+/// cost energy, and exec + idle + boot add up to what the meter measured.
+fn check_energy(env: &Env, report: &Value) {
+    let e = &report["energy"];
+    for key in microfaas::energy::report::DOCUMENTED_KEYS {
+        assert!(!e[key].is_null(), "energy.{key} missing: {e}");
+    }
+    let total = e["joules"].as_f64().expect("joules");
+    assert!(total > 0.0, "{e}");
+    let invocations = e["perInvocation"].as_object().expect("perInvocation");
+    assert_eq!(invocations.len(), 36);
+    let mut exec_sum = 0.0;
+    for (id, inv) in invocations {
+        let j = inv["joules"].as_f64().unwrap_or(0.0);
+        assert!(j > 0.0, "invocation {id} has no energy: {inv}");
+        assert!(
+            inv["execJoules"].as_f64().is_some_and(|x| x > 0.0),
+            "{id}: {inv}"
+        );
+        assert!(
+            inv["bootJoules"].as_f64().is_some_and(|x| x > 0.0),
+            "a OneShot invocation is charged its boot: {id}: {inv}"
+        );
+        exec_sum += inv["execJoules"].as_f64().unwrap_or(0.0);
+    }
+    let idle = e["idleJoules"].as_f64().expect("idle");
+    let boot = e["bootJoules"].as_f64().expect("boot");
+    let sum = exec_sum + idle + boot;
+    assert!(
+        (sum - total).abs() <= 0.01 * total,
+        "per-invocation {exec_sum} + idle {idle} + boot {boot} = {sum}, meter total {total}"
+    );
+    assert_eq!(e["perFunction"].as_object().map(|f| f.len()), Some(9));
+
+    // The meter total, integrated here from the stored samples (trapezoids over the run).
+    let store = microfaas::store::Store::open(&env.state).expect("store");
+    let run = store.latest_run("ci").expect("run").expect("a run");
+    let (a, b) = (run.started_ms, run.finished_ms.expect("finished"));
+    let pts: Vec<(f64, f64)> = store
+        .samples("ci-model", a, b)
+        .expect("samples")
+        .iter()
+        .map(|s| (s.at_ms as f64, s.watts))
+        .collect();
+    assert!(pts.len() > 10, "the model meter sampled during the run");
+    let at = |t: f64| {
+        let i = pts.partition_point(|p| p.0 <= t).clamp(1, pts.len() - 1);
+        let ((t0, w0), (t1, w1)) = (pts[i - 1], pts[i]);
+        w0 + (w1 - w0) * (t - t0) / (t1 - t0)
+    };
+    let mut knots = vec![a as f64];
+    knots.extend(
+        pts.iter()
+            .map(|p| p.0)
+            .filter(|t| *t > a as f64 && *t < b as f64),
+    );
+    knots.push(b as f64);
+    let independent: f64 = knots
+        .windows(2)
+        .map(|k| (at(k[0]) + at(k[1])) / 2.0 * (k[1] - k[0]) / 1000.0)
+        .sum();
+    assert!(
+        (independent - total).abs() <= 0.01 * total,
+        "report {total} J, samples integrated here {independent} J"
+    );
+
+    let csv = env.ctl(&["report", "ci", "--format", "csv"]);
+    ok(&csv);
+    let text = String::from_utf8_lossy(&csv.stdout);
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|h| h.ends_with(",energy_j,exec_energy_j,boot_energy_j"))
+    );
+    for l in lines.filter(|l| l.contains(",succeeded,")) {
+        let energy: f64 = l
+            .split(',')
+            .rev()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(energy > 0.0, "{l}");
+    }
+    let meters = env.ctl(&["get", "powermeters"]);
+    ok(&meters);
+    let table = String::from_utf8_lossy(&meters.stdout);
+    assert!(
+        table.contains("WATTS") && table.contains("ci-model") && table.contains("Sampling"),
+        "{table}"
+    );
+    let m = env.json(&["get", "powermeter", "ci-model", "-o", "json"]);
+    assert!(
+        m["status"]["lastReading"]["watts"].as_f64().is_some(),
+        "{m}"
     );
 }
 

@@ -52,12 +52,17 @@ struct World {
 }
 
 fn world(yaml: &str) -> World {
+    world_with(yaml, FakeDriver::default())
+}
+
+/// A world whose driver is set up before the engine starts (so no reconcile sees it unset).
+fn world_with(yaml: &str, driver: FakeDriver) -> World {
     let dir = tempfile::tempdir().expect("tmp");
     let mut store = Store::open(dir.path()).expect("store");
     store
         .apply(&objects(yaml), None, false, false)
         .expect("apply");
-    let driver = Arc::new(FakeDriver::default());
+    let driver = Arc::new(driver);
     let engine = Engine::new(
         store,
         driver.clone(),
@@ -153,12 +158,14 @@ async fn crashed_vm_is_relaunched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_never_boots_is_quarantined() {
-    let w = world(&workers(1, "On"));
-    w.driver
+    // Set before the engine starts: a first boot that succeeded would add a launch.
+    let driver = FakeDriver::default();
+    driver
         .never_boot
         .lock()
         .expect("lock")
         .insert("vm-0".into());
+    let w = world_with(&workers(1, "On"), driver);
     until(&w, Duration::from_secs(10), |_, h| h == "Bad").await;
     let o = w.engine.get(Kind::Worker, "vm-0").expect("vm-0");
     assert_eq!(o.status["phase"], "Failed");

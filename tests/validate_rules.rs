@@ -270,7 +270,7 @@ fn dangling_function_reference_and_empty_selector_warning() {
 #[test]
 fn meter_selecting_nothing_is_a_warning() {
     let text = format!(
-        "{VM_WORKER}---\n{HEAD}kind: PowerMeter\nmetadata: {{name: m}}\nspec:\n  model: {{idle: 1.0}}\n  covers: {{matchLabels: {{rack: q}}}}\n"
+        "{VM_WORKER}---\n{HEAD}kind: PowerMeter\nmetadata: {{name: m}}\nspec:\n  model: {{vm: {{idle: 1.0}}}}\n  covers: {{matchLabels: {{rack: q}}}}\n"
     );
     let (_d, diags) = check(&[("m.yaml", &text)], false);
     assert_eq!(diags.len(), 1, "{diags:#?}");

@@ -170,6 +170,7 @@ fn json_has_exactly_the_documented_keys() {
         [
             "coldStartMs",
             "durationSeconds",
+            "energy",
             "execMs",
             "failed",
             "functions",

@@ -125,8 +125,19 @@ pub fn converge_and_report(
 pub fn finish(outcome: converge::Outcome, timeout: Duration, state_dir: &Path) -> CmdResult {
     let store = Store::open(state_dir)?;
     for (workload, run) in &outcome.runs {
-        if let Ok(attempts) = store.attempts(workload, *run) {
-            let report = crate::workload::Report::from_attempts(workload, *run, &attempts);
+        if let Ok(attempts) = store.attempts(workload, *run)
+            && let Ok(Some(r)) = store.run(workload, *run)
+        {
+            let energy = crate::energy::report::compute(
+                &store,
+                &r,
+                &attempts,
+                crate::store::clock::now_millis(),
+            )
+            .ok()
+            .flatten();
+            let report = crate::workload::Report::from_attempts(workload, *run, &attempts)
+                .with_energy(energy);
             println!("\n{}", report.to_table());
         }
     }

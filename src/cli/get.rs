@@ -3,7 +3,7 @@
 use super::output::{list_document, table, to_document, yaml};
 use super::{CmdResult, Failure};
 use crate::manifest::Kind;
-use crate::store::Store;
+use crate::store::{Store, StoredObject};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -17,6 +17,8 @@ pub enum Format {
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
+Power meters show their latest stored sample (WATTS, LAST SAMPLE; `status.lastReading`).
+
 Examples:
   microfaasctl get workers
   microfaasctl get wk -l rack=a -o wide
@@ -52,6 +54,34 @@ pub fn parse_selector(s: &str) -> Result<Vec<(String, String)>, Failure> {
         .collect()
 }
 
+/// A meter's latest stored sample, shown as `status.lastReading` (`get` reads it from the
+/// samples, so it is current even between status writes).
+fn with_reading(store: &Store, mut o: StoredObject) -> StoredObject {
+    if o.kind != Kind::PowerMeter {
+        return o;
+    }
+    if let Ok(Some(s)) = store.latest_sample(&o.name) {
+        let mut reading = serde_json::json!({
+            "watts": s.watts,
+            "time": crate::store::clock::format_unix_millis(s.at_ms),
+        });
+        for (k, v) in [
+            ("volts", s.volts),
+            ("amps", s.amps),
+            ("wattHours", s.watt_hours),
+        ] {
+            if let Some(v) = v {
+                reading[k] = serde_json::json!(v);
+            }
+        }
+        if !o.status.is_object() {
+            o.status = serde_json::json!({});
+        }
+        o.status["lastReading"] = reading;
+    }
+    o
+}
+
 pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     let kind: Kind = args.kind.parse().map_err(Failure::invalid)?;
     let store = Store::open(state_dir)?;
@@ -63,6 +93,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
         let obj = store
             .get(kind, name)?
             .ok_or_else(|| Failure::invalid(format!("{}/{name} not found", kind.singular())))?;
+        let obj = with_reading(&store, obj);
         match args.output {
             Format::Json => println!(
                 "{}",
@@ -80,6 +111,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
         .list(Some(kind))?
         .into_iter()
         .filter(|o| selector.iter().all(|(k, v)| o.labels.get(k) == Some(v)))
+        .map(|o| with_reading(&store, o))
         .collect();
     match args.output {
         Format::Json => println!(

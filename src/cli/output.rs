@@ -97,7 +97,7 @@ pub fn table(kind: Kind, objects: &[StoredObject], wide: bool) -> String {
         Kind::Function => vec!["NAME", "RUNTIME", "HANDLER", "TIMEOUT", "AGE"],
         Kind::Workload => vec!["NAME", "INVOCATIONS", "ARRIVAL", "PHASE", "AGE"],
         Kind::Switch => vec!["NAME", "ADDRESS", "SNMP", "PHASE", "AGE"],
-        Kind::PowerMeter => vec!["NAME", "TYPE", "PHASE", "AGE"],
+        Kind::PowerMeter => vec!["NAME", "TYPE", "PHASE", "WATTS", "LAST SAMPLE", "AGE"],
         Kind::Cluster => vec!["NAME", "LISTEN", "GATEWAY", "AGE"],
     };
     if wide {
@@ -158,10 +158,19 @@ pub fn table(kind: Kind, objects: &[StoredObject], wide: bool) -> String {
                     .into_iter()
                     .find(|k| !s(sp, &[k]).is_null())
                     .unwrap_or("<none>");
+                let reading = s(&o.status, &["lastReading"]);
                 vec![
                     o.name.clone(),
                     ty.to_string(),
                     phase(o),
+                    reading
+                        .get("watts")
+                        .and_then(Value::as_f64)
+                        .map_or_else(|| "<none>".to_string(), |w| format!("{w:.1}")),
+                    reading.get("time").and_then(Value::as_str).map_or_else(
+                        || "<none>".to_string(),
+                        |t| format!("{} ago", clock::age(t)),
+                    ),
                     clock::age(&o.created_at),
                 ]
             }

@@ -3,7 +3,7 @@
 
 use super::{CmdResult, Failure};
 use crate::store::Store;
-use crate::workload::{Report, to_csv, to_html};
+use crate::workload::{Report, to_csv_with_energy, to_html};
 use miette::miette;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +20,12 @@ pub enum Format {
 #[command(after_help = "\
 Percentiles are nearest-rank over succeeded invocations; counts are of invocations (retries
 counted once), except per worker, where they are of attempts.
+
+Energy (when a PowerMeter has samples in the run's window): the meters' trapezoidal integral
+over the run, shared among covered workers in proportion to their modeled power per phase.
+An invocation gets its exec energy plus, on OneShot workers, the energy of the boot it used;
+idle, off and unattributed energy are reported separately. `joules = execJoules + bootJoules +
+idleJoules`; `microfaasJoulesPerFunction` = Wh*3600/jobs as in the MicroFaaS paper.
 
 Examples:
   microfaasctl report ci-balanced
@@ -56,7 +62,9 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
         })?,
     };
     let attempts = store.attempts(&args.workload, run.run)?;
-    let report = Report::from_attempts(&args.workload, run.run, &attempts);
+    let energy =
+        crate::energy::report::compute(&store, &run, &attempts, crate::store::clock::now_millis())?;
+    let report = Report::from_attempts(&args.workload, run.run, &attempts).with_energy(energy);
     let text = match args.format {
         Format::Table => {
             let mut t = report.to_table();
@@ -64,7 +72,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
             t
         }
         Format::Json => report.to_json(),
-        Format::Csv => to_csv(&attempts),
+        Format::Csv => to_csv_with_energy(&attempts, report.energy.as_ref()),
         Format::Html => to_html(&report, &attempts),
     };
     match &args.output {

@@ -78,6 +78,8 @@ pub struct Host<D: VmDriver> {
     /// Stops the reconcile workers.
     engine_stop: watch::Sender<bool>,
     runner: Option<JoinHandle<()>>,
+    /// The power meters' sampler: runs as long as the engine, so every run has its energy.
+    sampler: Option<JoinHandle<()>>,
     services: Vec<(String, JoinHandle<Result<(), String>>)>,
 }
 
@@ -122,6 +124,8 @@ impl<D: VmDriver> Host<D> {
             dispatch::spawn(e2.clone(), events.clone(), name)
         }));
         let (engine_stop, stop_rx) = watch::channel(false);
+        let sampler = crate::energy::sampler::spawn(&opts.state_dir, stop_rx.clone())
+            .map_err(|e| format!("cannot start the power meters: {e}"))?;
         let runner = tokio::spawn(engine.clone().run(stop_rx, Some(endpoint.subscribe())));
         Ok(Host {
             engine,
@@ -131,6 +135,7 @@ impl<D: VmDriver> Host<D> {
             services_stop: watch::channel(false).0,
             engine_stop,
             runner: Some(runner),
+            sampler: Some(sampler),
             services: Vec::new(),
         })
     }
@@ -199,6 +204,9 @@ impl<D: VmDriver> Host<D> {
         if let Some(r) = self.runner.take() {
             let _ = r.await;
         }
+        if let Some(s) = self.sampler.take() {
+            let _ = s.await;
+        }
     }
 
     /// Services first (no new requests), then the reconcile workers, then the endpoint.
@@ -216,8 +224,8 @@ impl<D: VmDriver> Drop for Host<D> {
         for (_, t) in &self.services {
             t.abort();
         }
-        if let Some(r) = &self.runner {
-            r.abort();
+        for t in self.runner.iter().chain(&self.sampler) {
+            t.abort();
         }
     }
 }

@@ -255,7 +255,9 @@ pub struct PowerMeterSpec {
     /// A command printing watts, run every interval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandMeter>,
-    /// A power model per worker phase instead of a measurement.
+    /// A power model per worker kind and phase. Alone, the meter reports what the model says
+    /// the covered workers draw; beside `wattsup` or `command`, it only sets the shares in
+    /// which the measured energy is attributed to the covered workers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelMeter>,
     /// The workers whose power this meter's reading includes.
@@ -266,7 +268,9 @@ pub struct PowerMeterSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WattsUpMeter {
+    /// The meter's tty, e.g. `/dev/ttyUSB0` or a stable `/dev/serial/by-id/...` link.
     pub device: String,
+    /// Logging interval; the meter counts whole seconds (at least 1 s).
     #[serde(default = "d1s")]
     pub interval: Duration,
 }
@@ -278,18 +282,40 @@ fn d1s() -> Duration {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommandMeter {
-    /// Program and arguments; it prints one number, the watts, on stdout.
+    /// Program and arguments; the first number it prints on stdout is the watts.
     pub command: Vec<String>,
     #[serde(default = "d1s")]
     pub interval: Duration,
+    /// A reading that takes longer is abandoned (the command killed, a Warning event).
     #[serde(default = "d5s")]
     pub timeout: Duration,
 }
 
-/// Watts per phase; unset values take the documented defaults for the worker's kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Watts per worker phase. Every unset value takes the default for the worker's kind:
+/// - board (BeagleBone Black, System Reference Manual section 6.1.7, mA at 5 V): off 0 W,
+///   booting 2.3 W (460 mA peak), idle 1.75 W (350 mA), busy 2.15 W (430 mA);
+/// - VM: its vCPUs' share of `host` (`cpus / host.cpus`): off 0 W, booting and busy that share
+///   of `host.busyWatts`, idle that share of `host.idleWatts`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelMeter {
+    /// Overrides for board workers.
+    #[serde(default)]
+    pub board: PhaseWatts,
+    /// Overrides for VM workers.
+    #[serde(default)]
+    pub vm: PhaseWatts,
+    /// The machine VM workers run on.
+    #[serde(default)]
+    pub host: HostPower,
+    /// How often a model-only meter records a sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhaseWatts {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub off: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -298,8 +324,39 @@ pub struct ModelMeter {
     pub idle: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub busy: Option<f64>,
-    #[serde(default = "d1s")]
-    pub interval: Duration,
+}
+
+/// A VM host's wall power, idle and with every CPU busy. The defaults describe a generic
+/// two-socket 1U server (100 W idle, 250 W busy, 32 hardware threads); measure yours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostPower {
+    #[serde(default = "host_idle")]
+    pub idle_watts: f64,
+    #[serde(default = "host_busy")]
+    pub busy_watts: f64,
+    #[serde(default = "host_cpus")]
+    pub cpus: i64,
+}
+
+fn host_idle() -> f64 {
+    100.0
+}
+fn host_busy() -> f64 {
+    250.0
+}
+fn host_cpus() -> i64 {
+    32
+}
+
+impl Default for HostPower {
+    fn default() -> Self {
+        Self {
+            idle_watts: host_idle(),
+            busy_watts: host_busy(),
+            cpus: host_cpus(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- Worker

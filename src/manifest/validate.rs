@@ -301,15 +301,21 @@ fn switch(cx: &mut Ctx<'_>, s: &SwitchSpec) {
 
 fn meter(cx: &mut Ctx<'_>, s: &PowerMeterSpec) {
     let spec = Key("spec");
-    cx.one_of(
-        &[spec],
-        &[
-            ("wattsup", s.wattsup.is_some()),
-            ("command", s.command.is_some()),
-            ("model", s.model.is_some()),
-        ],
-        "power meter",
-    );
+    if s.wattsup.is_some() || s.command.is_some() {
+        cx.one_of(
+            &[spec],
+            &[
+                ("wattsup", s.wattsup.is_some()),
+                ("command", s.command.is_some()),
+            ],
+            "power meter",
+        );
+    } else if s.model.is_none() {
+        cx.error(
+            &[spec],
+            "power meter: set one of `wattsup`, `command` or `model`",
+        );
+    }
     if let Some(w) = &s.wattsup {
         cx.duration(&[spec, Key("wattsup"), Key("interval")], &w.interval);
     }
@@ -324,21 +330,40 @@ fn meter(cx: &mut Ctx<'_>, s: &PowerMeterSpec) {
         cx.duration(&[spec, Key("command"), Key("timeout")], &c.timeout);
     }
     if let Some(m) = &s.model {
-        cx.duration(&[spec, Key("model"), Key("interval")], &m.interval);
-        for (name, w) in [
-            ("off", m.off),
-            ("booting", m.booting),
-            ("idle", m.idle),
-            ("busy", m.busy),
-        ] {
-            if let Some(w) = w
-                && !(w.is_finite() && w >= 0.0)
-            {
+        if let Some(i) = &m.interval {
+            cx.duration(&[spec, Key("model"), Key("interval")], i);
+        }
+        for (kind, p) in [("board", &m.board), ("vm", &m.vm)] {
+            for (name, w) in [
+                ("off", p.off),
+                ("booting", p.booting),
+                ("idle", p.idle),
+                ("busy", p.busy),
+            ] {
+                if let Some(w) = w
+                    && !(w.is_finite() && w >= 0.0)
+                {
+                    cx.error(
+                        &[spec, Key("model"), Key(kind), Key(name)],
+                        format!("watts must be a non-negative number, got {w}"),
+                    );
+                }
+            }
+        }
+        let h = &m.host;
+        for (name, w) in [("idleWatts", h.idle_watts), ("busyWatts", h.busy_watts)] {
+            if !(w.is_finite() && w >= 0.0) {
                 cx.error(
-                    &[spec, Key("model"), Key(name)],
+                    &[spec, Key("model"), Key("host"), Key(name)],
                     format!("watts must be a non-negative number, got {w}"),
                 );
             }
+        }
+        if h.cpus < 1 {
+            cx.error(
+                &[spec, Key("model"), Key("host"), Key("cpus")],
+                format!("a host has at least one CPU, got {}", h.cpus),
+            );
         }
     }
 }

@@ -79,6 +79,25 @@ const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (workload, run) REFERENCES runs (workload, run)
      );
      CREATE INDEX invocations_by_run ON invocations (workload, run, seq, attempt);",
+    // 3: power meter samples as they arrive, and every worker phase change (for attributing
+    //    energy to phases), times in unix milliseconds
+    "CREATE TABLE meter_samples (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        meter TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        watts REAL NOT NULL,
+        volts REAL,
+        amps REAL,
+        watt_hours REAL
+     );
+     CREATE INDEX meter_samples_by_time ON meter_samples (meter, at);
+     CREATE TABLE worker_phases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        worker TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        phase TEXT NOT NULL
+     );
+     CREATE INDEX worker_phases_by_time ON worker_phases (worker, at);",
 ];
 
 pub fn run(conn: &mut Connection, path: &Path) -> Result<()> {

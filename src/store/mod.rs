@@ -1,8 +1,9 @@
 //! The durable store: desired objects with generations, their status, and events, in SQLite
 //! (WAL, `synchronous=FULL`) under the state directory, plus workload runs and every invocation
-//! attempt. Later tables (energy) arrive as further migrations.
+//! attempt, power meter samples and worker phase history.
 
 pub mod clock;
+pub mod energy;
 mod events;
 pub mod invocations;
 pub mod lock;

@@ -307,11 +307,22 @@ impl Store {
         Ok(removed)
     }
 
-    /// Replaces an object's status (written by the engine).
+    /// Replaces an object's status (written by the engine). A worker's phase change is also
+    /// appended to its phase history, which energy attribution reads.
     pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
+        let phase = status.get("phase").and_then(Value::as_str);
         let n = self.observation(|conn| {
-            conn.prepare_cached("UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2")?
-                .execute(params![kind.as_str(), name, json_text(status)])
+            let tx = conn.unchecked_transaction()?;
+            if kind == Kind::Worker
+                && let Some(phase) = phase
+            {
+                super::energy::note_phase(&tx, name, phase)?;
+            }
+            let n = tx
+                .prepare_cached("UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2")?
+                .execute(params![kind.as_str(), name, json_text(status)])?;
+            tx.commit()?;
+            Ok(n)
         })?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));

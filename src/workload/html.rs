@@ -1,10 +1,12 @@
 //! The HTML report: one self-contained page (no scripts, no external files) with the summary
 //! and four inline SVG plots — latency CDF per function, throughput over time, cold-start
-//! breakdown per function, per-worker timeline. The SVG is written by hand: four plot shapes
+//! breakdown per function, per-worker timeline — plus, when the run has energy figures, power
+//! over time with the invocations overlaid and joules per invocation by function. The SVG is written by hand: four plot shapes
 //! do not justify a plotting crate in the controller. The page is also well-formed XML, so it
 //! can be checked and post-processed with XML tools.
 
 use super::report::{NO_WORKER, Report, Stats};
+use crate::energy::EnergyReport;
 use crate::store::{Attempt, AttemptStatus};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -406,6 +408,112 @@ fn worker_timeline(attempts: &[Attempt], start: i64, duration_s: f64) -> String 
     c.finish()
 }
 
+/// Each meter's power over the run, with every attempt drawn as a bar along the top (coloured
+/// by status) so power can be read against what ran.
+fn power_over_time(e: &EnergyReport, attempts: &[Attempt]) -> String {
+    let (a, b) = e.window;
+    let secs = |ms: i64| (ms - a) as f64 / 1000.0;
+    let inside = |t: i64| t >= a && t <= b;
+    let peak = e
+        .curves
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().filter(|p| inside(p.0)).map(|p| p.1))
+        .fold(0.0, f64::max);
+    let top = peak * 1.15;
+    let mut c = Chart::new(
+        "Power over time (invocations along the top)",
+        "time since run start (s)",
+        "watts",
+        secs(b),
+        top,
+    );
+    for (i, (name, pts)) in e.curves.iter().enumerate() {
+        let line: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|p| inside(p.0))
+            .map(|p| (secs(p.0), p.1))
+            .collect();
+        c.polyline(&line, color(i));
+        c.legend.push((format!("meter {name}"), color(i)));
+    }
+    for at in attempts {
+        if let Some(d) = at.dispatched_ms {
+            let (j_exec, j_boot) = e
+                .attempts
+                .get(&(at.invocation_id.clone(), at.attempt))
+                .copied()
+                .unwrap_or_default();
+            c.rect(
+                (secs(d), secs(at.finished_ms)),
+                (peak * 1.05, peak * 1.12),
+                status_color(at.status),
+                &format!(
+                    "{} {} on {}: {:.3} J exec + {:.3} J boot",
+                    at.invocation_id,
+                    at.function,
+                    at.worker.as_deref().unwrap_or(NO_WORKER),
+                    j_exec,
+                    j_boot
+                ),
+            );
+        }
+    }
+    c.finish()
+}
+
+/// Mean joules per invocation for each function, split into exec and boot energy.
+fn joules_per_function(e: &EnergyReport) -> String {
+    let rows: Vec<(&String, f64, f64)> = e
+        .per_function
+        .iter()
+        .map(|(f, g)| {
+            let n = g.invocations.max(1) as f64;
+            (f, g.exec_joules / n, g.boot_joules / n)
+        })
+        .collect();
+    let max = rows.iter().map(|r| r.1 + r.2).fold(0.0, f64::max);
+    let mut c = Chart::categories(
+        "Energy per invocation by function",
+        "joules per invocation",
+        max,
+        rows.iter().map(|r| r.0.clone()).collect(),
+    );
+    let parts = [("exec", "#1f77b4"), ("boot", "#7f7f7f")];
+    for (i, (f, exec, boot)) in rows.iter().enumerate() {
+        let y = c.band(i);
+        c.rect(
+            (0.0, *exec),
+            (y + 0.15, y + 0.85),
+            parts[0].1,
+            &format!("{f}: exec {exec:.3} J"),
+        );
+        c.rect(
+            (*exec, exec + boot),
+            (y + 0.15, y + 0.85),
+            parts[1].1,
+            &format!("{f}: boot {boot:.3} J"),
+        );
+    }
+    c.legend = parts.iter().map(|(l, c)| (l.to_string(), *c)).collect();
+    c.finish()
+}
+
+fn energy_summary(o: &mut String, e: &EnergyReport) {
+    let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.3}"));
+    let _ = writeln!(
+        o,
+        "<p>Energy: {:.3} J ({:.6} Wh), average {} W; exec {:.3} J, boot {:.3} J, idle {:.3} J; {} J per invocation; MicroFaaS Wh*3600/jobs {} J.</p>",
+        e.joules,
+        e.watt_hours,
+        f(e.average_watts),
+        e.exec_joules,
+        e.boot_joules,
+        e.idle_joules,
+        f(e.joules_per_invocation),
+        f(e.microfaas_joules_per_function)
+    );
+}
+
 /// The whole page.
 pub fn to_html(report: &Report, attempts: &[Attempt]) -> String {
     let start = attempts.iter().map(|a| a.queued_ms).min().unwrap_or(0);
@@ -476,6 +584,11 @@ pub fn to_html(report: &Report, attempts: &[Attempt]) -> String {
     o.push_str(&throughput(attempts, start, d));
     o.push_str(&cold_start_breakdown(report, attempts));
     o.push_str(&worker_timeline(attempts, start, d));
+    if let Some(e) = &report.energy {
+        energy_summary(&mut o, e);
+        o.push_str(&power_over_time(e, attempts));
+        o.push_str(&joules_per_function(e));
+    }
     o.push_str("</body>\n</html>\n");
     o
 }

@@ -9,4 +9,4 @@ pub mod report;
 
 pub use generate::{PlanError, Planned, generate, parse_trace};
 pub use html::to_html;
-pub use report::{Group, Report, Stats, to_csv};
+pub use report::{Group, Report, Stats, to_csv, to_csv_with_energy};

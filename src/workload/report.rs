@@ -15,7 +15,10 @@
 //!   there are no samples.
 //! - `durationSeconds` runs from the first attempt queued to the last one finished;
 //!   `functionsPerMinute` = succeeded · 60 / durationSeconds, the MicroFaaS definition.
+//! - `energy` is `null` unless a power meter has samples in the run's window; its figures are
+//!   defined in [`crate::energy::report`].
 
+use crate::energy::EnergyReport;
 use crate::store::{Attempt, AttemptStatus, clock};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -85,6 +88,7 @@ pub struct Report {
     pub cold_start_ms: Stats,
     pub functions: BTreeMap<String, Group>,
     pub workers: BTreeMap<String, Group>,
+    pub energy: Option<EnergyReport>,
 }
 
 /// Samples of succeeded attempts, gathered before the statistics are taken.
@@ -203,7 +207,14 @@ impl Report {
             cold_start_ms: Stats::of(all.cold),
             functions,
             workers,
+            energy: None,
         }
+    }
+
+    /// The report with its energy figures (see [`crate::energy::report::compute`]).
+    pub fn with_energy(mut self, energy: Option<EnergyReport>) -> Report {
+        self.energy = energy;
+        self
     }
 
     /// Pretty JSON with the documented keys.
@@ -262,8 +273,91 @@ impl Report {
             }
             let _ = writeln!(out, "\n{t}");
         }
+        match &self.energy {
+            Some(e) => energy_table(&mut out, e),
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\nEnergy:         no power meter samples in the run's window"
+                );
+            }
+        }
         out
     }
+}
+
+fn joules(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"))
+}
+
+fn energy_table(out: &mut String, e: &EnergyReport) {
+    let _ = writeln!(
+        out,
+        "\nEnergy:         {:.3} J ({:.6} Wh) over {:.3} s measured of {:.3} s, average {} W",
+        e.joules,
+        e.watt_hours,
+        e.measured_seconds,
+        e.window_seconds,
+        joules(e.average_watts)
+    );
+    let _ = writeln!(
+        out,
+        "                exec {:.3} J, boot {:.3} J, idle {:.3} J (of which off {:.3} J, unattributed {:.3} J)",
+        e.exec_joules, e.boot_joules, e.idle_joules, e.off_joules, e.overhead_joules
+    );
+    let _ = writeln!(
+        out,
+        "J/invocation:   {} (exec + boot); MicroFaaS Wh*3600/jobs: {}; functions/min {:.2}",
+        joules(e.joules_per_invocation),
+        joules(e.microfaas_joules_per_function),
+        e.functions_per_minute
+    );
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header([
+        "FUNCTION",
+        "INVOCATIONS",
+        "J",
+        "J/INVOCATION",
+        "EXEC J",
+        "BOOT J",
+    ]);
+    for (name, f) in &e.per_function {
+        t.add_row([
+            name.clone(),
+            f.invocations.to_string(),
+            format!("{:.3}", f.joules),
+            joules(f.joules_per_invocation),
+            format!("{:.3}", f.exec_joules),
+            format!("{:.3}", f.boot_joules),
+        ]);
+    }
+    let _ = writeln!(out, "\n{t}");
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header([
+        "WORKER",
+        "ATTEMPTS",
+        "J",
+        "J/INVOCATION",
+        "EXEC J",
+        "BOOT J",
+        "IDLE J",
+        "OFF J",
+    ]);
+    for (name, w) in &e.per_worker {
+        t.add_row([
+            name.clone(),
+            w.attempts.to_string(),
+            format!("{:.3}", w.joules),
+            joules(w.joules_per_invocation),
+            format!("{:.3}", w.exec_joules),
+            format!("{:.3}", w.boot_joules),
+            format!("{:.3}", w.idle_joules),
+            format!("{:.3}", w.off_joules),
+        ]);
+    }
+    let _ = writeln!(out, "\n{t}");
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -277,10 +371,22 @@ fn quad(s: &Stats) -> String {
 /// The CSV header: the original MicroFaaS columns, then ours.
 pub const CSV_HEADER: &str = "invocation_id,worker,function_id,exec_time(ms),rtt(ms),timestamp,workload,run,generation,seq,attempt,status,queued_ms,dispatched_ms,finished_ms,exec_us,rtt_us,cold_start_ms,error,output_size,output_sha256";
 
+/// Columns added after [`CSV_HEADER`] when the run has energy figures.
+pub const CSV_ENERGY_HEADER: &str = "energy_j,exec_energy_j,boot_energy_j";
+
 /// One row per attempt, in the order given. `timestamp` is when the attempt finished
 /// (RFC 3339 UTC); empty cells are unknown values.
 pub fn to_csv(attempts: &[Attempt]) -> String {
+    to_csv_with_energy(attempts, None)
+}
+
+/// [`to_csv`] plus, with energy figures, each attempt's energy (exec + boot, exec, boot).
+pub fn to_csv_with_energy(attempts: &[Attempt], energy: Option<&EnergyReport>) -> String {
     let mut out = String::from(CSV_HEADER);
+    if energy.is_some() {
+        out.push(',');
+        out.push_str(CSV_ENERGY_HEADER);
+    }
     out.push('\n');
     let opt = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
     let us_as_ms = |v: Option<i64>| v.map(|us| format!("{:.3}", us as f64 / 1000.0));
@@ -309,6 +415,14 @@ pub fn to_csv(attempts: &[Attempt]) -> String {
             csv_cell(a.output_sha256.as_deref().unwrap_or("")),
         ];
         out.push_str(&cells.join(","));
+        if let Some(e) = energy {
+            match e.attempts.get(&(a.invocation_id.clone(), a.attempt)) {
+                Some((exec, boot)) => {
+                    let _ = write!(out, ",{:.6},{exec:.6},{boot:.6}", exec + boot);
+                }
+                None => out.push_str(",0,0,0"),
+            }
+        }
         out.push('\n');
     }
     out
