@@ -368,6 +368,53 @@ fn power_pulse_names_the_missing_line() {
     }
 }
 
+/// `power on|off|cycle|status WORKER` on a machine without GPIO chips: a VM or a missing worker
+/// is refused; a board's request is recorded and fails with the reason (no power control), and
+/// `power status` shows the observed power with its evidence. (Presses through the engine are
+/// tested with simulated boards in tests/board_engine.rs.)
+#[test]
+fn power_requests_go_through_the_engine() {
+    let state = tempfile::tempdir().expect("tmp");
+    let s = state.path();
+    let board = "apiVersion: microfaas.dev/v1alpha1
+kind: Cluster
+metadata: {name: c}
+spec: {orchestrator: {listen: 127.0.0.1:0}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Worker
+metadata: {name: bbb-1}
+spec: {power: Off, board: {powerButton: {pin: P9_12}}}
+";
+    let yaml = format!("{TWO_VMS}---\n{board}");
+    let applied = ctl(s, &["apply", "-f", "-", "--no-fs-checks"], Some(&yaml));
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let vm = ctl(s, &["power", "on", "vm-0"], None);
+    assert_eq!(vm.code, 1);
+    assert!(vm.stderr.contains("is a VM"), "{}", vm.stderr);
+    let missing = ctl(s, &["power", "status", "nope"], None);
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+
+    let on = ctl(s, &["power", "on", "bbb-1", "--timeout", "30s"], None);
+    assert_eq!(on.code, 1, "{}", on.stderr);
+    assert!(
+        on.stderr.contains("no power control") && on.stderr.contains("P9_12"),
+        "{}",
+        on.stderr
+    );
+    let st = ctl(s, &["power", "status", "bbb-1"], None);
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    for line in [
+        "Observed:      Unknown",
+        "Power control: False",
+        "PowerRequested",
+        "PowerRequestFailed",
+    ] {
+        assert!(st.stdout.contains(line), "{line}: {}", st.stdout);
+    }
+}
+
 #[test]
 fn cordon_and_uncordon_set_health() {
     let state = tempfile::tempdir().expect("tmp");

@@ -45,27 +45,12 @@ pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations:
             let Ok(spec) = serde_json::from_value::<WorkerSpec>(o.spec.clone()) else {
                 return Standing::Failed("unreadable spec".into());
             };
-            let done = match (spec.vm.is_some(), spec.power) {
-                // Boards: no power control yet; done once their link state is known (when
-                // they sit on a switch).
-                (false, _) => {
-                    phase == "Unknown"
-                        && !o.status["conditions"].as_array().is_some_and(|c| {
-                            c.iter()
-                                .any(|c| c["type"] == "LinkUp" && c["reason"] == "NotPolledYet")
-                        })
-                        && (spec
-                            .board
-                            .as_ref()
-                            .and_then(|b| b.network.as_ref())
-                            .and_then(|n| n.switch.as_ref())
-                            .is_none()
-                            || o.status["conditions"]
-                                .as_array()
-                                .is_some_and(|c| c.iter().any(|c| c["type"] == "LinkUp")))
-                }
-                (true, PowerPolicy::On) => matches!(phase, "Ready" | "Busy"),
-                (true, PowerPolicy::Off | PowerPolicy::OnDemand) => phase == "Off",
+            if spec.vm.is_none() {
+                return board_standing(o, &spec, phase);
+            }
+            let done = match spec.power {
+                PowerPolicy::On => matches!(phase, "Ready" | "Busy"),
+                PowerPolicy::Off | PowerPolicy::OnDemand => phase == "Off",
             };
             if done {
                 Standing::Converged
@@ -99,6 +84,53 @@ pub fn standing(o: &StoredObject, latest_run: Option<&crate::store::invocations:
                 Standing::Waiting(phase.to_string())
             }
         }
+    }
+}
+
+/// A board has converged when its observed power matches what is wanted (an operator's power
+/// override, else its policy). It cannot converge without power control, nor while its power
+/// is Unknown (nothing is pressed on unknown evidence), once its switch has been polled.
+fn board_standing(o: &StoredObject, spec: &WorkerSpec, phase: &str) -> Standing {
+    let status = crate::engine::status::Status::from_value(&o.status);
+    let cond = |kind: &str| {
+        o.status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == kind))
+    };
+    let on_switch = spec
+        .board
+        .as_ref()
+        .and_then(|b| b.network.as_ref())
+        .and_then(|n| n.switch.as_ref())
+        .is_some();
+    let polled = cond("LinkUp").is_some_and(|c| c["reason"] != "NotPolledYet");
+    if status.get(crate::engine::board::POWER_REQUEST).is_some() || (on_switch && !polled) {
+        return Standing::Waiting(phase.to_string());
+    }
+    if let Some(c) = cond("PowerControl")
+        && c["status"] == "False"
+    {
+        return Standing::Failed(format!(
+            "no power control: {}",
+            c["message"].as_str().unwrap_or("")
+        ));
+    }
+    let want_on = match o.status[crate::engine::board::POWER_OVERRIDE].as_object() {
+        Some(ov) if ov.get("generation").and_then(|g| g.as_i64()) == Some(o.generation) => {
+            ov.get("state").and_then(|s| s.as_str()) == Some("On")
+        }
+        _ => spec.power == PowerPolicy::On,
+    };
+    match phase {
+        "Unknown" => Standing::Failed(format!(
+            "power Unknown ({}); nothing is pressed on unknown evidence: `microfaasctl power off --force` establishes it",
+            o.status["observedPower"]["evidence"]
+                .as_str()
+                .unwrap_or("no evidence")
+        )),
+        "Ready" | "Busy" if want_on => Standing::Converged,
+        "Off" if !want_on => Standing::Converged,
+        _ => Standing::Waiting(phase.to_string()),
     }
 }
 

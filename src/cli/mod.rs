@@ -95,7 +95,8 @@ enum Command {
     Image(image::ImageArgs),
     /// Talk to a Switch from the manifests over SNMP: list its ports, bounce one.
     Switch(switch::Args),
-    /// Press a board's power button on a GPIO line: a short pulse or a force-off hold.
+    /// Board power: on, off, cycle and status of a worker through its observed power, or a
+    /// direct pulse or force-off hold on a GPIO line.
     Power(power::Args),
     /// Print the JSON Schema of a kind (all kinds when none is given), for editors.
     Schema(schema::Args),
@@ -229,7 +230,7 @@ pub fn main() -> ExitCode {
                 report: Some(report),
             }),
         Command::Switch(a) => switch::run(a),
-        Command::Power(a) => power::run(a),
+        Command::Power(a) => power::run(a, &state_dir),
         Command::Schema(a) => schema::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(

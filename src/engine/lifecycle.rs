@@ -72,16 +72,17 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         failed
     }
 
-    /// Powers a VM worker off because the engine stops (`shutdownPolicy: PowerOff`) and says
-    /// so in its status; the next engine powers it on again if its spec wants it on.
+    /// Powers a worker off because the engine stops (`shutdownPolicy: PowerOff`) and says so
+    /// in its status; the next engine powers it on again if its spec wants it on. Boards go
+    /// through their own teardown (agent first, then the button), which records their power.
     pub async fn power_off_for_shutdown(&self, name: &str) {
         let Some(obj) = self.get(Kind::Worker, name) else {
             return;
         };
+        self.teardown(name).await;
         if obj.spec.get("vm").is_none_or(serde_json::Value::is_null) {
             return;
         }
-        self.teardown(name).await;
         let mut st = Status::from_value(&obj.status);
         st.set_phase("Off").condition(
             "Ready",

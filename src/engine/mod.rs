@@ -3,6 +3,7 @@
 //! (connects, disconnects). Reconcile is level-triggered: observe, compare, act once, record.
 
 pub mod backoff;
+pub mod board;
 mod lifecycle;
 pub mod queue;
 pub mod status;
@@ -67,6 +68,8 @@ pub struct Engine<D: VmDriver, P: Presence> {
     seen: Mutex<std::collections::HashSet<Key>>,
     /// One SNMP session per switch, with the spec it was made from.
     switches: Mutex<HashMap<String, (serde_json::Value, Arc<crate::drivers::snmp::SnmpSwitch>)>>,
+    /// Power buttons and power-state bookkeeping of board workers.
+    boards: board::Boards,
 }
 
 /// Status field set by `microfaasctl rerun` and cleared when the new run starts.
@@ -98,6 +101,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             running: Mutex::new(std::collections::HashSet::new()),
             seen: Mutex::new(std::collections::HashSet::new()),
             switches: Mutex::new(HashMap::new()),
+            boards: board::Boards::default(),
         })
     }
 

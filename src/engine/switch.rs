@@ -58,6 +58,8 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
         }
         let mut st = Status::from_value(&obj.status);
+        // Taken before the poll: a press during it is newer than what the poll saw.
+        let polled_at = crate::store::clock::now_millis();
         let polled = match self.snmp_session(name, &spec, &obj.spec) {
             Err(e) => Err(("Config".to_string(), e)),
             Ok(session) => {
@@ -93,6 +95,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     .map(|u| json!({"key": u.key, "reason": u.error.reason(), "message": u.error.to_string()}))
                     .collect();
                 st.set_phase("Reachable")
+                    .set("polledAtMs", json!(polled_at))
                     .set("sysName", json!(obs.sys_name))
                     .set("uptimeSeconds", json!(obs.uptime.as_secs()))
                     .set("ports", json!(rows))
@@ -127,6 +130,27 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             self.queue.add((Kind::Worker, w));
         }
         Ok(Next::RequeueAfter(interval))
+    }
+
+    /// Bounces a board's port (down, `hold`, up); the port is brought up again if the bounce
+    /// failed between its two SETs.
+    pub(super) async fn bounce_port(
+        &self,
+        switch: &str,
+        port: &str,
+        hold: Duration,
+    ) -> Result<(), String> {
+        let obj = self
+            .get(Kind::Switch, switch)
+            .ok_or_else(|| format!("switch {switch} is not declared"))?;
+        let spec: SwitchSpec =
+            serde_json::from_value(obj.spec.clone()).map_err(|e| format!("stored spec: {e}"))?;
+        let session = self.snmp_session(switch, &spec, &obj.spec)?;
+        if let Err(e) = session.bounce(port, hold).await {
+            let _ = session.set_admin_status(port, true).await;
+            return Err(format!("bounce of {switch} port {port}: {e}"));
+        }
+        Ok(())
     }
 
     /// `LinkUp` of a board on a switch port, from the switch's last poll.

@@ -1,6 +1,6 @@
 //! The Worker reconciler. VM workers: launch, adopt, boot timeout, recovery and quarantine,
 //! recreate on a spec change that needs a new VM, and the power-off ladder (agent → ACPI →
-//! QMP quit → SIGKILL). Board workers wait for the GPIO driver and report Unknown.
+//! QMP quit → SIGKILL). Board workers go to `board.rs`.
 
 use super::status::{CondStatus, Status};
 use super::vm::{Presence, StopHow, VmDriver};
@@ -104,7 +104,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     }
 
     /// Whether the worker should be powered now.
-    fn wants_on(&self, name: &str, spec: &WorkerSpec) -> bool {
+    pub(super) fn wants_on(&self, name: &str, spec: &WorkerSpec) -> bool {
         match spec.power {
             PowerPolicy::On => true,
             PowerPolicy::Off => false,
@@ -118,6 +118,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let Some(obj) = self.get(Kind::Worker, name) else {
             // Gone from the store: its teardown ran before the record went (see `teardown`).
             lock(&self.runtime).remove(name);
+            self.board_gone(name);
             return Ok(Next::Done);
         };
         let spec: WorkerSpec =
@@ -131,22 +132,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         st.set("health", json!(health));
 
         let Some(vm) = &spec.vm else {
-            if let Some(net) = spec.board.as_ref().and_then(|b| b.network.as_ref())
-                && let (Some(switch), Some(port)) = (&net.switch, &net.port)
-            {
-                let (status, reason, message) = self.link_up(name, switch, port);
-                st.condition("LinkUp", status, &reason, &message);
-            }
-            st.set_phase("Unknown")
-                .condition(
-                    "PowerControl",
-                    CondStatus::False,
-                    "NoBoardDriver",
-                    "GPIO power control of boards is not available in this build",
-                )
-                .observed(obj.generation);
-            self.write_status(Kind::Worker, name, st.into_value());
-            return Ok(Next::Done);
+            let Some(board) = &spec.board else {
+                return Err("a worker needs a board or a vm".into());
+            };
+            return self
+                .reconcile_board(name, &obj, &spec, board, st, &health)
+                .await;
         };
 
         let uuid = match st
@@ -404,7 +395,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
 
     /// One more failed recovery: retry with backoff, or quarantine (health Bad) after
     /// `quarantineAfter` of them in a row.
-    async fn boot_failed(
+    pub(super) async fn boot_failed(
         &self,
         name: &str,
         mut st: Status,
@@ -443,9 +434,10 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .unwrap_or(false)
     }
 
-    /// The power-off ladder; every step is an event.
-    pub async fn power_off(&self, name: &str, connected: bool) {
-        if connected && self.presence.request_poweroff(name).await {
+    /// Asks the worker's agent to power off (an event); false when there is no agent to ask.
+    pub(super) async fn ask_poweroff(&self, name: &str) -> bool {
+        let asked = self.presence.request_poweroff(name).await;
+        if asked {
             self.event(
                 Kind::Worker,
                 name,
@@ -453,10 +445,15 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 "PowerOff",
                 "asked the agent to power off",
             );
-            if self.await_exit(name).await {
-                self.stopped(name);
-                return;
-            }
+        }
+        asked
+    }
+
+    /// The power-off ladder; every step is an event.
+    pub async fn power_off(&self, name: &str, connected: bool) {
+        if connected && self.ask_poweroff(name).await && self.await_exit(name).await {
+            self.stopped(name);
+            return;
         }
         for (how, reason) in [
             (StopHow::Powerdown, "ACPI power button"),
@@ -478,7 +475,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
 
     /// Finalizer of a worker: stop its VM before its record is deleted.
     pub async fn teardown(&self, name: &str) {
-        if self.driver.is_running(name) {
+        if let Some(obj) = self.get(Kind::Worker, name)
+            && let Ok(spec) = serde_json::from_value::<WorkerSpec>(obj.spec.clone())
+            && let Some(board) = &spec.board
+        {
+            self.board_teardown(name, &obj, board).await;
+        } else if self.driver.is_running(name) {
             let connected = self.presence.is_connected(name);
             self.power_off(name, connected).await;
         } else if let Some(obj) = self.get(Kind::Worker, name)

@@ -22,6 +22,22 @@ pub struct DesiredObject {
     pub source: Option<String>,
 }
 
+impl DesiredObject {
+    /// An object with no labels, owner or source (programs and tests that build the store
+    /// directly rather than from manifests).
+    pub fn new(kind: Kind, name: &str, spec: Value) -> Self {
+        DesiredObject {
+            kind,
+            name: name.to_string(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            spec,
+            owner: None,
+            source: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {
     pub kind: Kind,

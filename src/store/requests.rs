@@ -39,13 +39,14 @@ impl Store {
     }
 
     /// Per object, a string that changes whenever its desired state does: spec generation,
-    /// metadata, a deletion mark or a rerun request.
+    /// metadata, a deletion mark, a rerun request or an operator's power request.
     pub fn desired_revisions(&self) -> Result<BTreeMap<(Kind, String), String>> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT kind, name, generation, updated_at, deletion_requested_at,
-                        json_extract(status, '$.rerunRequested')
+                        json_extract(status, '$.rerunRequested'),
+                        json_extract(status, '$.powerRequest.id')
                  FROM objects",
             )
             .map_err(self.sq())?;
@@ -58,21 +59,24 @@ impl Store {
                     r.get::<_, String>(3)?,
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })
             .map_err(self.sq())?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let (kind, name, generation, updated, deleting, rerun) = row.map_err(self.sq())?;
+            let (kind, name, generation, updated, deleting, rerun, power) =
+                row.map_err(self.sq())?;
             let Ok(kind) = kind.parse::<Kind>() else {
                 continue;
             };
             out.insert(
                 (kind, name),
                 format!(
-                    "{generation}|{updated}|{}|{}",
+                    "{generation}|{updated}|{}|{}|{}",
                     deleting.is_some(),
-                    rerun.unwrap_or(0)
+                    rerun.unwrap_or(0),
+                    power.unwrap_or_default()
                 ),
             );
         }
@@ -121,6 +125,17 @@ mod tests {
             .expect("status");
         let r1 = store.desired_revisions().expect("rev")[&key].clone();
         assert_ne!(r1, r0);
+        // ...and so is an operator's power request (`microfaasctl power`).
+        store
+            .set_status(
+                Kind::Function,
+                "f",
+                &serde_json::json!({"rerunRequested": true, "powerRequest": {"id": "abc"}}),
+            )
+            .expect("status");
+        let r1b = store.desired_revisions().expect("rev")[&key].clone();
+        assert_ne!(r1b, r1);
+        let r1 = r1b;
         assert!(!store.deletion_requested(Kind::Function, "f").expect("q"));
         store.request_deletion(Kind::Function, "f").expect("mark");
         assert!(store.deletion_requested(Kind::Function, "f").expect("q"));
