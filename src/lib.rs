@@ -11,6 +11,8 @@ pub mod agent;
 
 #[cfg(feature = "controller")]
 pub mod cli;
+#[cfg(feature = "controller")]
+pub mod daemon;
 #[cfg(any(feature = "controller", feature = "gpio"))]
 pub mod drivers;
 #[cfg(feature = "controller")]

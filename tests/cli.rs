@@ -283,12 +283,12 @@ fn workerset_expands_into_owned_workers() {
 }
 
 #[test]
-fn lock_names_the_holder() {
+fn a_second_engine_is_refused_naming_the_holder() {
     let state = tempfile::tempdir().expect("tmp");
     let _held = microfaas::store::StateLock::acquire(state.path()).expect("lock");
     let r = ctl(
         state.path(),
-        &["apply", "-f", "-", "--no-fs-checks"],
+        &["serve", "-f", "-", "--no-fs-checks"],
         Some(TWO_VMS),
     );
     assert_eq!(r.code, 3);

@@ -221,3 +221,41 @@ async fn on_demand_follows_demand() {
     assert_eq!(w.driver.running(), 0);
     let _ = w.stop.send(true);
 }
+
+/// Deletion is a mark the engine finalizes: a WorkerSet's workers are torn down (VMs stopped)
+/// under their own keys, then the records go, the set last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marked_objects_are_torn_down_then_removed() {
+    let w = world(&workers(2, "On"));
+    until(&w, Duration::from_secs(5), |p, _| p == "Ready").await;
+    assert_eq!(w.driver.running(), 2);
+    let marked = w
+        .engine
+        .with_store(|s| {
+            microfaas::daemon::declare::request_deletion(s, &[(Kind::WorkerSet, "vm".into())])
+        })
+        .expect("mark");
+    assert_eq!(marked.len(), 3, "{marked:?}");
+    for k in marked {
+        w.engine.queue.add(k);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = w.engine.with_store(|s| s.list(None)).expect("list");
+        if left.iter().all(|o| o.kind == Kind::Cluster) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not finalized: {:?}",
+            left.iter().map(|o| (o.kind, &o.name)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        w.driver.running(),
+        0,
+        "a deleted worker's VM was left running"
+    );
+    let _ = w.stop.send(true);
+}

@@ -1,11 +1,13 @@
 //! `microfaasctl apply`: store the desired state of a set of manifests (all or nothing), then
-//! run the engine in this process until everything touched has converged and every workload it
-//! started has finished, and report.
+//! run the engine in this process — or, when `serve` holds the state dir, wait on the daemon's
+//! engine — until everything touched has converged and every workload it started has
+//! finished, and report.
 
-use super::manifests::{FileArgs, applyset, desired, load};
+use super::manifests::{FileArgs, load};
 use super::{CmdResult, Failure, converge};
+use crate::daemon::declare::declare;
 use crate::manifest::Kind;
-use crate::store::{ApplyOutcome, StateLock, Store};
+use crate::store::{LockError, StateLock, Store};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,6 +18,9 @@ Prints one line per object: `worker/vm-0 created|configured|unchanged|pruned`, t
 VMs are started or stopped, workloads run (once per generation), and a report of each run is
 printed. Invalid manifests change nothing. With --prune, objects previously applied from the
 same set of paths that are no longer declared are torn down and deleted.
+
+While `microfaasctl serve` runs on the same state dir, apply only stores the desired state and
+waits until the daemon has converged it (no second engine is started).
 
 Examples:
   microfaasctl apply -f examples/quickstart.yaml
@@ -45,63 +50,74 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     let loaded = load(&args.files)?;
     let mut store = Store::open(state_dir)?;
-    let _lock = StateLock::acquire(state_dir)?;
-    let objects: Vec<_> = loaded.resources.iter().map(desired).collect();
-    let (id, paths) = applyset(&loaded, &args.files);
-    if args.dry_run {
-        let outcomes = store.apply(&objects, Some((&id, &paths)), args.prune, true)?;
-        for (kind, name, outcome) in outcomes {
-            println!("{}/{name} {} (dry run)", kind.singular(), outcome.as_str());
-        }
+    let engine = Claim::take(state_dir)?;
+    let declared = declare(
+        &mut store,
+        &loaded,
+        &args.files.files,
+        args.prune,
+        args.dry_run,
+    )?;
+    let note = if args.dry_run { " (dry run)" } else { "" };
+    for (kind, name, outcome) in &declared.outcomes {
+        println!("{}/{name} {}{note}", kind.singular(), outcome.as_str());
+    }
+    if args.dry_run || args.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    // Pruned workers are torn down (VM stopped) before their records go: see which first.
-    let pruned_workers: Vec<String> = if args.prune {
-        store
-            .apply(&objects, Some((&id, &paths)), true, true)?
-            .into_iter()
-            .filter(|(k, _, o)| *k == Kind::Worker && *o == ApplyOutcome::Pruned)
-            .map(|(_, n, _)| n)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    if !pruned_workers.is_empty() && !args.no_wait {
-        super::teardown::workers(state_dir, &pruned_workers)?;
-        store = Store::open(state_dir)?;
-    }
-    let outcomes = store.apply(&objects, Some((&id, &paths)), args.prune, false)?;
-    for (kind, name, outcome) in &outcomes {
-        println!("{}/{name} {}", kind.singular(), outcome.as_str());
-    }
-    if args.no_wait {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let touched: Vec<(Kind, String)> = outcomes
-        .into_iter()
-        .filter(|(_, _, o)| *o != ApplyOutcome::Pruned)
-        .map(|(k, n, _)| (k, n))
-        .collect();
-    converge_and_report(store, state_dir, touched, args.timeout)
+    converge_and_report(store, state_dir, declared.keys(), args.timeout, engine)
 }
 
-/// Converges `touched` with QEMU workers in this process, then reports (see `finish`).
+/// Who converges: this process (it holds the state-dir lock) or the daemon that holds it.
+pub enum Claim {
+    /// Held until the command ends.
+    Here {
+        _lock: StateLock,
+    },
+    Daemon {
+        pid: String,
+    },
+}
+
+impl Claim {
+    pub fn take(state_dir: &Path) -> Result<Claim, Failure> {
+        match StateLock::acquire(state_dir) {
+            Ok(l) => Ok(Claim::Here { _lock: l }),
+            Err(LockError::Held { pid, .. }) => {
+                eprintln!("the engine of PID {pid} holds the state dir: waiting on it to converge");
+                Ok(Claim::Daemon { pid })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Converges `touched` — with QEMU workers in this process, or by waiting on the daemon that
+/// holds the state dir — then reports (see `finish`).
 pub fn converge_and_report(
     store: Store,
     state_dir: &Path,
     touched: Vec<(Kind, String)>,
     timeout: Duration,
+    claim: Claim,
 ) -> CmdResult {
-    let outcome = super::teardown::block_on(converge::converge(
-        store,
-        std::sync::Arc::new(crate::drivers::vms::QemuVms::new()),
-        state_dir,
-        touched,
-        timeout,
-        super::image_default_initrd(),
-    ))
+    let outcome = match &claim {
+        Claim::Here { .. } => super::blocking::block_on(converge::converge(
+            store,
+            std::sync::Arc::new(crate::drivers::vms::QemuVms::new()),
+            state_dir,
+            touched,
+            timeout,
+            super::image_default_initrd(),
+        )),
+        Claim::Daemon { pid } => {
+            drop(store);
+            super::blocking::block_on(converge::wait_on_daemon(state_dir, &touched, timeout, pid))
+        }
+    }
     .map_err(Failure::invalid)?
     .map_err(Failure::invalid)?;
+    drop(claim);
     finish(outcome, timeout, state_dir)
 }
 

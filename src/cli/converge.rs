@@ -2,20 +2,17 @@
 //! until every touched object has converged (or the timeout), show progress per worker and
 //! workload, and say exactly what did not converge.
 
+use crate::daemon::host::{Host, HostOptions};
 use crate::engine::vm::VmDriver;
-use crate::engine::{Config, Engine};
 use crate::manifest::Kind;
-use crate::manifest::types::{AuthSpec, ClusterSpec, PowerPolicy, WorkerSpec};
-use crate::orchestrator::{Endpoint, Sessions, dispatch};
+use crate::manifest::types::{PowerPolicy, WorkerSpec};
 use crate::store::{Store, StoredObject};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Where an object stands with respect to what was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,38 +134,6 @@ fn board_standing(o: &StoredObject, spec: &WorkerSpec, phase: &str) -> Standing 
     }
 }
 
-/// The cluster token: from the Cluster's auth source, else one generated once per state dir.
-pub fn cluster_token(cluster: Option<&ClusterSpec>, state_dir: &Path) -> Result<String, String> {
-    if let Some(AuthSpec {
-        token_env,
-        token_file,
-    }) = cluster.and_then(|c| c.auth.as_ref())
-    {
-        if let Some(var) = token_env {
-            return std::env::var(var)
-                .map_err(|_| format!("the cluster token variable {var} is not set"));
-        }
-        if let Some(f) = token_file {
-            return std::fs::read_to_string(f)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| format!("cannot read the cluster token file {f}: {e}"));
-        }
-    }
-    let path = state_dir.join("token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        return Ok(t.trim().to_string());
-    }
-    let token = crate::orchestrator::endpoint::random_token();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    writeln!(f, "{token}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(token)
-}
-
 pub struct Outcome {
     pub failed: Vec<(String, String)>,
     pub waiting: Vec<(String, String)>,
@@ -185,43 +150,10 @@ pub async fn converge<D: VmDriver>(
     timeout: Duration,
     default_initrd: Option<std::path::PathBuf>,
 ) -> Result<Outcome, String> {
-    let cluster: Option<ClusterSpec> = store
-        .list(Some(Kind::Cluster))
-        .ok()
-        .and_then(|l| l.into_iter().next())
-        .and_then(|c| serde_json::from_value(c.spec).ok());
-    let token = cluster_token(cluster.as_ref(), state_dir)?;
-    let listen = cluster.as_ref().map_or_else(
-        || "127.0.0.1:63302".to_string(),
-        |c| c.orchestrator.listen.clone(),
-    );
-    let endpoint = Endpoint::bind(&listen, token.clone().into_bytes())
-        .await
-        .map_err(|e| format!("cannot listen for agents on {listen}: {e}"))?;
-    let sessions: Arc<Sessions> = endpoint.sessions.clone();
-    let engine = Engine::new(
-        store,
-        driver,
-        sessions,
-        Config {
-            state_dir: state_dir.to_path_buf(),
-            orchestrator_port: endpoint.addr.port(),
-            token,
-            default_initrd,
-            concurrency: 8,
-            resync: Duration::from_secs(10),
-        },
-    );
-    let events = endpoint.events_sender();
-    let e2 = engine.clone();
-    engine.set_starter(Arc::new(move |name| {
-        dispatch::spawn(e2.clone(), events.clone(), name)
-    }));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Meters sample for as long as the engine runs, so every run has its energy recorded.
-    let sampler = crate::energy::sampler::spawn(state_dir, stop_rx.clone())
-        .map_err(|e| format!("cannot start the power meters: {e}"))?;
-    let runner = tokio::spawn(engine.clone().run(stop_rx, Some(endpoint.subscribe())));
+    let mut opts = HostOptions::new(state_dir);
+    opts.default_initrd = default_initrd;
+    let host = Host::start(store, driver, opts).await?;
+    let engine = host.engine.clone();
     for (k, n) in &touched {
         engine.queue.add((*k, n.clone()));
     }
@@ -235,35 +167,15 @@ pub async fn converge<D: VmDriver>(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let outcome = loop {
-        let mut failed = Vec::new();
-        let mut waiting = Vec::new();
-        let mut runs = Vec::new();
-        for (kind, name) in &touched {
-            let Some(o) = engine.get(*kind, name) else {
-                continue;
-            };
-            let run = if *kind == Kind::Workload {
-                engine.with_store(|s| s.latest_run(name)).ok().flatten()
-            } else {
-                None
-            };
-            if let Some(r) = &run
-                && r.generation == o.generation
-            {
-                runs.push((name.clone(), r.run));
-            }
-            let mut s = standing(&o, run.as_ref());
-            if s == Standing::Converged && !engine.has_seen(&(*kind, name.clone())) {
-                s = Standing::Waiting("observing".into());
-            }
-            progress.show(*kind, name, &o, run.as_ref(), &s);
-            let reference = format!("{}/{name}", kind.singular());
-            match s {
-                Standing::Converged => {}
-                Standing::Waiting(w) => waiting.push((reference, w)),
-                Standing::Failed(f) => failed.push((reference, f)),
-            }
+        let (o, all) = engine.with_store(|s| assess(s, &touched, |k| engine.has_seen(k)));
+        for (kind, name, obj, run, st) in &all {
+            progress.show(*kind, name, obj, run.as_ref(), st);
         }
+        let Outcome {
+            failed,
+            waiting,
+            runs,
+        } = o;
         if waiting.is_empty() || tokio::time::Instant::now() >= deadline || interrupted {
             break Outcome {
                 failed,
@@ -279,10 +191,103 @@ pub async fn converge<D: VmDriver>(
         }
     };
     progress.finish();
-    let _ = stop_tx.send(true);
-    let _ = runner.await;
-    let _ = sampler.await;
-    drop(endpoint);
+    host.shutdown().await;
+    Ok(outcome)
+}
+
+/// One object's standing with what it was judged on.
+type Assessed = (
+    Kind,
+    String,
+    StoredObject,
+    Option<crate::store::invocations::Run>,
+    Standing,
+);
+
+/// Where every touched object stands. An object gone from the store has been deleted (done);
+/// one marked for deletion is still being torn down; `seen` says whether the engine judging
+/// has observed it itself (a status from an earlier process is not evidence of the present).
+fn assess(
+    store: &Store,
+    touched: &[(Kind, String)],
+    seen: impl Fn(&(Kind, String)) -> bool,
+) -> (Outcome, Vec<Assessed>) {
+    let mut out = Outcome {
+        failed: Vec::new(),
+        waiting: Vec::new(),
+        runs: Vec::new(),
+    };
+    let mut all = Vec::new();
+    for (kind, name) in touched {
+        let Ok(Some(o)) = store.get(*kind, name) else {
+            continue;
+        };
+        let run = if *kind == Kind::Workload {
+            store.latest_run(name).ok().flatten()
+        } else {
+            None
+        };
+        if let Some(r) = &run
+            && r.generation == o.generation
+        {
+            out.runs.push((name.clone(), r.run));
+        }
+        let mut s = if store.deletion_requested(*kind, name).unwrap_or(false) {
+            Standing::Waiting("being deleted".into())
+        } else {
+            standing(&o, run.as_ref())
+        };
+        if s == Standing::Converged && !seen(&(*kind, name.clone())) {
+            s = Standing::Waiting("observing".into());
+        }
+        let reference = format!("{}/{name}", kind.singular());
+        match &s {
+            Standing::Converged => {}
+            Standing::Waiting(w) => out.waiting.push((reference, w.clone())),
+            Standing::Failed(f) => out.failed.push((reference, f.clone())),
+        }
+        all.push((*kind, name.clone(), o, run, s));
+    }
+    (out, all)
+}
+
+/// With a daemon holding the state dir: its engine converges what this command stored; wait
+/// on the status it writes until `touched` has converged, the timeout, Ctrl-C, or the daemon
+/// going away.
+pub async fn wait_on_daemon(
+    state_dir: &Path,
+    touched: &[(Kind, String)],
+    timeout: Duration,
+    daemon_pid: &str,
+) -> Result<Outcome, String> {
+    let store = Store::open(state_dir).map_err(|e| e.to_string())?;
+    let progress = Progress::new(touched);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut interrupted = false;
+    let outcome = loop {
+        // The daemon's engine observes what it is told: its statuses are current.
+        let (o, all) = assess(&store, touched, |_| true);
+        for (kind, name, obj, run, st) in &all {
+            progress.show(*kind, name, obj, run.as_ref(), st);
+        }
+        if o.waiting.is_empty() || tokio::time::Instant::now() >= deadline || interrupted {
+            break o;
+        }
+        if crate::store::StateLock::holder(state_dir).is_none() {
+            progress.finish();
+            return Err(format!(
+                "the daemon (PID {daemon_pid}) stopped before this converged; the desired state is stored and the next engine applies it"
+            ));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::signal::ctrl_c() => { interrupted = true; }
+            _ = term.recv() => { interrupted = true; }
+        }
+    };
+    progress.finish();
     Ok(outcome)
 }
 

@@ -2,13 +2,21 @@
 
 use super::manifests::FileArgs;
 use super::{CmdResult, Failure};
+use crate::daemon::declare::request_deletion;
+use crate::engine::{Config, Engine};
 use crate::manifest::Kind;
-use crate::store::{StateLock, Store, StoreError};
+use crate::orchestrator::Sessions;
+use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
+Each object is torn down first (a worker's VM stopped), then forgotten. While `microfaasctl
+serve` runs on the state dir, its engine does the teardown and this command waits for it.
+
 Examples:
   microfaasctl delete -f cluster.yaml
   microfaasctl delete worker vm-0")]
@@ -23,6 +31,9 @@ pub struct Args {
     /// Do not fail on objects that are not in the store.
     #[arg(long)]
     ignore_not_found: bool,
+    /// Give up waiting for teardowns after this long (exit 1 naming what is left).
+    #[arg(long, default_value = "5m", value_parser = |s: &str| crate::manifest::quantity::parse_duration(s).map_err(|e| e.to_string()))]
+    timeout: Duration,
 }
 
 pub fn run(args: Args, state_dir: &Path) -> CmdResult {
@@ -47,45 +58,77 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
             .collect()
     };
     let mut store = Store::open(state_dir)?;
-    let _lock = StateLock::acquire(state_dir)?;
-    // Finalizer: the VMs of the workers going away are stopped before their records go.
-    let mut doomed: Vec<String> = Vec::new();
-    for (kind, name) in &targets {
-        match kind {
-            Kind::Worker => doomed.push(name.clone()),
-            Kind::WorkerSet => doomed.extend(
-                store
-                    .list(Some(Kind::Worker))?
-                    .into_iter()
-                    .filter(|w| w.owner.as_deref() == Some(name.as_str()))
-                    .map(|w| w.name),
-            ),
-            _ => {}
+    let claim = super::apply::Claim::take(state_dir)?;
+    let mut missing = 0;
+    let mut present = Vec::new();
+    for (kind, name) in targets {
+        if store.get(kind, &name)?.is_some() {
+            present.push((kind, name));
+        } else if !args.ignore_not_found {
+            eprintln!("Error: {}/{name} not found", kind.singular());
+            missing += 1;
         }
     }
-    doomed.retain(|n| store.get(Kind::Worker, n).ok().flatten().is_some());
-    if !doomed.is_empty() {
-        super::teardown::workers(state_dir, &doomed)?;
+    // Finalizers: the engine (this process's or the daemon's) tears each object down, then
+    // removes its record.
+    let marked = request_deletion(&mut store, &present)?;
+    match &claim {
+        super::apply::Claim::Here { .. } => {
+            drop(store);
+            for ((kind, name), why) in super::blocking::block_on(finalize_here(state_dir, &marked))
+                .map_err(Failure::invalid)??
+            {
+                eprintln!("{}/{name}: not deleted: {why}", kind.singular());
+                missing += 1;
+            }
+        }
+        super::apply::Claim::Daemon { pid } => {
+            drop(store);
+            let outcome = super::blocking::block_on(super::converge::wait_on_daemon(
+                state_dir,
+                &marked,
+                args.timeout,
+                pid,
+            ))
+            .map_err(Failure::invalid)?
+            .map_err(Failure::invalid)?;
+            for (r, why) in outcome.failed.iter().chain(&outcome.waiting) {
+                eprintln!("{r}: not deleted within {:?} (still {why})", args.timeout);
+                missing += 1;
+            }
+        }
     }
-    let mut missing = 0;
-    for (kind, name) in targets {
-        match store.delete(kind, &name) {
-            Ok(removed) => {
-                for (k, n) in removed {
-                    println!("{}/{n} deleted", k.singular());
-                }
-            }
-            Err(StoreError::NotFound(what)) => {
-                if !args.ignore_not_found {
-                    eprintln!("Error: {what} not found");
-                    missing += 1;
-                }
-            }
-            Err(e) => return Err(e.into()),
+    let store = Store::open(state_dir)?;
+    for (kind, name) in &marked {
+        if store.get(*kind, name)?.is_none() {
+            println!("{}/{name} deleted", kind.singular());
         }
     }
     if missing > 0 {
         return Err(Failure::silent(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// No engine runs: run the engine's finalizers here, without its reconcile loop (which would
+/// also start every other declared worker) and without an agent endpoint (agents that cannot
+/// be asked are powered off by ACPI, then QMP quit).
+async fn finalize_here(
+    state_dir: &Path,
+    keys: &[(Kind, String)],
+) -> Result<Vec<((Kind, String), String)>, Failure> {
+    let engine = Engine::new(
+        Store::open(state_dir)?,
+        Arc::new(crate::drivers::vms::QemuVms::new()),
+        Arc::new(Sessions::default()),
+        Config {
+            state_dir: state_dir.to_path_buf(),
+            orchestrator_port: 0,
+            token: String::new(),
+            default_initrd: None,
+            concurrency: 1,
+            resync: Duration::from_secs(3600),
+        },
+    );
+    Ok(engine.finalize_now(keys).await)
 }

@@ -1,6 +1,7 @@
 //! `microfaasctl`: argument parsing, dispatch to one module per subcommand, exit codes.
 
 mod apply;
+mod blocking;
 mod converge;
 mod delete;
 mod describe;
@@ -15,8 +16,8 @@ mod power;
 mod relay;
 mod report;
 mod schema;
+mod serve;
 mod switch;
-mod teardown;
 mod validate;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -42,6 +43,7 @@ converges the testbed to it.
 Quick start:
   microfaasctl validate -f examples/reference.yaml --no-fs-checks
   microfaasctl apply -f cluster.yaml
+  microfaasctl serve -f manifests/ --watch
   microfaasctl get workers -o wide
   microfaasctl describe worker vm-0";
 
@@ -76,6 +78,8 @@ enum Command {
     Describe(describe::Args),
     /// Delete objects named in manifests, or one object by kind and name.
     Delete(delete::Args),
+    /// Run the engine as a daemon: follow manifest files (--watch), reconcile continuously.
+    Serve(serve::Args),
     /// Print a VM worker's serial console (-f to follow).
     Logs(logs::Args),
     /// Take a worker out of service (health Maintenance): powered off, never scheduled.
@@ -169,8 +173,9 @@ impl From<crate::store::LockError> for Failure {
 
 pub type CmdResult = Result<ExitCode, Failure>;
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
+/// Logs on stderr. Commands log warnings by default; the daemon logs its decisions (info).
+fn init_logging(verbose: u8, daemon: bool, format: serve::LogFormat) {
+    let default = match verbose + u8::from(daemon) {
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -178,10 +183,13 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        serve::LogFormat::Json => builder.json().try_init(),
+        serve::LogFormat::Text => builder.try_init(),
+    };
 }
 
 /// Entry point of the `microfaasctl` binary.
@@ -193,7 +201,10 @@ pub fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    match &cli.command {
+        Command::Serve(a) => init_logging(cli.verbose, true, a.log_format),
+        _ => init_logging(cli.verbose, false, serve::LogFormat::Text),
+    }
     let state_dir = cli
         .state_dir
         .clone()
@@ -205,6 +216,7 @@ pub fn main() -> ExitCode {
         Command::Get(a) => get::run(a, &state_dir),
         Command::Describe(a) => describe::run(a, &state_dir),
         Command::Delete(a) => delete::run(a, &state_dir),
+        Command::Serve(a) => serve::run(a, &state_dir),
         Command::Logs(a) => logs::run(a, &state_dir),
         Command::Cordon(a) => operate::set_health(a, &state_dir, "Maintenance"),
         Command::Uncordon(a) => operate::set_health(a, &state_dir, "Good"),

@@ -1,11 +1,11 @@
 //! Operator commands on single objects: `cordon`/`uncordon` a worker (health Maintenance /
 //! Good, which also clears a quarantine) and `rerun` a workload (one more run of the same
-//! generation, converged in this process like `apply`).
+//! generation, converged like `apply`: in this process, or by the daemon holding the state dir).
 
 use super::{CmdResult, Failure};
 use crate::engine::status::{CondStatus, Status};
 use crate::manifest::Kind;
-use crate::store::{EventType, StateLock, Store};
+use crate::store::{EventType, Store};
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
@@ -86,7 +86,7 @@ pub fn set_health(args: WorkerArgs, state_dir: &Path, health: &str) -> CmdResult
 pub fn rerun(args: RerunArgs, state_dir: &Path) -> CmdResult {
     expect_kind(&args.kind, Kind::Workload)?;
     let mut store = Store::open(state_dir)?;
-    let _lock = StateLock::acquire(state_dir)?;
+    let claim = super::apply::Claim::take(state_dir)?;
     let obj = store
         .get(Kind::Workload, &args.name)?
         .ok_or_else(|| Failure::invalid(format!("workload/{} not found", args.name)))?;
@@ -104,5 +104,5 @@ pub fn rerun(args: RerunArgs, state_dir: &Path) -> CmdResult {
             .into_iter()
             .map(|w| (Kind::Worker, w.name)),
     );
-    super::apply::converge_and_report(store, state_dir, touched, args.timeout)
+    super::apply::converge_and_report(store, state_dir, touched, args.timeout, claim)
 }

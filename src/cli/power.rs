@@ -243,7 +243,7 @@ fn request(args: RequestArgs, action: &str, state_dir: &Path) -> CmdResult {
                 touched.push((Kind::Switch, sw));
             }
             // Converges until the request is done (its standing waits on it), then stops.
-            super::teardown::block_on(super::converge::converge(
+            super::blocking::block_on(super::converge::converge(
                 store,
                 std::sync::Arc::new(crate::drivers::vms::QemuVms::new()),
                 state_dir,

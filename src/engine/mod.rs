@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod board;
+mod lifecycle;
 pub mod queue;
 pub mod status;
 mod switch;
@@ -284,6 +285,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     }
 
     async fn reconcile(self: &Arc<Self>, key: &Key) -> Result<Next, String> {
+        if self.deletion_requested(key) {
+            return self.finalize(key).await;
+        }
         match key.0 {
             Kind::Worker => self.reconcile_worker(&key.1).await,
             Kind::Workload => self.reconcile_workload(&key.1).await,

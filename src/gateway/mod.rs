@@ -183,31 +183,6 @@ pub async fn start<D: VmDriver>(
     })
 }
 
-/// Runs the gateway the Cluster declares (none declared: returns at once) until `stop` turns
-/// true: the shape of a long-lived service of the daemon.
-pub async fn serve_until<D: VmDriver>(
-    engine: Arc<Engine<D, Sessions>>,
-    events: broadcast::Sender<AgentEvent>,
-    spec: Option<&GatewaySpec>,
-    state_dir: &std::path::Path,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let Some(spec) = spec else {
-        return Ok(());
-    };
-    let opts = Options::from_spec(spec, state_dir).map_err(|e| e.to_string())?;
-    let running = start(engine, events, opts)
-        .await
-        .map_err(|e| e.to_string())?;
-    while !*stop.borrow() {
-        if stop.changed().await.is_err() {
-            break;
-        }
-    }
-    running.stop().await;
-    Ok(())
-}
-
 impl<D: VmDriver> Gateway<D> {
     /// The run and sequence number for a new invocation, starting the run when needed.
     fn next_slot(&self) -> Option<(i64, u64)> {

@@ -10,6 +10,7 @@ pub mod invocations;
 pub mod lock;
 mod migrations;
 mod objects;
+mod requests;
 
 pub use events::{Event, EventType};
 pub use invocations::{Attempt, AttemptStatus, Run, RunCounts, RunPhase, output_digest};

@@ -6,6 +6,9 @@ pub mod host;
 pub mod orchestrator;
 pub mod qemu;
 pub mod snmp_agents;
+// Needs the CLI binary, which only test targets are given.
+#[cfg(test)]
+pub mod testbed;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,119 @@
+//! `microfaasctl serve`: run the engine as a daemon over a set of manifests (see `daemon`).
+
+use super::manifests::FileArgs;
+use super::{CmdResult, Failure};
+use crate::daemon::{Daemon, DaemonError, ServeOptions};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Holds the state dir (a second engine is refused, naming this one's PID), hosts the agent
+endpoint, and reconciles continuously. With --watch every saved change to the files or
+folders (create, modify, delete, rename; editors that save through a temp file) re-reads the
+whole set and stores it as `apply` would. An invalid edit changes nothing: the last good state
+stays, and a Warning event and a log line name FILE:LINE:COL. A document removed from the
+files is torn down and deleted only with --prune.
+
+While serve runs, `apply`, `delete` and `rerun` store desired state and wait for this daemon to
+converge it; `get`, `describe`, `logs` and `report` read its live status.
+
+Signals: SIGHUP re-reads the files now. SIGTERM/SIGINT start no new workload runs, give runs in
+flight --grace to finish, then leave workers as Cluster.spec.shutdownPolicy says
+(LeaveRunning: the next engine adopts them; PowerOff) and exit 0.
+
+Examples:
+  microfaasctl serve -f manifests/ --watch
+  microfaasctl serve -f cluster.yaml --watch --prune --resync 1m --log-format json")]
+pub struct Args {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Follow the files and folders, applying every saved change.
+    #[arg(long)]
+    watch: bool,
+    /// Tear down and delete objects no longer declared in the files.
+    #[arg(long)]
+    prune: bool,
+    /// Re-reconcile everything this often, even without events.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    resync: Duration,
+    /// Quiet time that ends a burst of file events.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    debounce: Duration,
+    /// On SIGTERM/SIGINT, how long workload runs in flight may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    grace: Duration,
+    /// Log line format on stderr (info level unless -v or RUST_LOG say otherwise).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::manifest::quantity::parse_duration(s).map_err(|e| e.to_string())
+}
+
+pub fn run(args: Args, state_dir: &Path) -> CmdResult {
+    let opts = ServeOptions {
+        files: args.files.files.clone(),
+        fs_checks: !args.files.no_fs_checks,
+        watch: args.watch,
+        prune: args.prune,
+        resync: args.resync,
+        debounce: args.debounce,
+        grace: args.grace,
+        default_initrd: super::image_default_initrd(),
+    };
+    let dir = state_dir.to_path_buf();
+    super::blocking::block_on(async move {
+        let driver = std::sync::Arc::new(crate::drivers::vms::QemuVms::new());
+        let mut daemon = match Daemon::start(&dir, driver, opts).await {
+            Ok(d) => d,
+            Err(DaemonError::Invalid(rendered)) => {
+                for r in &rendered {
+                    eprintln!("{r}\n");
+                }
+                eprintln!(
+                    "{} error{} found; nothing was changed",
+                    rendered.len(),
+                    if rendered.len() == 1 { "" } else { "s" }
+                );
+                return Err(Failure::silent(1));
+            }
+            Err(DaemonError::Lock(e)) => return Err(e.into()),
+            Err(DaemonError::Store(e)) => return Err(e.into()),
+            Err(DaemonError::Start(e)) => return Err(Failure::invalid(e)),
+        };
+        // The HTTP gateway on Cluster.spec.gateway.listen shares the engine. It is started
+        // here so a bad address or password stops `serve` at once instead of only being logged.
+        let ctx = daemon.host().context();
+        if let Some(spec) = ctx.cluster.as_ref().and_then(|c| c.gateway.clone()) {
+            let opts = crate::gateway::Options::from_spec(&spec, &ctx.state_dir)
+                .map_err(|e| Failure::invalid(e.to_string()))?;
+            let running = crate::gateway::start(ctx.engine.clone(), ctx.agent_events.clone(), opts)
+                .await
+                .map_err(|e| Failure::invalid(e.to_string()))?;
+            eprintln!("gateway listening on http://{}", running.addr);
+            daemon
+                .host_mut()
+                .spawn_service("gateway", move |mut ctx| async move {
+                    while !*ctx.stop.borrow() {
+                        if ctx.stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    running.stop().await;
+                    Ok(())
+                });
+        }
+        daemon.run().await.map_err(Failure::invalid)?;
+        Ok(ExitCode::SUCCESS)
+    })
+    .map_err(Failure::invalid)?
+}

@@ -1,0 +1,151 @@
+//! A QEMU testbed for the tests that drive `microfaasctl` end to end: a fresh state dir and
+//! image, manifests written to a temp folder, the CLI run against them, and the QEMU processes
+//! of this state dir found (and, on drop, killed) by scanning /proc.
+
+use super::{AGENT_VAR, KERNEL_VAR, artifact};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub struct Env {
+    pub _serial: std::sync::MutexGuard<'static, ()>,
+    pub dir: tempfile::TempDir,
+    pub state: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub port: u16,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        // One test at a time: several TCG guests on two cores would make boot times, and so
+        // these tests, depend on what else runs.
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let kernel_src = artifact(KERNEL_VAR).unwrap_or_else(|e| panic!("{e}"));
+        let agent = artifact(AGENT_VAR).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("image");
+        let built = microfaas::image::build(&microfaas::image::BuildOptions {
+            kernel: microfaas::image::KernelSource::Path(kernel_src),
+            agent,
+            out_dir: out,
+            token: None,
+            cache_dir: None,
+            pvh: false,
+        })
+        .expect("image build");
+        // A fixed port for this test's engine: a VM keeps the guestfwd it was started with,
+        // so an engine that adopts it later must listen where the first one did.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        Env {
+            _serial: serial,
+            state: dir.path().join("state"),
+            kernel: built.bzimage,
+            initrd: built.initramfs,
+            dir,
+            port,
+        }
+    }
+
+    pub fn cluster(&self, extra: &str) -> String {
+        format!(
+            "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: t}}\nspec:\n  orchestrator: {{listen: 127.0.0.1:{}}}\n  defaults: {{bootTimeout: 30s, powerOnHoldoff: 0s, quarantineAfter: 2{extra}}}\n",
+            self.port
+        )
+    }
+
+    pub fn vm(&self, name: &str, power: &str, memory: &str, initrd: &Path) -> String {
+        format!(
+            "---\napiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {{name: {name}, labels: {{pool: t}}}}\nspec:\n  power: {power}\n  lifecycle: {{mode: Warm}}\n  vm: {{kernel: {}, initrd: {}, memory: {memory}, machine: pc, accel: tcg}}\n",
+            self.kernel.display(),
+            initrd.display()
+        )
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write manifest");
+        p.display().to_string()
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+            .args(args)
+            .env("MICROFAAS_STATE_DIR", &self.state)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run microfaasctl")
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ctl(args);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// PIDs of live QEMU processes started for this state dir, found by scanning /proc (not
+    /// trusting our own pidfiles), by worker name.
+    pub fn qemus(&self) -> Vec<(String, i32)> {
+        let mut found = Vec::new();
+        let needle = self.state.join("vms").display().to_string();
+        for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.first().is_some_and(|a| a.contains("qemu-system"))
+                || !args.iter().any(|a| a.contains(&needle))
+            {
+                continue;
+            }
+            let name = args
+                .iter()
+                .position(|a| a == "-name")
+                .and_then(|i| args.get(i + 1))
+                .map(|n| {
+                    n.trim_start_matches("guest=")
+                        .split(',')
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            found.push((name, pid));
+        }
+        found.sort();
+        found
+    }
+}
+
+impl Drop for Env {
+    /// Never leave a QEMU behind, whatever failed.
+    fn drop(&mut self) {
+        for (_, pid) in self.qemus() {
+            // SAFETY: signalling a PID we just found running with our state dir in its argv.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
