@@ -580,3 +580,56 @@ async fn async_call_survives_a_restart_and_calls_back_exactly_once() {
     assert_eq!(got.lock().expect("lock").len(), 1);
     h3.stop().await;
 }
+
+/// `microfaasctl serve` hosts the gateway of the Cluster it is given, and refuses an open
+/// listen address without basic auth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_hosts_the_declared_gateway() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let manifest = |listen: &str| {
+        format!(
+            "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: c}}\nspec:\n  orchestrator: {{listen: 127.0.0.1:0}}\n  gateway: {{listen: '{listen}'}}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Function\nmetadata: {{name: sha}}\nspec: {{runtime: builtin, handler: cascading_sha256}}\n"
+        )
+    };
+    let serve = |file: &Path, state: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+            .args(["serve", "-f"])
+            .arg(file)
+            .env("MICROFAAS_STATE_DIR", dir.path().join(state))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("serve")
+    };
+    let open = dir.path().join("open.yaml");
+    std::fs::write(&open, manifest("0.0.0.0:0")).expect("write");
+    let out = serve(&open, "s1").wait_with_output().expect("serve");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without `gateway.basicAuth`"));
+
+    let ok = dir.path().join("ok.yaml");
+    std::fs::write(&ok, manifest(&format!("127.0.0.1:{port}"))).expect("write");
+    let mut child = serve(&ok, "s2");
+    let url = format!("http://127.0.0.1:{port}/system/functions");
+    let start = Instant::now();
+    let listed = loop {
+        if let Ok(r) = client::request("GET", &url, &[], vec![], T).await {
+            break r;
+        }
+        assert!(start.elapsed() < T, "serve's gateway never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed.status, 200);
+    assert_eq!(json_of(&listed)[0]["name"], "sha");
+    // SAFETY: signalling the serve process this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}
