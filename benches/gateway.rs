@@ -80,7 +80,7 @@ async fn main() {
     let driver = AgentProcs::new(PathBuf::from(env!("CARGO_BIN_EXE_microfaas-agent")));
     let h = Host::start(
         &state,
-        driver,
+        driver.clone(),
         &HostOptions {
             agent_listen: "127.0.0.1:0".into(),
             token: "bench".into(),
@@ -107,4 +107,5 @@ async fn main() {
         run(&h, clients).await;
     }
     h.stop().await;
+    driver.kill_all();
 }

@@ -446,6 +446,7 @@ async fn faas_provider_api_end_to_end_on_loopback_agents() {
             .is_none()
     );
     h.stop().await;
+    driver.kill_all();
 }
 
 /// Callbacks received: (X-Call-Id, X-Function-Status, body).
@@ -544,14 +545,15 @@ async fn async_call_survives_a_restart_and_calls_back_exactly_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     h1.stop().await;
-    drop(slow);
+    slow.kill_all();
     assert!(
         got.lock().expect("lock").is_empty(),
         "no result before the restart"
     );
 
     // Second daemon on the same state dir and agent address: it runs the queued call.
-    let h2 = Host::start(&state, AgentProcs::new(agent()), &opts(&agent_addr)).await;
+    let d2 = AgentProcs::new(agent());
+    let h2 = Host::start(&state, d2.clone(), &opts(&agent_addr)).await;
     let start = Instant::now();
     while got.lock().expect("lock").is_empty() {
         assert!(start.elapsed() < T, "no callback");
@@ -574,11 +576,14 @@ async fn async_call_survives_a_restart_and_calls_back_exactly_once() {
         Some(microfaas::store::gateway::CallState::Delivered)
     );
     h2.stop().await;
+    d2.kill_all();
     // A third start finds nothing left to deliver.
-    let h3 = Host::start(&state, AgentProcs::new(agent()), &opts("127.0.0.1:0")).await;
+    let d3 = AgentProcs::new(agent());
+    let h3 = Host::start(&state, d3.clone(), &opts("127.0.0.1:0")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(got.lock().expect("lock").len(), 1);
     h3.stop().await;
+    d3.kill_all();
 }
 
 /// `microfaasctl serve` hosts the gateway of the Cluster it is given, and refuses an open

@@ -75,12 +75,20 @@ impl AgentProcs {
     }
 }
 
-impl Drop for AgentProcs {
-    fn drop(&mut self) {
+impl AgentProcs {
+    /// Kills every agent this driver started (by its own PID). The engine's tasks may keep the
+    /// driver alive until the process ends, so tests call this rather than rely on `Drop`.
+    pub fn kill_all(&self) {
         for (_, mut c) in lock(&self.children).drain() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for AgentProcs {
+    fn drop(&mut self) {
+        self.kill_all();
     }
 }
 
