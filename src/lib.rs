@@ -20,6 +20,8 @@ pub mod energy;
 #[cfg(feature = "controller")]
 pub mod engine;
 #[cfg(feature = "controller")]
+pub mod gateway;
+#[cfg(feature = "controller")]
 pub mod image;
 #[cfg(any(feature = "controller", feature = "gpio"))]
 pub mod manifest;

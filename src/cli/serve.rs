@@ -73,7 +73,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     let dir = state_dir.to_path_buf();
     super::blocking::block_on(async move {
         let driver = std::sync::Arc::new(crate::drivers::vms::QemuVms::new());
-        let daemon = match Daemon::start(&dir, driver, opts).await {
+        let mut daemon = match Daemon::start(&dir, driver, opts).await {
             Ok(d) => d,
             Err(DaemonError::Invalid(rendered)) => {
                 for r in &rendered {
@@ -90,8 +90,28 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
             Err(DaemonError::Store(e)) => return Err(e.into()),
             Err(DaemonError::Start(e)) => return Err(Failure::invalid(e)),
         };
-        // Services that share the engine (the HTTP gateway on Cluster.spec.gateway.listen)
-        // are spawned here: `daemon.host_mut().spawn_service(name, |ctx| ...)`.
+        // The HTTP gateway on Cluster.spec.gateway.listen shares the engine. It is started
+        // here so a bad address or password stops `serve` at once instead of only being logged.
+        let ctx = daemon.host().context();
+        if let Some(spec) = ctx.cluster.as_ref().and_then(|c| c.gateway.clone()) {
+            let opts = crate::gateway::Options::from_spec(&spec, &ctx.state_dir)
+                .map_err(|e| Failure::invalid(e.to_string()))?;
+            let running = crate::gateway::start(ctx.engine.clone(), ctx.agent_events.clone(), opts)
+                .await
+                .map_err(|e| Failure::invalid(e.to_string()))?;
+            eprintln!("gateway listening on http://{}", running.addr);
+            daemon
+                .host_mut()
+                .spawn_service("gateway", move |mut ctx| async move {
+                    while !*ctx.stop.borrow() {
+                        if ctx.stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    running.stop().await;
+                    Ok(())
+                });
+        }
         daemon.run().await.map_err(Failure::invalid)?;
         Ok(ExitCode::SUCCESS)
     })

@@ -44,6 +44,13 @@ impl QemuVms {
         }
     }
 
+    /// Guest connections relayed by `command` (a shell command taking `HOST:PORT`), for hosts
+    /// of the engine that are not `microfaasctl` itself (tests).
+    pub fn with_relay(mut self, command: String) -> Self {
+        self.relay = Some(command);
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Vm>>>> {
         self.vms.lock().unwrap_or_else(|p| p.into_inner())
     }

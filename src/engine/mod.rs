@@ -70,6 +70,10 @@ pub struct Engine<D: VmDriver, P: Presence> {
     switches: Mutex<HashMap<String, (serde_json::Value, Arc<crate::drivers::snmp::SnmpSwitch>)>>,
     /// Power buttons and power-state bookkeeping of board workers.
     boards: board::Boards,
+    /// Failed reconciles per kind since this engine started (for metrics).
+    reconcile_errors: Mutex<HashMap<Kind, u64>>,
+    /// Invocations waiting in the queues of each running workload (for metrics).
+    queue_depths: Mutex<HashMap<String, usize>>,
 }
 
 /// Status field set by `microfaasctl rerun` and cleared when the new run starts.
@@ -102,7 +106,29 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             seen: Mutex::new(std::collections::HashSet::new()),
             switches: Mutex::new(HashMap::new()),
             boards: board::Boards::default(),
+            reconcile_errors: Mutex::new(HashMap::new()),
+            queue_depths: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Failed reconciles per kind since this engine started.
+    pub fn reconcile_errors(&self) -> Vec<(Kind, u64)> {
+        lock(&self.reconcile_errors)
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect()
+    }
+
+    /// Set by a workload run as its queues change.
+    pub fn set_queue_depth(&self, workload: &str, depth: usize) {
+        lock(&self.queue_depths).insert(workload.to_string(), depth);
+    }
+
+    pub fn queue_depths(&self) -> Vec<(String, usize)> {
+        lock(&self.queue_depths)
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect()
     }
 
     /// Whether this process has reconciled the object at least once.
@@ -361,6 +387,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                             }
                         }
                         Err(e) => {
+                            *lock(&me.reconcile_errors).entry(key.0).or_insert(0) += 1;
                             let d = lock(&me.backoff).fail(&key);
                             tracing::warn!(object = %format!("{}/{}", key.0.singular(), key.1), "reconcile failed, retrying in {d:?}: {e}");
                             me.queue.add_after(key.clone(), d);

@@ -4,14 +4,14 @@
 //! worker up to `maxAttempts`, records every attempt durably, and ends the run Succeeded,
 //! Failed or Cancelled — never hanging: a worker that cannot be made ready hands its queue on.
 
-use super::{AgentEvent, FollowUp, SessionError, Sessions};
+use super::attempt::{self, Answer, Call, Slot};
+use super::{AgentEvent, FollowUp, Sessions};
 use crate::engine::Engine;
 use crate::engine::status::{CondStatus, Status};
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
 use crate::manifest::types::{FunctionSpec, LifecycleMode, Runtime, WorkerSpec, WorkloadSpec};
-use crate::protocol::{ErrorKind, Invoke, Outcome, RUNTIME_BUILTIN};
-use crate::store::invocations::{Attempt, AttemptStatus, RunCounts, RunPhase, output_digest};
+use crate::store::invocations::{AttemptStatus, RunCounts, RunPhase};
 use crate::store::{EventType, clock};
 use crate::workload::{Planned, generate};
 use serde_json::json;
@@ -22,9 +22,7 @@ use tokio::sync::{Notify, Semaphore, broadcast};
 
 struct Job {
     planned: Planned,
-    handler: String,
-    deadline: Duration,
-    invocation_id: String,
+    call: Call,
     attempt: u32,
     queued_ms: i64,
     tried: Vec<String>,
@@ -122,13 +120,7 @@ async fn run_workload<D: VmDriver>(
     let workers: BTreeMap<String, WorkerSpec> = all
         .into_iter()
         .filter(|w| spec.workers.matches(&w.labels))
-        .filter(|w| {
-            w.status
-                .get("health")
-                .and_then(|h| h.as_str())
-                .unwrap_or("Good")
-                == "Good"
-        })
+        .filter(attempt::health_good)
         .filter_map(|w| {
             Some((
                 w.name.clone(),
@@ -245,9 +237,13 @@ async fn run_workload<D: VmDriver>(
         tokio::time::sleep_until(start + Duration::from_millis(p.at_ms)).await;
         let function = p.function.clone();
         let job = Job {
-            handler: handlers.get(&function).cloned().unwrap_or_default(),
-            deadline: deadlines.get(&function).copied().unwrap_or(job_timeout),
-            invocation_id: format!("{name}-{run}-{}", p.seq),
+            call: Call {
+                invocation_id: format!("{name}-{run}-{}", p.seq),
+                function: function.clone(),
+                handler: handlers.get(&function).cloned().unwrap_or_default(),
+                input: p.input.clone(),
+                deadline: deadlines.get(&function).copied().unwrap_or(job_timeout),
+            },
             attempt: 1,
             queued_ms: clock::now_millis(),
             tried: Vec::new(),
@@ -342,71 +338,40 @@ impl<D: VmDriver> Run<D> {
                 if let Some(q) = sh.queues.get_mut(&w) {
                     q.push_back(job);
                 }
+                let depth = sh.queues.values().map(VecDeque::len).sum();
                 drop(sh);
+                self.engine.set_queue_depth(&self.workload, depth);
                 self.wake.notify_waiters();
             }
             None => {
                 drop(sh);
                 let err = "no healthy worker is left to run it".to_string();
-                self.finalize(
-                    &job,
-                    None,
-                    AttemptStatus::Lost,
-                    Some(err),
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                );
+                self.finalize(&job, None, None, Some(err), None);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records an attempt; true when the job should be tried again on another worker.
     fn finalize(
         &self,
         job: &Job,
         worker: Option<&str>,
-        status: AttemptStatus,
-        error: Option<String>,
-        dispatched_ms: Option<i64>,
-        exec_us: Option<i64>,
-        rtt_us: Option<i64>,
+        answer: Option<&Answer>,
+        lost_reason: Option<String>,
         cold_start_ms: Option<i64>,
-        output: Option<&[u8]>,
     ) -> bool {
-        let digest = output.map(output_digest);
-        let attempt = Attempt {
-            invocation_id: job.invocation_id.clone(),
-            workload: self.workload.clone(),
+        let slot = Slot {
+            workload: &self.workload,
             run: self.run,
             generation: self.generation,
             seq: job.planned.seq,
-            function: job.planned.function.clone(),
-            worker: worker.map(str::to_string),
             attempt: job.attempt,
             queued_ms: job.queued_ms,
-            dispatched_ms,
-            finished_ms: clock::now_millis(),
-            exec_us,
-            rtt_us,
-            cold_start_ms,
-            status,
-            error,
-            output_size: digest.as_ref().map(|d| d.0),
-            output_sha256: digest.map(|d| d.1),
         };
-        // A durable commit (fsync) per attempt: off the async workers' backs.
-        let recorded =
-            tokio::task::block_in_place(|| self.engine.with_store(|s| s.record_attempt(&attempt)));
-        if let Err(e) = recorded {
-            tracing::error!(
-                "cannot record attempt {}#{}: {e}",
-                attempt.invocation_id,
-                attempt.attempt
-            );
-        }
+        let record =
+            attempt::attempt_record(&slot, &job.call, worker, answer, lost_reason, cold_start_ms);
+        attempt::record(&self.engine, &record);
+        let status = record.status;
         let retry = matches!(status, AttemptStatus::Lost | AttemptStatus::Timeout)
             && job.attempt < self.max_attempts
             && worker.is_some();
@@ -450,7 +415,12 @@ impl<D: VmDriver> Run<D> {
         if sh.remaining == 0 {
             return None;
         }
-        Some(sh.queues.get_mut(worker).and_then(VecDeque::pop_front))
+        let job = sh.queues.get_mut(worker).and_then(VecDeque::pop_front);
+        if job.is_some() {
+            let depth = sh.queues.values().map(VecDeque::len).sum();
+            self.engine.set_queue_depth(&self.workload, depth);
+        }
+        Some(job)
     }
 
     fn has_work(&self, worker: &str) -> bool {
@@ -458,16 +428,6 @@ impl<D: VmDriver> Run<D> {
             .queues
             .get(worker)
             .is_some_and(|q| !q.is_empty())
-    }
-
-    fn healthy(&self, worker: &str) -> bool {
-        self.engine.get(Kind::Worker, worker).is_some_and(|o| {
-            o.status
-                .get("health")
-                .and_then(|h| h.as_str())
-                .unwrap_or("Good")
-                == "Good"
-        })
     }
 
     /// Gives up on a worker: its queued jobs go to the others.
@@ -512,7 +472,6 @@ impl<D: VmDriver> Run<D> {
                 .unwrap_or(3)
                 .saturating_add(1),
         ) + Duration::from_secs(10);
-        let sessions = self.engine.presence.clone();
         let mut holding = false;
         let mut stale: Option<u64> = None;
         loop {
@@ -547,20 +506,9 @@ impl<D: VmDriver> Run<D> {
             }
             // Wait for a fresh agent session (not the one we just told to power off).
             let waited_from = Instant::now();
-            let mut cold = false;
-            let session = loop {
-                if let Some(s) = sessions.get(worker)
-                    && Some(s.id) != stale
-                {
-                    break Some(s);
-                }
-                cold = true;
-                if !self.healthy(worker) || waited_from.elapsed() > ready_limit {
-                    break None;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
-            };
-            let Some(session) = session else {
+            let session =
+                attempt::fresh_session(&self.engine, worker, stale, &mut events, ready_limit).await;
+            let Some((session, cold)) = session else {
                 let mut job = job;
                 job.tried.push(worker.to_string());
                 self.abandon(worker);
@@ -570,83 +518,22 @@ impl<D: VmDriver> Run<D> {
                 }
                 return;
             };
-            let cold_start_ms = cold.then(|| {
-                let since = clock::now_millis() - job.queued_ms;
-                (waited_from.elapsed().as_millis() as i64).min(since.max(0))
-            });
+            let cold_start_ms = attempt::cold_start_ms(cold, waited_from.elapsed(), job.queued_ms);
             let Ok(_permit) = self.permits.acquire().await else {
                 return;
             };
-            self.engine.set_busy(worker, true);
-            let dispatched = clock::now_millis();
-            let invoke = Invoke {
-                id: job.invocation_id.clone(),
-                function: job.planned.function.clone(),
-                runtime: RUNTIME_BUILTIN.to_string(),
-                handler: job.handler.clone(),
-                input: job.planned.input.clone(),
-                deadline_ms: job.deadline.as_millis() as u64,
-            };
-            let result = session
-                .invoke(invoke, job.deadline + Duration::from_secs(10))
-                .await;
-            self.engine.set_busy(worker, false);
-            let (status, error, exec_us, rtt_us, output) = match &result {
-                Ok(done) => match &done.result.outcome {
-                    Outcome::Output(v) => (
-                        AttemptStatus::Succeeded,
-                        None,
-                        Some(done.result.exec_us as i64),
-                        Some(done.rtt_us as i64),
-                        serde_json::to_vec(v).ok(),
-                    ),
-                    Outcome::Error(e) => {
-                        let st = if e.kind == ErrorKind::Timeout {
-                            AttemptStatus::Timeout
-                        } else {
-                            AttemptStatus::Failed
-                        };
-                        (
-                            st,
-                            Some(format!("{:?}: {}", e.kind, e.message)),
-                            Some(done.result.exec_us as i64),
-                            Some(done.rtt_us as i64),
-                            None,
-                        )
-                    }
-                },
-                Err(SessionError::Timeout(d)) => (
-                    AttemptStatus::Timeout,
-                    Some(format!("no result within {d:?}")),
-                    None,
-                    None,
-                    None,
-                ),
-                Err(e) => (AttemptStatus::Lost, Some(e.to_string()), None, None, None),
-            };
-            let retry = self.finalize(
-                &job,
-                Some(worker),
-                status,
-                error,
-                Some(dispatched),
-                exec_us,
-                rtt_us,
-                cold_start_ms,
-                output.as_deref(),
-            );
+            let answer = attempt::send(&self.engine, worker, &session, &job.call).await;
+            let retry = self.finalize(&job, Some(worker), Some(&answer), None, cold_start_ms);
             // OneShot: one invocation per boot. Warm: keep the connection.
-            if result.is_ok() {
-                let follow = if oneshot {
-                    FollowUp::Poweroff
-                } else if self.has_work(worker) {
-                    FollowUp::Next
-                } else {
-                    FollowUp::Idle
-                };
-                let _ = session.follow_up(follow).await;
-            }
-            if oneshot || result.is_err() {
+            let follow = if oneshot {
+                FollowUp::Poweroff
+            } else if self.has_work(worker) {
+                FollowUp::Next
+            } else {
+                FollowUp::Idle
+            };
+            attempt::follow_up(&session, &answer, follow).await;
+            if oneshot || !answer.answered {
                 stale = Some(session.id);
             }
             if retry {

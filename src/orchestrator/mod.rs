@@ -1,6 +1,7 @@
 //! The orchestrator side of the agent protocol: the endpoint agents dial, their sessions, and
 //! the dispatch of invocations to them.
 
+pub mod attempt;
 pub mod dispatch;
 pub mod endpoint;
 pub mod framing;

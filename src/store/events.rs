@@ -62,6 +62,23 @@ impl Store {
         Ok(())
     }
 
+    /// How often each object of `kind` had an event with `reason` (e.g. boots: `PoweredOn`).
+    pub fn event_counts(&self, kind: Kind, reason: &str) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, SUM(count) FROM events WHERE kind = ?1 AND reason = ?2
+                 GROUP BY name ORDER BY name",
+            )
+            .map_err(self.sq())?;
+        let rows = stmt
+            .query_map(params![kind.as_str(), reason], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(self.sq())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.sq())
+    }
+
     /// The most recent `limit` events of an object, oldest first.
     pub fn events(&self, kind: Kind, name: &str, limit: usize) -> Result<Vec<Event>> {
         let mut stmt = self

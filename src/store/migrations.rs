@@ -98,6 +98,28 @@ const MIGRATIONS: &[&str] = &[
         phase TEXT NOT NULL
      );
      CREATE INDEX worker_phases_by_time ON worker_phases (worker, at);",
+    // 4: the gateway's asynchronous calls (kept until their callback is delivered or given up)
+    // and how many Warm workers it keeps powered per function
+    "CREATE TABLE gateway_calls (
+        call_id TEXT PRIMARY KEY,
+        function TEXT NOT NULL,
+        input TEXT NOT NULL,
+        callback_url TEXT,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'done', 'delivered', 'undeliverable')),
+        code INTEGER,
+        result BLOB,
+        headers TEXT,
+        queued_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        callback_tries INTEGER NOT NULL DEFAULT 0,
+        delivered_at INTEGER
+     );
+     CREATE INDEX gateway_calls_by_state ON gateway_calls (state, queued_at);
+     CREATE TABLE gateway_scale (
+        function TEXT PRIMARY KEY,
+        replicas INTEGER NOT NULL CHECK (replicas >= 0)
+     );
+     CREATE INDEX invocations_by_function ON invocations (workload, function, id);",
 ];
 
 pub fn run(conn: &mut Connection, path: &Path) -> Result<()> {

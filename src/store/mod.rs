@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod energy;
 mod events;
+pub mod gateway;
 pub mod invocations;
 pub mod lock;
 mod migrations;

@@ -2,6 +2,7 @@
 //! launcher and a minimal orchestrator.
 #![allow(dead_code)] // each user takes a different subset
 
+pub mod host;
 pub mod orchestrator;
 pub mod qemu;
 pub mod snmp_agents;

@@ -1,0 +1,214 @@
+//! The OpenFaaS-compatible HTTP gateway (faas-provider routes) and the Prometheus metrics,
+//! served next to the engine by whoever hosts the agent endpoint (`serve`, tests, benches).
+//! Functions deployed here are `Function` objects in the store, exactly as `apply` stores them;
+//! invocations go through the same attempt path as workload runs and are recorded under the
+//! workload name `gateway`.
+
+mod auth;
+pub mod client;
+mod deploy;
+mod invoke;
+mod metrics;
+mod queue;
+mod secrets;
+mod system;
+mod warm;
+
+pub use auth::Credentials;
+pub use deploy::{FunctionDeployment, to_desired};
+
+use crate::engine::Engine;
+use crate::engine::vm::VmDriver;
+use crate::manifest::types::GatewaySpec;
+use crate::orchestrator::{AgentEvent, Sessions};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, broadcast, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(
+        "the gateway would listen on {0}, which is not loopback, without `gateway.basicAuth`: refusing"
+    )]
+    OpenListen(String),
+    #[error("gateway listen address `{0}`: {1}")]
+    Listen(String, String),
+    #[error("gateway password: {0}")]
+    Password(String),
+}
+
+/// How the gateway is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: String,
+    pub credentials: Option<Credentials>,
+    /// Where secrets are kept (0700 folder, 0600 files).
+    pub secrets_dir: PathBuf,
+}
+
+impl Options {
+    /// From the Cluster's `gateway` block; the password is read from its file or variable now.
+    pub fn from_spec(
+        spec: &GatewaySpec,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, GatewayError> {
+        Ok(Options {
+            listen: spec.listen.clone(),
+            credentials: spec
+                .basic_auth
+                .as_ref()
+                .map(Credentials::from_spec)
+                .transpose()?,
+            secrets_dir: state_dir.join("secrets"),
+        })
+    }
+}
+
+/// The gateway's shared state.
+pub struct Gateway<D: VmDriver> {
+    engine: Arc<Engine<D, Sessions>>,
+    events: broadcast::Sender<AgentEvent>,
+    credentials: Option<Credentials>,
+    secrets_dir: PathBuf,
+    metrics: metrics::Metrics,
+    /// The `gateway` run invocations are recorded in (started on the first one) and its next
+    /// sequence number.
+    recording: Mutex<Option<(i64, u64)>>,
+    /// Calls in flight per worker, to spread calls over workers.
+    inflight: Mutex<HashMap<String, usize>>,
+    /// Per worker, the session that was told to power off or failed: never used again.
+    stale: Mutex<HashMap<String, u64>>,
+    /// Workers held powered per function by scale-function.
+    warm: Mutex<HashMap<String, Vec<String>>>,
+    /// Wakes the async queue.
+    queue_wake: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running gateway; `stop` ends it (dropping it only aborts its tasks).
+pub struct Running<D: VmDriver> {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway<D>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl<D: VmDriver> Drop for Running<D> {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl<D: VmDriver> Running<D> {
+    /// Stops serving, abandons calls in progress (queued ones stay queued in the store for the
+    /// next gateway), releases the Warm workers it held and closes its run.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.gateway.release_all_warm();
+        self.gateway.close_run();
+    }
+}
+
+/// Binds `opts.listen` and serves the gateway for `engine`; `events` are the agent endpoint's.
+pub async fn start<D: VmDriver>(
+    engine: Arc<Engine<D, Sessions>>,
+    events: broadcast::Sender<AgentEvent>,
+    opts: Options,
+) -> Result<Running<D>, GatewayError> {
+    let addr_text = opts.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&addr_text)
+        .await
+        .map_err(|e| GatewayError::Listen(addr_text.clone(), e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| GatewayError::Listen(addr_text.clone(), e.to_string()))?;
+    if opts.credentials.is_none() && !addr.ip().is_loopback() {
+        return Err(GatewayError::OpenListen(addr.to_string()));
+    }
+    let gateway = Arc::new(Gateway {
+        engine: engine.clone(),
+        events,
+        credentials: opts.credentials,
+        secrets_dir: opts.secrets_dir,
+        metrics: metrics::Metrics::new(),
+        recording: Mutex::new(None),
+        inflight: Mutex::new(HashMap::new()),
+        stale: Mutex::new(HashMap::new()),
+        warm: Mutex::new(HashMap::new()),
+        queue_wake: Notify::new(),
+    });
+    let _ = engine.with_store(|s| {
+        s.close_runs(
+            crate::store::gateway::WORKLOAD,
+            false,
+            "the gateway that recorded it stopped without closing it",
+        )
+    });
+    gateway.restore_warm();
+    let (stop, mut stop_rx) = watch::channel(false);
+    let app = system::router(gateway.clone());
+    let serve = tokio::spawn(async move {
+        let shutdown = async move {
+            while !*stop_rx.borrow() {
+                if stop_rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!("gateway stopped: {e}");
+        }
+    });
+    let q = tokio::spawn(queue::run(gateway.clone()));
+    tracing::info!(%addr, auth = gateway.credentials.is_some(), "gateway listening");
+    Ok(Running {
+        addr,
+        gateway,
+        stop,
+        tasks: vec![serve, q],
+    })
+}
+
+impl<D: VmDriver> Gateway<D> {
+    /// The run and sequence number for a new invocation, starting the run when needed.
+    fn next_slot(&self) -> Option<(i64, u64)> {
+        let mut rec = lock(&self.recording);
+        if rec.is_none() {
+            let run = tokio::task::block_in_place(|| {
+                self.engine
+                    .with_store(|s| s.start_run(crate::store::gateway::WORKLOAD, 0))
+            });
+            match run {
+                Ok(r) => *rec = Some((r, 0)),
+                Err(e) => {
+                    tracing::error!("cannot start the gateway's run record: {e}");
+                    return None;
+                }
+            }
+        }
+        let (run, seq) = rec.as_mut()?;
+        *seq += 1;
+        Some((*run, *seq))
+    }
+
+    fn close_run(&self) {
+        let _ = self.engine.with_store(|s| {
+            s.close_runs(crate::store::gateway::WORKLOAD, true, "the gateway stopped")
+        });
+        *lock(&self.recording) = None;
+    }
+}

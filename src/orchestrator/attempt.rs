@@ -1,0 +1,228 @@
+//! One attempt of one invocation on one worker, shared by workload runs (`dispatch`) and the
+//! gateway's on-demand calls: wait for a fresh agent session of a worker that is already wanted
+//! on, send the invocation with the worker marked busy, classify the answer, follow up, and
+//! commit the attempt durably.
+
+use super::{AgentEvent, FollowUp, SessionError, SessionHandle, Sessions};
+use crate::engine::Engine;
+use crate::engine::vm::VmDriver;
+use crate::manifest::Kind;
+use crate::protocol::{ErrorKind, Invoke, Outcome, RUNTIME_BUILTIN};
+use crate::store::invocations::{Attempt, AttemptStatus, output_digest};
+use crate::store::{StoredObject, clock};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// What is invoked.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The same for every attempt of an invocation.
+    pub invocation_id: String,
+    pub function: String,
+    pub handler: String,
+    pub input: Value,
+    /// The function's own deadline, enforced by the agent.
+    pub deadline: Duration,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: AttemptStatus,
+    pub error: Option<String>,
+    pub exec_us: Option<i64>,
+    pub rtt_us: Option<i64>,
+    pub output: Option<Value>,
+    pub dispatched_ms: i64,
+    /// The session answered (with an output or a function error) and can be followed up.
+    pub answered: bool,
+}
+
+impl Answer {
+    /// An attempt lost or timed out at the session level may succeed on another worker.
+    pub fn retryable(&self) -> bool {
+        matches!(self.status, AttemptStatus::Lost | AttemptStatus::Timeout)
+    }
+}
+
+/// Where an attempt belongs in the record.
+#[derive(Debug, Clone)]
+pub struct Slot<'a> {
+    pub workload: &'a str,
+    pub run: i64,
+    pub generation: i64,
+    pub seq: u64,
+    pub attempt: u32,
+    pub queued_ms: i64,
+}
+
+/// Whether a stored worker is healthy (not quarantined, not cordoned).
+pub fn health_good(o: &StoredObject) -> bool {
+    o.status
+        .get("health")
+        .and_then(|h| h.as_str())
+        .unwrap_or("Good")
+        == "Good"
+}
+
+/// Whether the worker exists and is healthy.
+pub fn healthy<D: VmDriver>(engine: &Engine<D, Sessions>, worker: &str) -> bool {
+    engine
+        .get(Kind::Worker, worker)
+        .is_some_and(|o| health_good(&o))
+}
+
+/// Waits until `worker` has a session other than `stale` (one already told to power off or
+/// that failed), the worker turns unhealthy, or `limit` passes. Returns the session and
+/// whether it had to wait for one (a cold start). The caller holds `engine.want(worker)`.
+pub async fn fresh_session<D: VmDriver>(
+    engine: &Engine<D, Sessions>,
+    worker: &str,
+    stale: Option<u64>,
+    events: &mut broadcast::Receiver<AgentEvent>,
+    limit: Duration,
+) -> Option<(SessionHandle, bool)> {
+    let started = Instant::now();
+    let mut cold = false;
+    loop {
+        if let Some(s) = engine.presence.get(worker)
+            && Some(s.id) != stale
+        {
+            return Some((s, cold));
+        }
+        cold = true;
+        if !healthy(engine, worker) || started.elapsed() > limit {
+            return None;
+        }
+        let wait = Duration::from_millis(200).min(limit.saturating_sub(started.elapsed()));
+        let _ = tokio::time::timeout(wait, events.recv()).await;
+    }
+}
+
+/// Sends `call` on `session` with the worker marked busy and classifies the answer.
+pub async fn send<D: VmDriver>(
+    engine: &Engine<D, Sessions>,
+    worker: &str,
+    session: &SessionHandle,
+    call: &Call,
+) -> Answer {
+    engine.set_busy(worker, true);
+    let dispatched_ms = clock::now_millis();
+    let invoke = Invoke {
+        id: call.invocation_id.clone(),
+        function: call.function.clone(),
+        runtime: RUNTIME_BUILTIN.to_string(),
+        handler: call.handler.clone(),
+        input: call.input.clone(),
+        deadline_ms: call.deadline.as_millis() as u64,
+    };
+    // The agent enforces the deadline; this is the backstop for an agent that stops answering.
+    let result = session
+        .invoke(invoke, call.deadline + Duration::from_secs(10))
+        .await;
+    engine.set_busy(worker, false);
+    classify(result, dispatched_ms)
+}
+
+fn classify(result: Result<super::Completed, SessionError>, dispatched_ms: i64) -> Answer {
+    let mut a = Answer {
+        status: AttemptStatus::Lost,
+        error: None,
+        exec_us: None,
+        rtt_us: None,
+        output: None,
+        dispatched_ms,
+        answered: false,
+    };
+    match result {
+        Ok(done) => {
+            a.answered = true;
+            a.exec_us = Some(done.result.exec_us as i64);
+            a.rtt_us = Some(done.rtt_us as i64);
+            match done.result.outcome {
+                Outcome::Output(v) => {
+                    a.status = AttemptStatus::Succeeded;
+                    a.output = Some(v);
+                }
+                Outcome::Error(e) => {
+                    a.status = if e.kind == ErrorKind::Timeout {
+                        AttemptStatus::Timeout
+                    } else {
+                        AttemptStatus::Failed
+                    };
+                    a.error = Some(format!("{:?}: {}", e.kind, e.message));
+                }
+            }
+        }
+        Err(SessionError::Timeout(d)) => {
+            a.status = AttemptStatus::Timeout;
+            a.error = Some(format!("no result within {d:?}"));
+        }
+        Err(e) => a.error = Some(e.to_string()),
+    }
+    a
+}
+
+/// Tells an agent that answered what comes next; a no-op on a session that did not answer.
+pub async fn follow_up(session: &SessionHandle, answer: &Answer, what: FollowUp) {
+    if answer.answered {
+        let _ = session.follow_up(what).await;
+    }
+}
+
+/// The durable record of one attempt (`worker` `None`: it never reached one).
+pub fn attempt_record(
+    slot: &Slot<'_>,
+    call: &Call,
+    worker: Option<&str>,
+    answer: Option<&Answer>,
+    lost_reason: Option<String>,
+    cold_start_ms: Option<i64>,
+) -> Attempt {
+    let bytes = answer
+        .and_then(|a| a.output.as_ref())
+        .and_then(|v| serde_json::to_vec(v).ok());
+    let digest = bytes.as_deref().map(output_digest);
+    Attempt {
+        invocation_id: call.invocation_id.clone(),
+        workload: slot.workload.to_string(),
+        run: slot.run,
+        generation: slot.generation,
+        seq: slot.seq,
+        function: call.function.clone(),
+        worker: worker.map(str::to_string),
+        attempt: slot.attempt,
+        queued_ms: slot.queued_ms,
+        dispatched_ms: answer.map(|a| a.dispatched_ms),
+        finished_ms: clock::now_millis(),
+        exec_us: answer.and_then(|a| a.exec_us),
+        rtt_us: answer.and_then(|a| a.rtt_us),
+        cold_start_ms,
+        status: answer.map_or(AttemptStatus::Lost, |a| a.status),
+        error: answer.and_then(|a| a.error.clone()).or(lost_reason),
+        output_size: digest.as_ref().map(|d| d.0),
+        output_sha256: digest.map(|d| d.1),
+    }
+}
+
+/// Commits an attempt (one fsync), off the async workers' backs.
+pub fn record<D: VmDriver>(engine: &Engine<D, Sessions>, attempt: &Attempt) {
+    let recorded = tokio::task::block_in_place(|| engine.with_store(|s| s.record_attempt(attempt)));
+    if let Err(e) = recorded {
+        tracing::error!(
+            "cannot record attempt {}#{}: {e}",
+            attempt.invocation_id,
+            attempt.attempt
+        );
+    }
+}
+
+/// Cold-start time of an attempt that waited `waited` for its worker, capped by how long
+/// the invocation had been queued.
+pub fn cold_start_ms(cold: bool, waited: Duration, queued_ms: i64) -> Option<i64> {
+    cold.then(|| {
+        let since = clock::now_millis() - queued_ms;
+        (waited.as_millis() as i64).min(since.max(0))
+    })
+}
