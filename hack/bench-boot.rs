@@ -1,6 +1,7 @@
 //! Boot-time benchmark behind hack/bench-boot: N cold boots per configuration (Debian cloud
 //! kernel and the small kernel; each as bzImage and, when it has a PVH entry, as uncompressed
-//! vmlinux (`+pvh`); each with SeaBIOS and with qboot (`+qboot`) when present), under TCG
+//! vmlinux (`+pvh`); each with SeaBIOS, with qboot (`+qboot`) when present, and on the
+//! `microvm` machine (`+microvm`, the default of VM workers)), under TCG
 //! with the real agent, split into
 //!   QEMU start → kernel   (hello's arrival minus the guest's CLOCK_BOOTTIME in hello)
 //!   kernel → /init        (the agent's first console line "starting as PID 1")
@@ -33,6 +34,8 @@ struct Config {
     initrd: PathBuf,
     cmdline: String,
     bios: Option<PathBuf>,
+    /// `-machine` and the kernel arguments it needs; `pc` when `None`.
+    machine: Option<(String, String)>,
 }
 
 /// One boot's phases, in seconds.
@@ -65,7 +68,7 @@ struct RunOpts {
 }
 
 const USAGE: &str = "usage: hack/bench-boot [-n BOOTS] [--append KERNEL-ARGS] [--plain] [--nice N] \
-                     [CONFIG...]\n  CONFIG: NAME[+pvh][+qboot], NAME = debian-cloud | small\n  \
+                     [CONFIG...]\n  CONFIG: NAME[+pvh][+qboot|+microvm], NAME = debian-cloud | small\n  \
                      --plain: boot with only `console=ttyS0 quiet`, not the image's cmdline";
 
 fn parse_args() -> Result<Option<RunOpts>, String> {
@@ -233,6 +236,22 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
                     initrd: img.initramfs.clone(),
                     cmdline: img.cmdline.clone(),
                     bios,
+                    machine: None,
+                });
+            }
+            // microvm brings its own qboot; as the QEMU driver launches it (args.rs), with the
+            // host's TSC frequency the guest cannot calibrate under TCG.
+            if let Some(khz) = microfaas::drivers::qemu::host_tsc_khz() {
+                configs.push(Config {
+                    name: format!("{kname}+microvm"),
+                    kernel: kernel.clone(),
+                    initrd: img.initramfs.clone(),
+                    cmdline: img.cmdline.clone(),
+                    bios: None,
+                    machine: Some((
+                        "microvm,pcie=on,acpi=on".into(),
+                        format!("tsc_early_khz={khz} tsc=reliable"),
+                    )),
                 });
             }
         }
@@ -263,6 +282,10 @@ fn boot_once(c: &Config, opts: &RunOpts) -> Result<Sample, Boot> {
     spec.bios = c.bios.clone();
     spec.nice = opts.nice;
     spec.extra_cmdline = format!("microfaas.worker=bench {}", opts.append);
+    if let Some((machine, args)) = &c.machine {
+        spec.machine = Some(machine.clone());
+        spec.extra_cmdline = format!("{} {args}", spec.extra_cmdline);
+    }
     let mut vm = Vm::launch(&spec).map_err(Boot::Failed)?;
     let result = measure(&orchestrator, &mut vm);
     if result.is_err() {

@@ -22,6 +22,8 @@ pub struct BootSpec {
     pub extra_cmdline: String,
     /// `-bios` (e.g. /usr/share/qemu/qboot.rom); SeaBIOS when `None`.
     pub bios: Option<PathBuf>,
+    /// `-machine` (e.g. `microvm,pcie=on,acpi=on`); QEMU's default (`pc`) when `None`.
+    pub machine: Option<String>,
     pub memory_mib: u32,
     /// Scheduling niceness for QEMU; the benchmark lowers it to keep concurrent builds on a
     /// shared machine from inflating the figures.
@@ -40,6 +42,7 @@ impl BootSpec {
             base_cmdline: base_cmdline.to_owned(),
             extra_cmdline: String::new(),
             bios: None,
+            machine: None,
             memory_mib: 256,
             nice: 0,
         }
@@ -79,6 +82,9 @@ impl BootSpec {
         ]);
         if let Some(bios) = &self.bios {
             args.extend(["-bios".into(), path_arg(bios)]);
+        }
+        if let Some(machine) = &self.machine {
+            args.extend(["-machine".into(), machine.clone()]);
         }
         args
     }

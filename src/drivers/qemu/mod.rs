@@ -50,6 +50,7 @@ use tokio::sync::broadcast;
 use super::qmp::{Decoded, Qmp, QmpError, QmpEvent};
 pub use crate::manifest::types::{Accel, Machine};
 pub use probe::{PROBE_TIMEOUT, probe_accel};
+pub use tsc::host_tsc_khz;
 
 /// How long QEMU may take to set the VM up before its launcher process exits.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);

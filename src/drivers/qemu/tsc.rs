@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const SAMPLE: Duration = Duration::from_millis(50);
 
 /// kHz, or `None` on hosts without a TSC (not x86_64).
-pub(crate) fn host_tsc_khz() -> Option<u32> {
+pub fn host_tsc_khz() -> Option<u32> {
     static KHZ: OnceLock<Option<u32>> = OnceLock::new();
     *KHZ.get_or_init(measure)
 }
