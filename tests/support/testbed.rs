@@ -88,43 +88,9 @@ impl Env {
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
     }
 
-    /// PIDs of live QEMU processes started for this state dir, found by scanning /proc (not
-    /// trusting our own pidfiles), by worker name.
+    /// PIDs of live QEMU processes started for this state dir, by worker name (from /proc).
     pub fn qemus(&self) -> Vec<(String, i32)> {
-        let mut found = Vec::new();
-        let needle = self.state.join("vms").display().to_string();
-        for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if !args.first().is_some_and(|a| a.contains("qemu-system"))
-                || !args.iter().any(|a| a.contains(&needle))
-            {
-                continue;
-            }
-            let name = args
-                .iter()
-                .position(|a| a == "-name")
-                .and_then(|i| args.get(i + 1))
-                .map(|n| {
-                    n.trim_start_matches("guest=")
-                        .split(',')
-                        .next()
-                        .unwrap_or("")
-                        .to_string()
-                })
-                .unwrap_or_default();
-            found.push((name, pid));
-        }
-        found.sort();
-        found
+        super::qemu::running_for(&self.state)
     }
 }
 
