@@ -19,18 +19,11 @@ fn objects(yaml: &str) -> Vec<DesiredObject> {
         "{:?}",
         loaded.diagnostics
     );
+    // Stored exactly as `apply` stores them.
     loaded
         .resources
         .iter()
-        .map(|r| DesiredObject {
-            kind: r.kind(),
-            name: r.name().to_string(),
-            labels: r.metadata.labels.clone(),
-            annotations: Default::default(),
-            spec: r.spec.to_json(),
-            owner: r.owner.clone(),
-            source: None,
-        })
+        .map(microfaas::daemon::declare::desired)
         .collect()
 }
 
