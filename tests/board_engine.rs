@@ -11,200 +11,27 @@
 
 mod support;
 
-use microfaas::drivers::gpio::{ButtonLine, GpioError, LineSpec, Located};
-use microfaas::engine::board::{BoardTiming, GpioButtons, LineOpener, POWER_REQUEST, POWER_RESULT};
+use microfaas::engine::board::{BoardTiming, GpioButtons, POWER_REQUEST, POWER_RESULT};
 use microfaas::engine::vm::FakeDriver;
 use microfaas::engine::{Config, Engine};
 use microfaas::manifest::Kind;
 use microfaas::orchestrator::{Endpoint, Sessions};
 use microfaas::store::{DesiredObject, Store};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::snmp_agents::{Agent, sim_set, snmp_tool, start_snmpsim};
+use support::boards::{
+    Behaviour, FORCE_OFF, Rack, SimOpener, board_spec, event_count, lock, switch_spec,
+};
+use support::snmp_agents::{snmp_tool, start_snmpsim};
 use tokio::sync::watch;
 
 const TOKEN: &str = "board-test-token";
-/// The hold the manifests configure; a press at least this long cut power.
-const FORCE_OFF: Duration = Duration::from_millis(1500);
 /// How long an agent has to power its board off before the hold.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// How a simulated board behaves once switched on.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Behaviour {
-    /// Link up, agent dials in and obeys `poweroff`.
-    Healthy,
-    /// Hangs before its PHY comes up: no link, no agent.
-    NoLink,
-}
-
-/// One simulated board: its switch port (ifIndex), its agent process and what it felt.
-struct Board {
-    if_index: u32,
-    behaviour: Behaviour,
-    on: bool,
-    agent: Option<Child>,
-    /// Every press: how long it was held.
-    presses: Vec<Duration>,
-    /// Short presses felt while on (the engine must never pulse an on board it knows is on).
-    pulses_while_on: usize,
-    pressed_at: Option<Instant>,
-}
-
-struct Rack {
-    boards: Mutex<HashMap<String, Board>>,
-    sim: Agent,
-    endpoint: String,
-}
-
-impl Rack {
-    fn set_oper(&self, if_index: u32, up: bool) {
-        sim_set(
-            &self.sim,
-            &format!(".1.3.6.1.2.1.2.2.1.8.{if_index}"),
-            "i",
-            if up { "1" } else { "2" },
-        );
-    }
-
-    fn spawn_agent(&self, name: &str) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_microfaas-agent"))
-            .args(["--orchestrator", &self.endpoint, "--name", name])
-            .args(["--token", TOKEN, "--lifecycle", "warm"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start microfaas-agent")
-    }
-
-    /// What the board does when its button is released after `held`.
-    fn released(&self, name: &str, held: Duration) {
-        let mut boards = lock(&self.boards);
-        let Some(b) = boards.get_mut(name) else {
-            return;
-        };
-        b.presses.push(held);
-        if held >= FORCE_OFF {
-            b.on = false;
-            if let Some(mut c) = b.agent.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            let idx = b.if_index;
-            drop(boards);
-            self.set_oper(idx, false);
-        } else if b.on {
-            b.pulses_while_on += 1;
-        } else {
-            b.on = true;
-            if b.behaviour == Behaviour::Healthy {
-                b.agent = Some(self.spawn_agent(name));
-                let idx = b.if_index;
-                drop(boards);
-                self.set_oper(idx, true);
-            }
-        }
-    }
-
-    /// Boards whose agent exited (it obeyed `poweroff`) go dark, link down.
-    fn reap(&self) {
-        let mut down = Vec::new();
-        for b in lock(&self.boards).values_mut() {
-            if let Some(c) = &mut b.agent
-                && let Ok(Some(_)) = c.try_wait()
-            {
-                b.agent = None;
-                b.on = false;
-                down.push(b.if_index);
-            }
-        }
-        for idx in down {
-            self.set_oper(idx, false);
-        }
-    }
-
-    fn presses(&self, name: &str) -> Vec<Duration> {
-        lock(&self.boards)
-            .get(name)
-            .map(|b| b.presses.clone())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Rack {
-    fn drop(&mut self) {
-        for b in lock(&self.boards).values_mut() {
-            if let Some(mut c) = b.agent.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-struct SimLine {
-    rack: Arc<Rack>,
-    worker: String,
-}
-
-impl ButtonLine for SimLine {
-    fn set(&self, pressed: bool) -> Result<(), GpioError> {
-        let mut boards = lock(&self.rack.boards);
-        let Some(b) = boards.get_mut(&self.worker) else {
-            return Ok(());
-        };
-        if pressed {
-            b.pressed_at = Some(Instant::now());
-        } else if let Some(t) = b.pressed_at.take() {
-            drop(boards);
-            self.rack.released(&self.worker, t.elapsed());
-        }
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        format!("simulated button of {}", self.worker)
-    }
-}
-
-struct SimOpener(Arc<Rack>);
-
-impl LineOpener for SimOpener {
-    type Line = SimLine;
-    fn locate(&self, spec: &LineSpec) -> Result<Located, GpioError> {
-        let offset = match spec {
-            LineSpec::Chip { line, .. } => *line,
-            _ => 0,
-        };
-        Ok(Located {
-            chip: "/sim".into(),
-            offset,
-            label: spec.to_string(),
-        })
-    }
-    fn open(&self, worker: &str, _at: Located, _low: bool) -> Result<SimLine, GpioError> {
-        Ok(SimLine {
-            rack: self.0.clone(),
-            worker: worker.to_string(),
-        })
-    }
-}
-
 fn obj(kind: Kind, name: &str, spec: Value) -> DesiredObject {
     DesiredObject::new(kind, name, spec)
-}
-
-fn board_spec(power: &str, line: u32, switch: &str, port: &str, bounce: bool) -> Value {
-    json!({"power": power, "lifecycle": {"mode": "Warm"}, "board": {
-        "powerButton": {"chip": "sim", "line": line, "pulse": "200ms", "forceOff": "1500ms"},
-        "network": {"switch": switch, "port": port, "bounceOnFailure": bounce}}})
 }
 
 struct World {
@@ -229,36 +56,15 @@ impl World {
         let endpoint = Endpoint::bind("127.0.0.1:0", TOKEN.as_bytes().to_vec())
             .await
             .expect("bind the agent endpoint");
-        let rack = Arc::new(Rack {
-            boards: Mutex::new(HashMap::new()),
-            endpoint: endpoint.addr.to_string(),
-            sim,
-        });
+        let rack = Rack::new(sim, endpoint.addr.to_string(), TOKEN);
         for &(name, idx, behaviour, on) in boards {
-            let agent = on.then(|| rack.spawn_agent(name));
-            rack.set_oper(idx, on);
-            lock(&rack.boards).insert(
-                name.to_string(),
-                Board {
-                    if_index: idx,
-                    behaviour,
-                    on,
-                    agent,
-                    presses: Vec::new(),
-                    pulses_while_on: 0,
-                    pressed_at: None,
-                },
-            );
+            rack.add(name, idx, behaviour, on);
         }
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let silent_port = silent.local_addr().expect("addr").port();
         // Keep the silent port bound (nobody answers) for the test's life.
         std::mem::forget(silent);
-        let switch = |port: u16| {
-            json!({"address": format!("127.0.0.1:{port}"),
-                   "snmp": {"version": "v2c", "communityFile": community.to_str().expect("utf8")},
-                   "timeout": "300ms", "retries": 1, "pollInterval": "500ms"})
-        };
+        let switch = |port: u16| switch_spec(port, &community);
         let mut all = vec![
             obj(
                 Kind::Cluster,
@@ -358,15 +164,8 @@ impl World {
             .collect()
     }
 
-    /// Occurrences of `reason` (identical repeats share one row with a count).
     fn count(&self, name: &str, reason: &str) -> i64 {
-        self.engine
-            .with_store(|s| s.events(Kind::Worker, name, 200))
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e.reason == reason)
-            .map(|e| e.count)
-            .sum()
+        event_count(&self.engine, name, reason)
     }
 
     fn set_power(&self, name: &str, spec: Value) {

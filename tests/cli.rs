@@ -219,6 +219,45 @@ fn invalid_input_changes_nothing() {
     assert_eq!(none.code, 1);
 }
 
+/// `gateway` is the workload name the gateway records its calls under: a Workload may not
+/// take it. validate and apply both refuse it (exit 1, the name's position), and the refused
+/// apply stores nothing, not even the valid objects beside it.
+#[test]
+fn a_workload_named_gateway_is_refused() {
+    let state = tempfile::tempdir().expect("tmp");
+    let s = state.path();
+    let manifest = format!(
+        "{TWO_VMS}---\napiVersion: microfaas.dev/v1alpha1\nkind: Function\nmetadata: {{name: f}}\nspec: {{runtime: builtin, handler: cascading_sha256}}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Workload\nmetadata: {{name: gateway}}\nspec: {{functions: [{{function: f, count: 1}}]}}\n"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("gw.yaml");
+    std::fs::write(&f, &manifest).expect("write");
+    let path = f.to_str().expect("utf8");
+    let want = format!("{path}:18:18: error: the workload name `gateway` is reserved");
+    let v = ctl(s, &["validate", "-f", path, "--no-fs-checks"], None);
+    assert_eq!(v.code, 1, "{}", v.stderr);
+    assert!(v.stderr.contains(&want), "{}", v.stderr);
+    let a = ctl(s, &["apply", "-f", path, "--no-fs-checks"], None);
+    assert_eq!(a.code, 1, "{}", a.stderr);
+    assert!(a.stderr.contains(&want), "{}", a.stderr);
+    for kind in ["workloads", "functions", "workers"] {
+        let g = ctl(s, &["get", kind, "-o", "json"], None);
+        assert_eq!(g.code, 0, "{}", g.stderr);
+        let v: serde_json::Value = serde_json::from_str(&g.stdout).expect("json");
+        assert_eq!(
+            v["items"],
+            serde_json::json!([]),
+            "{kind} after a refused apply"
+        );
+    }
+    // Renamed, the same manifest applies.
+    let ok = manifest.replace("name: gateway}", "name: gateway-load}");
+    let r = ctl(s, &["apply", "-f", "-", "--no-fs-checks"], Some(&ok));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let g = ctl(s, &["get", "workload", "gateway-load"], None);
+    assert_eq!(g.code, 0, "{}", g.stderr);
+}
+
 #[test]
 fn prune_removes_only_what_this_set_applied() {
     let state = tempfile::tempdir().expect("tmp");

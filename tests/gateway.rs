@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::host::{
-    AUTH, AgentProcs, Host, HostOptions, body_text, call, delete_function, faas_cli_deploy, http,
-    json_of, objects, scale, wait_function,
+    AUTH, AgentProcs, Host, HostOptions, body_text, call, delete_function, deploy, faas_cli_deploy,
+    http, json_of, objects, scale, wait_function,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -637,4 +637,202 @@ async fn serve_hosts_the_declared_gateway() {
     }
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status:?}");
+}
+
+/// An open `/system/logs?...&follow=true` response, read as it arrives (raw HTTP/1.1 so the
+/// test sees each line when the gateway writes it, not when the response ends).
+struct Follow {
+    sock: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Follow {
+    async fn open(addr: std::net::SocketAddr, query: &str) -> Follow {
+        use tokio::io::AsyncWriteExt;
+        let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET /system/logs?{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {AUTH}\r\n\r\n"
+        );
+        sock.write_all(req.as_bytes()).await.expect("send");
+        Follow {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads until `until` holds for what arrived so far, or `T` passes (None), or the stream
+    /// ends (Some(false) when `until` never held).
+    async fn read_until(&mut self, until: impl Fn(&str) -> bool) -> Option<bool> {
+        self.read_until_within(T, until).await
+    }
+
+    async fn read_until_within(
+        &mut self,
+        limit: Duration,
+        until: impl Fn(&str) -> bool,
+    ) -> Option<bool> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if until(&String::from_utf8_lossy(&self.buf)) {
+                return Some(true);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.sock.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(until(&String::from_utf8_lossy(&self.buf))),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The log messages received so far (the JSON lines between the chunk framing).
+    fn messages(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.buf)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).expect("a JSON log message"))
+            .collect()
+    }
+}
+
+fn log_lines(r: &client::Response) -> Vec<Value> {
+    body_text(r)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("ndjson"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_tail_since_and_follow() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    cluster(&state, 1);
+    let driver = AgentProcs::new(agent());
+    let h = Host::start(&state, driver.clone(), &opts("127.0.0.1:0")).await;
+    deploy(&h, "sha", "builtin:cascading_sha256").await;
+    // Held powered, so that back-to-back calls are one attempt each (a worker released after a
+    // call may be powering off when the next one picks it: that attempt is lost and retried).
+    scale(&h, "sha", 1).await;
+    wait_function(&h, "sha", "a ready replica", |v| {
+        v["availableReplicas"] == 1
+    })
+    .await;
+    let before = microfaas::store::clock::now_millis();
+    for _ in 0..2 {
+        let r = call(&h, "/function/sha", &json!({"rounds": 1, "data": "x"})).await;
+        assert_eq!(r.status, 200, "{}", body_text(&r));
+    }
+
+    // tail and since, with times as RFC 3339 clients send them (any offset).
+    let logs = |q: String| {
+        let url = h.url(&format!("/system/logs?name=sha{q}"));
+        async move { http("GET", &url, true, vec![]).await }
+    };
+    let all = logs(String::new()).await;
+    assert_eq!(log_lines(&all).len(), 2, "{}", body_text(&all));
+    assert_eq!(log_lines(&logs("&tail=1".into()).await).len(), 1);
+    let at = |ms: i64| microfaas::store::clock::format_unix_millis(ms);
+    assert_eq!(
+        log_lines(&logs(format!("&since={}", at(before))).await).len(),
+        2
+    );
+    let future = at(before + 3_600_000);
+    assert_eq!(log_lines(&logs(format!("&since={future}")).await).len(), 0);
+    // `before` written an hour ahead with a +01:00 offset (`+` escaped in the query).
+    let offset = future.replace('Z', "%2B01:00");
+    assert_eq!(log_lines(&logs(format!("&since={offset}")).await).len(), 2);
+    for (q, field) in [
+        ("&since=yesterday", "since"),
+        ("&since=2026-11-29T16:39:27", "since"),
+        ("&follow=maybe", "follow"),
+        ("&tail=many", "tail"),
+    ] {
+        let r = logs(q.into()).await;
+        assert_eq!(r.status, 400, "{q}: {}", body_text(&r));
+        assert!(body_text(&r).starts_with(field), "{q}: {}", body_text(&r));
+    }
+
+    // follow: the tail first, then each new call as it is recorded, on the open response.
+    let idle_refs = Arc::strong_count(&h.gateway.gateway);
+    let mut f = Follow::open(h.gateway.addr, "name=sha&tail=1&follow=true").await;
+    assert_eq!(
+        f.read_until(|s| s.contains("\"text\"")).await,
+        Some(true),
+        "the tail line"
+    );
+    assert!(
+        f.buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&f.buf)
+    );
+    assert!(String::from_utf8_lossy(&f.buf).contains("application/x-ndjson"));
+    assert_eq!(f.messages().len(), 1);
+    let r = call(&h, "/function/sha", &json!({"rounds": 2, "data": "y"})).await;
+    assert_eq!(r.status, 200, "{}", body_text(&r));
+    let id = r.header("x-call-id").expect("X-Call-Id").to_string();
+    let worker = r.header("x-microfaas-worker").expect("worker").to_string();
+    assert_eq!(
+        f.read_until(|s| s.contains(&id)).await,
+        Some(true),
+        "the new call's line on the open stream: {}",
+        String::from_utf8_lossy(&f.buf)
+    );
+    let msgs = f.messages();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    let new = &msgs[1];
+    assert_eq!(
+        (new["name"].as_str(), new["namespace"].as_str()),
+        (Some("sha"), Some("microfaas"))
+    );
+    assert_eq!(new["instance"].as_str(), Some(worker.as_str()));
+    assert!(
+        new["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&id) && t.contains("succeeded")),
+        "{new}"
+    );
+    assert!(
+        new["timestamp"]
+            .as_str()
+            .and_then(microfaas::store::clock::parse_rfc3339_millis)
+            .is_some_and(|t| t >= before),
+        "{new}"
+    );
+    // A call of another function does not show up on this stream.
+    deploy(&h, "md5", "builtin:cascading_md5").await;
+    let r = call(&h, "/function/md5", &json!({"rounds": 1, "data": "z"})).await;
+    assert_eq!(r.status, 200);
+    let other = r.header("x-call-id").expect("X-Call-Id").to_string();
+    // (Its line would arrive within milliseconds, as the one above did.)
+    let wait = Duration::from_secs(2);
+    assert_eq!(
+        f.read_until_within(wait, |s| s.contains(&other)).await,
+        None
+    );
+    assert_eq!(f.messages().len(), 2);
+
+    // The client goes: its follower ends (it held a reference to the gateway).
+    drop(f);
+    let start = Instant::now();
+    while Arc::strong_count(&h.gateway.gateway) > idle_refs {
+        assert!(start.elapsed() < T, "the follower outlived its client");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A follower still open when the gateway stops ends its response.
+    let mut f = Follow::open(h.gateway.addr, "name=sha&follow=true").await;
+    assert_eq!(f.read_until(|s| s.contains(&id)).await, Some(true));
+    let stop = tokio::spawn(h.stop());
+    assert_eq!(
+        f.read_until(|s| s.ends_with("0\r\n\r\n")).await,
+        Some(true),
+        "the response ends: {}",
+        String::from_utf8_lossy(&f.buf)
+    );
+    tokio::time::timeout(T, stop)
+        .await
+        .expect("the gateway stops with a follower open")
+        .expect("stop");
+    driver.kill_all();
 }

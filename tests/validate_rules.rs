@@ -361,3 +361,30 @@ fn all_errors_are_reported_not_only_the_first() {
     assert_eq!(diags.len(), 4, "{diags:#?}");
     assert_eq!(lines, vec![3, 4, 4, 7]);
 }
+
+#[test]
+fn workload_named_gateway_is_reserved() {
+    // The gateway records its calls as workload `gateway`: a Workload of that name would mix
+    // its runs with the gateway's. The error points at the name.
+    let fun = "kind: Function\nmetadata: {name: f}\nspec: {runtime: builtin, handler: cascading_sha256}\n";
+    expect_error(
+        &format!(
+            "{VM_WORKER}---\n{HEAD}{fun}---\n{HEAD}kind: Workload\nmetadata:\n  name: gateway\nspec:\n  functions: [{{function: f, count: 1}}]\n"
+        ),
+        17,
+        9,
+        "the workload name `gateway` is reserved",
+    );
+    // Any other name (and a Function named `gateway`) is fine.
+    let (_d, diags) = check(
+        &[(
+            "m.yaml",
+            &format!(
+                "{VM_WORKER}---\n{HEAD}{}---\n{HEAD}kind: Workload\nmetadata:\n  name: gateway-load\nspec:\n  functions: [{{function: gateway, count: 1}}]\n",
+                fun.replace("name: f}", "name: gateway}")
+            ),
+        )],
+        false,
+    );
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+}

@@ -11,7 +11,7 @@ use crate::orchestrator::FollowUp;
 use crate::orchestrator::attempt::{self, Call, Slot};
 use crate::store::clock;
 use crate::store::gateway::WORKLOAD;
-use crate::store::{AttemptStatus, StoredObject};
+use crate::store::{Attempt, AttemptStatus, StoredObject};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ impl Reply {
     }
 }
 
-/// A healthy VM worker that could run a call, with what is known about it now.
+/// A healthy worker (board or VM) that could run a call, with what is known about it now.
 struct Candidate {
     name: String,
     oneshot: bool,
@@ -106,8 +106,9 @@ impl<D: VmDriver> Gateway<D> {
         Ok(spec)
     }
 
-    /// Healthy VM workers with their specs: the ones that can run functions.
-    pub(super) fn vm_workers(&self) -> Vec<(StoredObject, WorkerSpec)> {
+    /// Healthy workers with their specs, boards and VMs alike: every one runs functions through
+    /// its agent, and the engine powers either kind on `want` (a board with its button).
+    pub(super) fn workers(&self) -> Vec<(StoredObject, WorkerSpec)> {
         self.engine
             .with_store(|s| s.list(Some(Kind::Worker)))
             .unwrap_or_default()
@@ -115,14 +116,13 @@ impl<D: VmDriver> Gateway<D> {
             .filter(attempt::health_good)
             .filter_map(|w| {
                 let spec: WorkerSpec = serde_json::from_value(w.spec.clone()).ok()?;
-                spec.vm.as_ref()?;
                 Some((w, spec))
             })
             .collect()
     }
 
     fn candidates(&self) -> Vec<Candidate> {
-        self.vm_workers()
+        self.workers()
             .into_iter()
             .map(|(w, spec)| Candidate {
                 name: w.name,
@@ -170,6 +170,12 @@ impl<D: VmDriver> Gateway<D> {
         drop((inflight, stale));
         let name = best?;
         all.into_iter().find(|c| c.name == name)
+    }
+
+    /// Records one attempt under the `gateway` workload and wakes the log followers.
+    fn record(&self, rec: &Attempt) {
+        attempt::record(&self.engine, rec);
+        self.logged.send_modify(|n| *n += 1);
     }
 
     /// Runs one call of `function` to its end: the reply to send (the result, or why not).
@@ -236,10 +242,10 @@ impl<D: VmDriver> Gateway<D> {
                 break;
             }
             let Some(worker) = self.pick(&tried) else {
-                let msg = "no healthy VM worker can run it".to_string();
+                let msg = "no healthy worker can run it".to_string();
                 let rec =
                     attempt::attempt_record(&slot, &call, None, None, Some(msg.clone()), None);
-                attempt::record(&self.engine, &rec);
+                self.record(&rec);
                 return Reply::error(502, call_id, msg);
             };
             tried.push(worker.name.clone());
@@ -283,7 +289,7 @@ impl<D: VmDriver> Gateway<D> {
                 let msg = format!("worker `{name}` was not ready within {left:?}");
                 let rec =
                     attempt::attempt_record(slot, call, Some(name), None, Some(msg.clone()), None);
-                attempt::record(&self.engine, &rec);
+                self.record(&rec);
                 Err(msg)
             }
             Some((session, cold)) => {
@@ -291,7 +297,7 @@ impl<D: VmDriver> Gateway<D> {
                 let answer = attempt::send(&self.engine, name, &session, call).await;
                 let rec =
                     attempt::attempt_record(slot, call, Some(name), Some(&answer), None, cold_ms);
-                attempt::record(&self.engine, &rec);
+                self.record(&rec);
                 let follow = if worker.oneshot {
                     FollowUp::Poweroff
                 } else {

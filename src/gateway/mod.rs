@@ -8,6 +8,7 @@ mod auth;
 pub mod client;
 mod deploy;
 mod invoke;
+mod logs;
 mod metrics;
 mod queue;
 mod secrets;
@@ -84,6 +85,11 @@ pub struct Gateway<D: VmDriver> {
     warm: Mutex<HashMap<String, Vec<String>>>,
     /// Wakes the async queue.
     queue_wake: Notify,
+    /// Bumped after every attempt the gateway records: wakes `/system/logs?follow=true`.
+    logged: watch::Sender<u64>,
+    /// Turns true (or its sender goes) when the gateway stops: ends the log followers, whose
+    /// open responses would otherwise hold the graceful shutdown.
+    stopping: watch::Receiver<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,6 +142,7 @@ pub async fn start<D: VmDriver>(
     if opts.credentials.is_none() && !addr.ip().is_loopback() {
         return Err(GatewayError::OpenListen(addr.to_string()));
     }
+    let (stop, mut stop_rx) = watch::channel(false);
     let gateway = Arc::new(Gateway {
         engine: engine.clone(),
         events,
@@ -147,6 +154,8 @@ pub async fn start<D: VmDriver>(
         stale: Mutex::new(HashMap::new()),
         warm: Mutex::new(HashMap::new()),
         queue_wake: Notify::new(),
+        logged: watch::channel(0).0,
+        stopping: stop_rx.clone(),
     });
     let _ = engine.with_store(|s| {
         s.close_runs(
@@ -156,7 +165,6 @@ pub async fn start<D: VmDriver>(
         )
     });
     gateway.restore_warm();
-    let (stop, mut stop_rx) = watch::channel(false);
     let app = system::router(gateway.clone());
     let serve = tokio::spawn(async move {
         let shutdown = async move {

@@ -4,19 +4,18 @@
 use super::deploy::{self, FunctionDeployment, NAMESPACE};
 use super::invoke::{Reply, new_call_id};
 use super::metrics::Snapshot;
-use super::{Gateway, auth, queue, secrets};
+use super::{Gateway, auth, logs, queue, secrets};
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
 use crate::store::StoredObject;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 type Gw<D> = State<Arc<Gateway<D>>>;
@@ -33,7 +32,7 @@ pub fn router<D: VmDriver>(gw: Arc<Gateway<D>>) -> Router {
         .route("/system/function/{name}", get(one::<D>))
         .route("/system/scale-function/{name}", post(scale::<D>))
         .route("/system/info", get(info))
-        .route("/system/logs", get(logs::<D>))
+        .route("/system/logs", get(logs::logs::<D>))
         .route(
             "/system/secrets",
             get(secret_list::<D>)
@@ -59,7 +58,7 @@ pub fn router<D: VmDriver>(gw: Arc<Gateway<D>>) -> Router {
         .with_state(gw)
 }
 
-fn text(code: StatusCode, msg: impl Into<String>) -> Response {
+pub(super) fn text(code: StatusCode, msg: impl Into<String>) -> Response {
     let mut m = msg.into();
     m.push('\n');
     (
@@ -70,13 +69,13 @@ fn text(code: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+pub(super) fn internal(e: impl std::fmt::Display) -> Response {
     text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-/// Workers that could run a function: healthy VM workers, with their phase.
+/// Workers that could run a function: healthy boards and VMs, with their phase.
 fn runnable_workers<D: VmDriver>(gw: &Gateway<D>) -> Vec<StoredObject> {
-    gw.vm_workers().into_iter().map(|(w, _)| w).collect()
+    gw.workers().into_iter().map(|(w, _)| w).collect()
 }
 
 fn phase(o: &StoredObject) -> &str {
@@ -271,44 +270,6 @@ async fn info() -> Response {
 
 async fn namespaces() -> Response {
     axum::Json(json!([NAMESPACE])).into_response()
-}
-
-async fn logs<D: VmDriver>(State(gw): Gw<D>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(name) = q.get("name").filter(|n| !n.is_empty()) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "name: the function's name is required",
-        );
-    };
-    if gw.engine.get(Kind::Function, name).is_none() {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("function `{name}` not found"),
-        );
-    }
-    let tail = match q.get("tail").map(|t| t.parse::<i64>()) {
-        None => 1000,
-        Some(Ok(t)) if t < 0 => 1000,
-        Some(Ok(t)) => u32::try_from(t).unwrap_or(u32::MAX),
-        Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "tail: expected a number"),
-    };
-    let lines = match gw.engine.with_store(|s| s.gateway_log(name, tail)) {
-        Ok(l) => l,
-        Err(e) => return internal(e),
-    };
-    let mut out = String::new();
-    for l in lines {
-        let v = json!({
-            "name": name,
-            "namespace": NAMESPACE,
-            "instance": l.worker.unwrap_or_default(),
-            "timestamp": crate::store::clock::format_unix_millis(l.finished_ms),
-            "text": l.text,
-        });
-        out.push_str(&v.to_string());
-        out.push('\n');
-    }
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
 }
 
 async fn secret_list<D: VmDriver>(State(gw): Gw<D>) -> Response {

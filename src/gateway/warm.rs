@@ -9,9 +9,9 @@ use crate::manifest::Kind;
 use crate::manifest::types::LifecycleMode;
 
 impl<D: VmDriver> Gateway<D> {
-    /// Healthy Warm VM workers, by name.
+    /// Healthy Warm workers (boards and VMs), by name.
     fn warm_capable(&self) -> Vec<String> {
-        self.vm_workers()
+        self.workers()
             .into_iter()
             .filter(|(_, s)| s.lifecycle.mode == LifecycleMode::Warm)
             .map(|(w, _)| w.name)
@@ -59,7 +59,7 @@ impl<D: VmDriver> Gateway<D> {
                 function,
                 replicas,
                 held = n,
-                "fewer healthy Warm VM workers than replicas asked for"
+                "fewer healthy Warm workers than replicas asked for"
             );
         }
         n

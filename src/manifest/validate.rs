@@ -11,6 +11,10 @@ use super::types::*;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The workload name the gateway records its invocations under (runs, invocations and
+/// `report gateway` are keyed by workload name), so no declared Workload may take it.
+pub const GATEWAY_WORKLOAD: &str = "gateway";
+
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Check that files named in manifests (VM kernels, initrds) exist.
@@ -496,6 +500,17 @@ fn function(cx: &mut Ctx<'_>, s: &FunctionSpec) {
 
 fn workload(cx: &mut Ctx<'_>, s: &WorkloadSpec) {
     let spec = Key("spec");
+    if cx.res.name() == GATEWAY_WORKLOAD {
+        cx.error(
+            &[Key("metadata"), Key("name")],
+            format!(
+                "the workload name `{GATEWAY_WORKLOAD}` is reserved: the gateway records its calls under it"
+            ),
+        )
+        .help = Some(format!(
+            "`microfaasctl report {GATEWAY_WORKLOAD}` shows the gateway's calls; give this workload another name"
+        ));
+    }
     if s.functions.is_empty() {
         cx.error(
             &[spec, Key("functions")],

@@ -56,6 +56,30 @@ mod tests {
             "2000-02-29T00:00:00.000Z"
         );
     }
+
+    #[test]
+    fn rfc3339_as_clients_send_it() {
+        let t = 1_795_970_367_000;
+        for (s, want) in [
+            ("2026-11-29T16:39:27Z", Some(t)),
+            ("2026-11-29T16:39:27.123Z", Some(t + 123)),
+            ("2026-11-29T16:39:27.1Z", Some(t + 100)),
+            ("2026-11-29T16:39:27.123456789Z", Some(t + 123)),
+            ("2026-11-29T17:39:27+01:00", Some(t)),
+            ("2026-11-29T11:09:27.5-05:30", Some(t + 500)),
+            ("2026-11-29 16:39:27z", Some(t)),
+            ("2026-11-29T16:39:27", None),
+            ("2026-11-29T16:39:27+0100", None),
+            ("2026-13-29T16:39:27Z", None),
+            ("2026-11-29T16:39:27.Z", None),
+            ("yesterday", None),
+            ("2026-11-29T16:39:2xZ", None),
+        ] {
+            assert_eq!(parse_rfc3339_millis(s), want, "{s}");
+        }
+        assert_eq!(parse_unix_millis("2026-11-29T16:39:27.123Z"), Some(t + 123));
+        assert_eq!(parse_unix_millis(&format_unix_millis(t + 7)), Some(t + 7));
+    }
 }
 
 /// Milliseconds since the Unix epoch of a timestamp written by `format_unix_millis`
@@ -66,13 +90,66 @@ pub fn parse_unix_millis(s: &str) -> Option<i64> {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
     let millis = if b.get(19) == Some(&b'.') {
         num(20..23)?
     } else {
         0
     };
+    Some(civil_millis(s)? + millis)
+}
+
+/// Milliseconds since the Unix epoch of any RFC 3339 timestamp, as clients send them
+/// (`2026-11-29T17:39:27+01:00`, `...27.123456789Z`): a fraction of any length (cut to
+/// milliseconds), `Z` or a `±HH:MM` offset. `None` for anything else.
+pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let base = civil_millis(s)?;
+    let mut rest = s.get(19..)?;
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let first3: String = frac[..digits].chars().chain("00".chars()).take(3).collect();
+        millis = first3.parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]
+            if [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()) =>
+        {
+            let n = |a: &u8, b: &u8| i64::from((a - b'0') * 10 + (b - b'0'));
+            let m = n(h1, h2) * 60 + n(m1, m2);
+            if *sign == b'-' { -m } else { m }
+        }
+        _ => return None,
+    };
+    Some(base + millis - offset_min * 60_000)
+}
+
+/// The whole seconds of `YYYY-MM-DDTHH:MM:SS...` (first 19 bytes) as unix milliseconds, with
+/// each field in its range.
+fn civil_millis(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.get(13) != Some(&b':') || b.get(16) != Some(&b':') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse::<i64>().ok())?
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
     // days-from-civil, the inverse of civil_from_days
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
@@ -81,7 +158,7 @@ pub fn parse_unix_millis(s: &str) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + millis)
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000)
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -6,8 +6,9 @@
 use super::{Result, Store, clock};
 use rusqlite::{OptionalExtension, params};
 
-/// The workload name gateway invocations are recorded under.
-pub const WORKLOAD: &str = "gateway";
+/// The workload name gateway invocations are recorded under (reserved: manifest validation
+/// refuses a Workload of that name).
+pub const WORKLOAD: &str = crate::manifest::validate::GATEWAY_WORKLOAD;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallState {
@@ -59,9 +60,22 @@ pub struct QueuedCall {
 /// One attempt as the logs endpoint shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogLine {
+    /// The attempt's row: a follower reads the rows after the last one it sent.
+    pub id: i64,
     pub finished_ms: i64,
     pub worker: Option<String>,
     pub text: String,
+}
+
+/// Which of a function's gateway attempts to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogQuery {
+    /// The newest this many (`None`: all that match).
+    pub tail: Option<u32>,
+    /// Only attempts that finished at or after this instant (unix ms).
+    pub since_ms: Option<i64>,
+    /// Only attempts recorded after this row.
+    pub after_id: Option<i64>,
 }
 
 impl Store {
@@ -221,19 +235,24 @@ impl Store {
             .map_err(self.sq())
     }
 
-    /// The last `tail` attempts of `function` through the gateway, oldest first.
-    pub fn gateway_log(&self, function: &str, tail: u32) -> Result<Vec<LogLine>> {
+    /// The attempts of `function` through the gateway that `q` selects, oldest first.
+    pub fn gateway_log(&self, function: &str, q: LogQuery) -> Result<Vec<LogLine>> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT finished_at, worker, invocation_id, attempt, status, rtt_us, exec_us,
-                        cold_start_ms, error
-                 FROM invocations WHERE workload = ?1 AND function = ?2
-                 ORDER BY id DESC LIMIT ?3",
+                        cold_start_ms, error, id
+                 FROM invocations
+                 WHERE workload = ?1 AND function = ?2 AND finished_at >= ?3 AND id > ?4
+                 ORDER BY id DESC LIMIT ?5",
             )
             .map_err(self.sq())?;
+        // SQLite: a negative LIMIT is no limit.
+        let limit = q.tail.map_or(-1, i64::from);
+        let since = q.since_ms.unwrap_or(i64::MIN);
+        let after = q.after_id.unwrap_or(i64::MIN);
         let rows = stmt
-            .query_map(params![WORKLOAD, function, tail], |r| {
+            .query_map(params![WORKLOAD, function, since, after, limit], |r| {
                 let worker: Option<String> = r.get(1)?;
                 let id: String = r.get(2)?;
                 let attempt: u32 = r.get(3)?;
@@ -260,6 +279,7 @@ impl Store {
                     text.push_str(&format!(": {e}"));
                 }
                 Ok(LogLine {
+                    id: r.get(9)?,
                     finished_ms: r.get(0)?,
                     worker,
                     text,

@@ -183,6 +183,17 @@ pub struct HostOptions {
 
 impl<D: VmDriver> Host<D> {
     pub async fn start(state: &Path, driver: Arc<D>, o: &HostOptions) -> Host<D> {
+        Self::start_with(state, driver, o, |_, _| {}).await
+    }
+
+    /// Like `start`, with `setup` run on the engine and the bound agent endpoint before the
+    /// engine runs (simulated power buttons, board timings).
+    pub async fn start_with(
+        state: &Path,
+        driver: Arc<D>,
+        o: &HostOptions,
+        setup: impl FnOnce(&Arc<Engine<D, Sessions>>, &Endpoint),
+    ) -> Host<D> {
         let store = Store::open(state).expect("store");
         // A previous host's listener on the same address goes when its aborted task is dropped,
         // which the runtime does shortly after.
@@ -215,6 +226,7 @@ impl<D: VmDriver> Host<D> {
         engine.set_starter(Arc::new(move |name| {
             dispatch::spawn(e2.clone(), ev2.clone(), name)
         }));
+        setup(&engine, &endpoint);
         let (stop, rx) = watch::channel(false);
         let runner = tokio::spawn(engine.clone().run(rx, Some(endpoint.subscribe())));
         engine.enqueue_all();
@@ -333,6 +345,12 @@ pub fn faas_cli_deploy(service: &str, image: &str) -> Value {
 pub async fn call<D: VmDriver>(h: &Host<D>, target: &str, body: &Value) -> Response {
     let (method, path) = target.split_once(' ').unwrap_or(("POST", target));
     http(method, &h.url(path), true, body.to_string().into_bytes()).await
+}
+
+/// `POST /system/functions` of what `faas-cli deploy` sends, which must be accepted.
+pub async fn deploy<D: VmDriver>(h: &Host<D>, service: &str, image: &str) {
+    let r = call(h, "/system/functions", &faas_cli_deploy(service, image)).await;
+    assert_eq!(r.status, 202, "{}", body_text(&r));
 }
 
 /// `POST /system/scale-function/NAME`, which must be accepted.
