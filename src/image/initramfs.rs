@@ -44,8 +44,9 @@ pub fn write(path: &Path, contents: &Contents<'_>) -> Result<u64, ImageError> {
     let result = (|| {
         let gz = GzEncoder::new(BufWriter::new(file), Compression::default());
         let gz = archive(CpioWriter::new(gz), contents)?;
-        let mut buf = gz.finish().map_err(write_err)?;
-        buf.flush().map_err(write_err)?;
+        let buf = gz.finish().map_err(write_err)?;
+        let mut file = buf.into_inner().map_err(|e| write_err(e.into_error()))?;
+        pad_to_page(&mut file).map_err(write_err)?;
         Ok::<_, ImageError>(())
     })();
     if let Err(e) = result {
@@ -63,6 +64,21 @@ pub fn write(path: &Path, contents: &Contents<'_>) -> Result<u64, ImageError> {
         })?
         .len();
     Ok(len)
+}
+
+/// The initramfs size is padded with zeros to a whole number of pages. QEMU's PVH loader puts
+/// the initrd at the very top of RAM, and on `microvm` that last page holds the ACPI tables: an
+/// initrd whose size is not a page multiple overwrites part of them (the guest then finds no
+/// PCI bus and no NIC). A page-multiple initrd ends exactly below that page. The kernel skips
+/// zeros after an archive, so the padding is harmless everywhere else.
+const PAGE: u64 = 4096;
+
+fn pad_to_page(file: &mut fs::File) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    let pad = (PAGE - len % PAGE) % PAGE;
+    // Bounded by PAGE, so a plain buffer is fine.
+    file.write_all(&vec![0u8; pad as usize])?;
+    file.flush()
 }
 
 fn archive<W: Write>(mut cpio: CpioWriter<W>, c: &Contents<'_>) -> Result<W, ImageError> {
