@@ -25,14 +25,20 @@ fn agent() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_microfaas-agent"))
 }
 
-/// A cluster of `n` OnDemand Warm workers (off until wanted).
+/// A cluster of `n` OnDemand Warm workers (off until wanted), labelled `pool: lo`.
 fn cluster(state: &Path, n: usize) {
+    cluster_with(state, n, "");
+}
+
+/// [`cluster`] plus the documents in `more`.
+fn cluster_with(state: &Path, n: usize, more: &str) {
     let mut yaml = String::from(
         "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {name: c}\nspec:\n  defaults: {bootTimeout: 20s, powerOnHoldoff: 0s, jobTimeout: 30s}\n",
     );
     yaml.push_str(&format!(
-        "---\napiVersion: microfaas.dev/v1alpha1\nkind: WorkerSet\nmetadata: {{name: lo}}\nspec:\n  replicas: {n}\n  template:\n    spec: {{power: OnDemand, lifecycle: {{mode: Warm}}, vm: {{kernel: /k}}}}\n"
+        "---\napiVersion: microfaas.dev/v1alpha1\nkind: WorkerSet\nmetadata: {{name: lo}}\nspec:\n  replicas: {n}\n  template:\n    metadata: {{labels: {{pool: lo}}}}\n    spec: {{power: OnDemand, lifecycle: {{mode: Warm}}, vm: {{kernel: /k}}}}\n"
     ));
+    yaml.push_str(more);
     let mut store = Store::open(state).expect("store");
     store
         .apply(&objects(&yaml), None, false, false)
@@ -134,7 +140,8 @@ fn parse_openmetrics(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
-async fn metrics(h: &Host<AgentProcs>) -> BTreeMap<String, f64> {
+/// The `/metrics` exposition, checked to be served as OpenMetrics.
+async fn metrics_text(h: &Host<AgentProcs>) -> String {
     let r = http("GET", &h.url("/metrics"), false, vec![]).await;
     assert_eq!(r.status, 200);
     assert!(
@@ -143,7 +150,11 @@ async fn metrics(h: &Host<AgentProcs>) -> BTreeMap<String, f64> {
         "{:?}",
         r.headers
     );
-    parse_openmetrics(&body_text(&r))
+    body_text(&r)
+}
+
+async fn metrics(h: &Host<AgentProcs>) -> BTreeMap<String, f64> {
+    parse_openmetrics(&metrics_text(h).await)
 }
 
 fn ctl(state: &Path, args: &[&str]) -> Value {
@@ -391,7 +402,10 @@ async fn faas_provider_api_end_to_end_on_loopback_agents() {
     assert!(after.contains_key("microfaas_worker_phase{phase=Off,worker=lo-0}"));
     let r = call(&h, "/function/sha", &input).await;
     assert_eq!(r.status, 200);
-    assert_eq!(metrics(&h).await.get(key), Some(&4.0));
+    let text = metrics_text(&h).await;
+    assert_eq!(parse_openmetrics(&text).get(key), Some(&4.0));
+    // No PowerMeter is declared: no energy metrics at all, not even their descriptors.
+    assert!(!text.contains("energy"), "{text}");
 
     // info, namespaces, secrets (never returned in clear; 0600 in the state dir).
     let info = json_of(&http("GET", &h.url("/system/info"), true, vec![]).await);
@@ -834,5 +848,103 @@ async fn logs_tail_since_and_follow() {
         .await
         .expect("the gateway stops with a follower open")
         .expect("stop");
+    driver.kill_all();
+}
+
+/// With a `model` PowerMeter covering the loopback workers (sampled by the real sampler), the
+/// per-function energy counter appears, only grows, and once every call's energy is final it
+/// holds what the `gateway` run's energy report charges those calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn energy_metrics_match_the_report_with_a_model_meter() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    cluster_with(
+        &state,
+        2,
+        "---\napiVersion: microfaas.dev/v1alpha1\nkind: PowerMeter\nmetadata: {name: lo-model}\nspec:\n  model: {interval: 100ms, vm: {off: 0.5, booting: 4.0, idle: 2.0, busy: 6.0}}\n  covers: {matchLabels: {pool: lo}}\n",
+    );
+    let driver = AgentProcs::new(agent());
+    let h = Host::start(&state, driver.clone(), &opts("127.0.0.1:0")).await;
+    let (stop_sampler, rx) = tokio::sync::watch::channel(false);
+    let sampler = microfaas::energy::sampler::spawn(&state, rx).expect("sampler");
+
+    let r = call(
+        &h,
+        "/system/functions",
+        &faas_cli_deploy("sha", "builtin:cascading_sha256"),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", body_text(&r));
+    let counter = "microfaas_invocation_energy_joules_total{function_name=sha}";
+    let count = "microfaas_function_invocation_energy_joules_count{function_name=sha}";
+    let sum = "microfaas_function_invocation_energy_joules_sum{function_name=sha}";
+    assert_eq!(metrics(&h).await.get(counter), None, "no call yet");
+
+    const CALLS: usize = 6;
+    for i in 0..CALLS {
+        let r = call(
+            &h,
+            "/function/sha",
+            &json!({"rounds": 20_000, "data": format!("call {i}")}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", body_text(&r));
+    }
+    // Energy is final once the samples cover a call's end: poll, bounded, and see the
+    // counter never go down meanwhile.
+    let start = Instant::now();
+    let mut last = 0.0;
+    let m = loop {
+        let m = metrics(&h).await;
+        let j = m.get(counter).copied().unwrap_or(0.0);
+        assert!(j >= last, "the counter went down: {last} -> {j}");
+        last = j;
+        if j > 0.0 && m.get(count) == Some(&(CALLS as f64)) {
+            break m;
+        }
+        assert!(start.elapsed() < T, "energy never became final: {m:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // The report's attribution of the same calls, from the store.
+    let store = Store::open(&state).expect("store");
+    let run = store
+        .latest_run(microfaas::store::gateway::WORKLOAD)
+        .expect("read")
+        .expect("the gateway's run");
+    let attempts = store.attempts(&run.workload, run.run).expect("attempts");
+    let e = microfaas::energy::report::compute(
+        &store,
+        &run,
+        &attempts,
+        microfaas::store::clock::now_millis(),
+    )
+    .expect("compute")
+    .expect("energy section");
+    let calls: Vec<f64> = e
+        .per_invocation
+        .values()
+        .filter(|i| i.function == "sha")
+        .map(|i| i.joules)
+        .collect();
+    assert_eq!(calls.len(), CALLS, "{e:?}");
+    let want: f64 = calls.iter().sum();
+    let got = m[counter];
+    assert!(want > 0.0, "{e:?}");
+    assert!(
+        (got - want).abs() <= 0.01 * want,
+        "metric {got} J, report {want} J"
+    );
+    assert!((m[sum] - got).abs() <= 1e-9 * got.max(1.0), "{m:#?}");
+    // The same as `microfaasctl report gateway` prints.
+    let report = ctl(&state, &["report", "gateway", "--format", "json"]);
+    let reported = report["energy"]["perFunction"]["sha"]["joules"]
+        .as_f64()
+        .expect("perFunction.sha.joules");
+    assert!((got - reported).abs() <= 0.01 * reported, "{report}");
+
+    let _ = stop_sampler.send(true);
+    let _ = tokio::time::timeout(T, sampler).await;
+    h.stop().await;
     driver.kill_all();
 }

@@ -68,6 +68,17 @@ pub struct Attribution {
     pub off: f64,
     pub overhead: f64,
     pub workers: BTreeMap<String, WorkerEnergy>,
+    /// Per OneShot worker, its latest boot when none of the given execs was charged it: a
+    /// later exec may still be (see [`attribute_carrying`]).
+    pub uncharged: Vec<Boot>,
+}
+
+/// The energy of one boot on a OneShot worker, named by the worker and when the boot started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Boot {
+    pub worker: String,
+    pub start: i64,
+    pub joules: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,10 +173,24 @@ fn segments(w: &WorkerInput, execs: &[(usize, &Exec)], a: i64, b: i64) -> Vec<Se
 
 /// Attributes the meters' energy over `[a, b]` (unix ms).
 pub fn attribute(
+    window: (i64, i64),
+    meters: &[MeterInput],
+    workers: &[WorkerInput],
+    execs: &[Exec],
+) -> Attribution {
+    attribute_carrying(window, meters, workers, execs, &[])
+}
+
+/// [`attribute`] for one of consecutive windows: `carried` are boots from before `a` that no
+/// exec was charged yet (the previous window's `uncharged`). They are charged by the same rule
+/// as the window's own boots, their energy added to the window's part of the same boot, so
+/// attributing `[a, m]` then `[m, b]` charges every exec what attributing `[a, b]` would.
+pub fn attribute_carrying(
     (a, b): (i64, i64),
     meters: &[MeterInput],
     workers: &[WorkerInput],
     execs: &[Exec],
+    carried: &[Boot],
 ) -> Attribution {
     let mut out = Attribution {
         exec: vec![0.0; execs.len()],
@@ -262,6 +287,16 @@ pub fn attribute(
         out.idle += we.idle;
         out.off += we.off;
         if w.oneshot {
+            // A boot still going at `a` is the carried one (it was the latest before `a`);
+            // its name here comes from the phase entry before `a`, which may be a later step
+            // of the same boot (PoweringOn, then Booting): one boot, one key.
+            let going = ws.first().and_then(|s| match s.act {
+                Act::Boot(id) if s.start == a => Some(id),
+                _ => None,
+            });
+            for c in carried.iter().filter(|c| c.worker == w.name) {
+                *boots.entry(going.unwrap_or(c.start)).or_default() += c.joules;
+            }
             // A OneShot boot serves the first invocation that starts after it, unless another
             // boot started first (this one failed).
             let mut mine: Vec<(i64, usize)> = execs
@@ -279,6 +314,13 @@ pub fn attribute(
                     && t < next_boot
                 {
                     out.boot_charged[i] += e;
+                } else if next_boot == i64::MAX {
+                    // The latest boot: an exec not given yet may still be the one it served.
+                    out.uncharged.push(Boot {
+                        worker: w.name.clone(),
+                        start,
+                        joules: e,
+                    });
                 }
             }
         }

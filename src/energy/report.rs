@@ -136,17 +136,17 @@ pub fn covered(spec: &PowerMeterSpec, workers: &[StoredObject]) -> Vec<String> {
         .collect()
 }
 
-/// The energy report of `run`, or `None` when no meter has samples in its window.
-pub fn compute(
-    store: &Store,
-    run: &Run,
-    attempts: &[Attempt],
-    now_ms: i64,
-) -> crate::store::Result<Option<EnergyReport>> {
-    let window = (
-        run.started_ms,
-        run.finished_ms.unwrap_or(now_ms).max(run.started_ms),
-    );
+/// What attribution needs over a window, read from the store: every meter with samples in
+/// or around it, and the phase history of the workers they cover.
+pub struct Inputs {
+    pub meters: Vec<MeterInput>,
+    pub workers: Vec<WorkerInput>,
+    /// Each meter's samples, for plots.
+    pub curves: Vec<(String, Vec<(i64, f64)>)>,
+}
+
+/// The attribution inputs over `window` (unix ms), or `None` when no meter has samples there.
+pub fn inputs(store: &Store, window: (i64, i64)) -> crate::store::Result<Option<Inputs>> {
     let workers = store.list(Some(Kind::Worker))?;
     let mut meters = Vec::new();
     let mut curves = Vec::new();
@@ -190,11 +190,20 @@ pub fn compute(
             phases,
         });
     }
+    Ok(Some(Inputs {
+        meters,
+        workers: inputs,
+        curves,
+    }))
+}
+
+/// The attempts that ran on a worker, and their exec spans (dispatch to end), in that order.
+pub fn execs(attempts: &[Attempt]) -> (Vec<&Attempt>, Vec<Exec>) {
     let ran: Vec<&Attempt> = attempts
         .iter()
         .filter(|a| a.worker.is_some() && a.dispatched_ms.is_some())
         .collect();
-    let execs: Vec<Exec> = ran
+    let execs = ran
         .iter()
         .map(|a| {
             let start = a.dispatched_ms.unwrap_or(a.finished_ms);
@@ -205,7 +214,30 @@ pub fn compute(
             }
         })
         .collect();
-    let at = attribute(window, &meters, &inputs, &execs);
+    (ran, execs)
+}
+
+/// The energy report of `run`, or `None` when no meter has samples in its window.
+pub fn compute(
+    store: &Store,
+    run: &Run,
+    attempts: &[Attempt],
+    now_ms: i64,
+) -> crate::store::Result<Option<EnergyReport>> {
+    let window = (
+        run.started_ms,
+        run.finished_ms.unwrap_or(now_ms).max(run.started_ms),
+    );
+    let Some(Inputs {
+        meters,
+        workers,
+        curves,
+    }) = inputs(store, window)?
+    else {
+        return Ok(None);
+    };
+    let (ran, execs) = execs(attempts);
+    let at = attribute(window, &meters, &workers, &execs);
     Ok(Some(build(attempts, &ran, &at, meters, curves, window)))
 }
 

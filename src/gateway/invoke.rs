@@ -180,6 +180,7 @@ impl<D: VmDriver> Gateway<D> {
 
     /// Runs one call of `function` to its end: the reply to send (the result, or why not).
     pub(super) async fn call(&self, function: &str, body: &[u8], call_id: &str) -> Reply {
+        let _in_progress = self.call_started();
         let started = Instant::now();
         let reply = self.call_inner(function, body, call_id, started).await;
         let reply = Reply {

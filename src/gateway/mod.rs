@@ -22,9 +22,10 @@ use crate::engine::Engine;
 use crate::engine::vm::VmDriver;
 use crate::manifest::types::GatewaySpec;
 use crate::orchestrator::{AgentEvent, Sessions};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -90,6 +91,12 @@ pub struct Gateway<D: VmDriver> {
     /// Turns true (or its sender goes) when the gateway stops: ends the log followers, whose
     /// open responses would otherwise hold the graceful shutdown.
     stopping: watch::Receiver<bool>,
+    /// Calls in progress (by a token) and when they started, unix ms: energy is attributed
+    /// only up to the oldest, whose attempts are not all recorded yet.
+    calls: Mutex<BTreeMap<u64, i64>>,
+    next_call: AtomicU64,
+    /// Energy of the run's invocations attributed so far (see `metrics::energy_step`).
+    energy: Mutex<Option<crate::energy::live::Live>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +163,9 @@ pub async fn start<D: VmDriver>(
         queue_wake: Notify::new(),
         logged: watch::channel(0).0,
         stopping: stop_rx.clone(),
+        calls: Mutex::new(BTreeMap::new()),
+        next_call: AtomicU64::new(0),
+        energy: Mutex::new(None),
     });
     let _ = engine.with_store(|s| {
         s.close_runs(
@@ -213,10 +223,38 @@ impl<D: VmDriver> Gateway<D> {
         Some((*run, *seq))
     }
 
+    /// Marks a call in progress until the returned guard drops (the call ended or was
+    /// abandoned: either way nothing more of it will be recorded).
+    fn call_started(&self) -> CallGuard<'_> {
+        let token = self.next_call.fetch_add(1, Ordering::Relaxed);
+        lock(&self.calls).insert(token, crate::store::clock::now_millis());
+        CallGuard {
+            calls: &self.calls,
+            token,
+        }
+    }
+
+    /// When the oldest call in progress started.
+    fn oldest_call(&self) -> Option<i64> {
+        lock(&self.calls).values().min().copied()
+    }
+
     fn close_run(&self) {
         let _ = self.engine.with_store(|s| {
             s.close_runs(crate::store::gateway::WORKLOAD, true, "the gateway stopped")
         });
         *lock(&self.recording) = None;
+    }
+}
+
+/// A call in progress; see [`Gateway::call_started`].
+struct CallGuard<'a> {
+    calls: &'a Mutex<BTreeMap<u64, i64>>,
+    token: u64,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.calls).remove(&self.token);
     }
 }

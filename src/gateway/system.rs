@@ -459,6 +459,7 @@ async fn metrics<D: VmDriver>(State(gw): Gw<D>) -> Response {
             .into_iter()
             .map(|(k, n)| (k.as_str().to_string(), n))
             .collect(),
+        energy: gw.energy_step(),
     };
     (
         [(

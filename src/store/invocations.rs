@@ -322,17 +322,48 @@ impl Store {
 
     /// Every attempt of a run, by plan position then attempt number.
     pub fn attempts(&self, workload: &str, run: i64) -> Result<Vec<Attempt>> {
+        Ok(self
+            .select_attempts(
+                "workload = ?1 AND run = ?2 ORDER BY seq, invocation_id, attempt, id",
+                params![workload, run],
+            )?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// The attempts of a run recorded after row `after_row` (0: all), in recording order,
+    /// each with its row number: a reader that keeps the last row reads only what is new.
+    pub fn attempts_since(
+        &self,
+        workload: &str,
+        run: i64,
+        after_row: i64,
+    ) -> Result<Vec<(i64, Attempt)>> {
+        // `+` keeps SQLite off the (workload, run) index, which would scan the whole run:
+        // walking the rowids after `after_row` costs only the new rows.
+        self.select_attempts(
+            "id > ?3 AND +workload = ?1 AND +run = ?2 ORDER BY id",
+            params![workload, run, after_row],
+        )
+    }
+
+    fn select_attempts(
+        &self,
+        filter: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<(i64, Attempt)>> {
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT {ATTEMPT_COLUMNS} FROM invocations WHERE workload = ?1 AND run = ?2
-                 ORDER BY seq, invocation_id, attempt, id"
+                "SELECT {ATTEMPT_COLUMNS}, id FROM invocations WHERE {filter}"
             ))
             .map_err(self.sq())?;
         let rows = stmt
-            .query_map(params![workload, run], |r| {
+            .query_map(args, |r| {
                 let status: String = r.get(14)?;
                 Ok((
+                    r.get::<_, i64>(18)?,
                     Attempt {
                         invocation_id: r.get(0)?,
                         workload: r.get(1)?,
@@ -359,9 +390,9 @@ impl Store {
             .map_err(self.sq())?;
         let mut out = Vec::new();
         for row in rows {
-            let (mut a, status) = row.map_err(self.sq())?;
+            let (id, mut a, status) = row.map_err(self.sq())?;
             a.status = status.parse()?;
-            out.push(a);
+            out.push((id, a));
         }
         Ok(out)
     }
