@@ -283,69 +283,97 @@ impl<D: VmDriver> Gateway<D> {
         self.engine.want(name);
         let mut events = self.events.subscribe();
         let waited_from = Instant::now();
-        let stale = lock(&self.stale).get(name).copied();
-        let session = attempt::fresh_session(&self.engine, name, stale, &mut events, left).await;
-        let result = match session {
-            None => {
-                let msg = format!("worker `{name}` was not ready within {left:?}");
-                let rec =
-                    attempt::attempt_record(slot, call, Some(name), None, Some(msg.clone()), None);
-                self.record(&rec);
-                Err(msg)
-            }
-            Some((session, cold)) => {
-                let cold_ms = attempt::cold_start_ms(cold, waited_from.elapsed(), slot.queued_ms);
-                let answer = attempt::send(&self.engine, name, &session, call).await;
-                let rec =
-                    attempt::attempt_record(slot, call, Some(name), Some(&answer), None, cold_ms);
-                self.record(&rec);
-                let follow = if worker.oneshot {
-                    FollowUp::Poweroff
-                } else {
-                    FollowUp::Idle
-                };
-                attempt::follow_up(&session, &answer, follow).await;
-                if worker.oneshot || !answer.answered {
-                    lock(&self.stale).insert(name.to_string(), session.id);
+        let mut stale = lock(&self.stale).get(name).copied();
+        // A session told to power off after it was picked refuses the call unsent: wait for the
+        // worker's next one (a cold start) rather than spend an attempt.
+        let mut passed_over = false;
+        let result = loop {
+            let limit = left.saturating_sub(waited_from.elapsed());
+            let session =
+                attempt::fresh_session(&self.engine, name, stale, &mut events, limit).await;
+            break match session {
+                None => {
+                    let msg = format!("worker `{name}` was not ready within {left:?}");
+                    let rec = attempt::attempt_record(
+                        slot,
+                        call,
+                        Some(name),
+                        None,
+                        Some(msg.clone()),
+                        None,
+                    );
+                    self.record(&rec);
+                    Err(msg)
                 }
-                let mut reply = Reply {
-                    code: 200,
-                    body: Vec::new(),
-                    content_type: "application/json",
-                    worker: Some(name.to_string()),
-                    cold_start: cold,
-                    seconds: answer.exec_us.map_or(0.0, |us| us as f64 / 1e6),
-                    call_id: call.invocation_id.clone(),
-                };
-                match answer.status {
-                    AttemptStatus::Succeeded => {
-                        match answer.output.unwrap_or(Value::Null) {
-                            Value::String(s) => {
-                                reply.body = s.into_bytes();
-                                reply.content_type = "text/plain; charset=utf-8";
+                Some((session, cold)) => {
+                    let cold = cold || passed_over;
+                    let cold_ms =
+                        attempt::cold_start_ms(cold, waited_from.elapsed(), slot.queued_ms);
+                    let answer = attempt::send(&self.engine, name, &session, call).await;
+                    if answer.unsent {
+                        stale = Some(session.id);
+                        passed_over = true;
+                        continue;
+                    }
+                    let rec = attempt::attempt_record(
+                        slot,
+                        call,
+                        Some(name),
+                        Some(&answer),
+                        None,
+                        cold_ms,
+                    );
+                    self.record(&rec);
+                    let follow = if worker.oneshot {
+                        FollowUp::Poweroff
+                    } else {
+                        FollowUp::Idle
+                    };
+                    attempt::follow_up(&session, &answer, follow).await;
+                    if worker.oneshot || !answer.answered {
+                        lock(&self.stale).insert(name.to_string(), session.id);
+                    }
+                    let mut reply = Reply {
+                        code: 200,
+                        body: Vec::new(),
+                        content_type: "application/json",
+                        worker: Some(name.to_string()),
+                        cold_start: cold,
+                        seconds: answer.exec_us.map_or(0.0, |us| us as f64 / 1e6),
+                        call_id: call.invocation_id.clone(),
+                    };
+                    match answer.status {
+                        AttemptStatus::Succeeded => {
+                            match answer.output.unwrap_or(Value::Null) {
+                                Value::String(s) => {
+                                    reply.body = s.into_bytes();
+                                    reply.content_type = "text/plain; charset=utf-8";
+                                }
+                                v => reply.body = serde_json::to_vec(&v).unwrap_or_default(),
                             }
-                            v => reply.body = serde_json::to_vec(&v).unwrap_or_default(),
+                            Ok(reply)
                         }
-                        Ok(reply)
+                        AttemptStatus::Failed => {
+                            reply.code = 500;
+                            reply.content_type = "text/plain; charset=utf-8";
+                            reply.body =
+                                format!("{}\n", answer.error.unwrap_or_default()).into_bytes();
+                            Ok(reply)
+                        }
+                        AttemptStatus::Timeout if answer.answered => {
+                            reply.code = 504;
+                            reply.content_type = "text/plain; charset=utf-8";
+                            reply.body =
+                                format!("{}\n", answer.error.unwrap_or_default()).into_bytes();
+                            Ok(reply)
+                        }
+                        _ => Err(format!(
+                            "worker `{name}`: {}",
+                            answer.error.unwrap_or_default()
+                        )),
                     }
-                    AttemptStatus::Failed => {
-                        reply.code = 500;
-                        reply.content_type = "text/plain; charset=utf-8";
-                        reply.body = format!("{}\n", answer.error.unwrap_or_default()).into_bytes();
-                        Ok(reply)
-                    }
-                    AttemptStatus::Timeout if answer.answered => {
-                        reply.code = 504;
-                        reply.content_type = "text/plain; charset=utf-8";
-                        reply.body = format!("{}\n", answer.error.unwrap_or_default()).into_bytes();
-                        Ok(reply)
-                    }
-                    _ => Err(format!(
-                        "worker `{name}`: {}",
-                        answer.error.unwrap_or_default()
-                    )),
                 }
-            }
+            };
         };
         if let Some(n) = lock(&self.inflight).get_mut(name) {
             *n = n.saturating_sub(1);

@@ -37,6 +37,9 @@ pub struct Answer {
     pub dispatched_ms: i64,
     /// The session answered (with an output or a function error) and can be followed up.
     pub answered: bool,
+    /// The call never left: the session had been told to power off first. Not an attempt;
+    /// wait for the worker's next session and send it there.
+    pub unsent: bool,
 }
 
 impl Answer {
@@ -73,8 +76,9 @@ pub fn healthy<D: VmDriver>(engine: &Engine<D, Sessions>, worker: &str) -> bool 
         .is_some_and(|o| health_good(&o))
 }
 
-/// Waits until `worker` has a session other than `stale` (one already told to power off or
-/// that failed), the worker turns unhealthy, or `limit` passes. Returns the session and
+/// Waits until `worker` has a session other than `stale` (one that failed) and not told to
+/// power off (by anyone: the engine releasing it, or a OneShot follow-up), the worker turns
+/// unhealthy, or `limit` passes. Returns the session and
 /// whether it had to wait for one (a cold start). The caller holds `engine.want(worker)`.
 pub async fn fresh_session<D: VmDriver>(
     engine: &Engine<D, Sessions>,
@@ -88,6 +92,7 @@ pub async fn fresh_session<D: VmDriver>(
     loop {
         if let Some(s) = engine.presence.get(worker)
             && Some(s.id) != stale
+            && !s.is_retiring()
         {
             return Some((s, cold));
         }
@@ -134,6 +139,7 @@ fn classify(result: Result<super::Completed, SessionError>, dispatched_ms: i64) 
         output: None,
         dispatched_ms,
         answered: false,
+        unsent: false,
     };
     match result {
         Ok(done) => {
@@ -158,6 +164,10 @@ fn classify(result: Result<super::Completed, SessionError>, dispatched_ms: i64) 
         Err(SessionError::Timeout(d)) => {
             a.status = AttemptStatus::Timeout;
             a.error = Some(format!("no result within {d:?}"));
+        }
+        Err(SessionError::Retiring) => {
+            a.unsent = true;
+            a.error = Some(SessionError::Retiring.to_string());
         }
         Err(e) => a.error = Some(e.to_string()),
     }

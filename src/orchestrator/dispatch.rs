@@ -506,23 +506,39 @@ impl<D: VmDriver> Run<D> {
             }
             // Wait for a fresh agent session (not the one we just told to power off).
             let waited_from = Instant::now();
-            let session =
-                attempt::fresh_session(&self.engine, worker, stale, &mut events, ready_limit).await;
-            let Some((session, cold)) = session else {
-                let mut job = job;
-                job.tried.push(worker.to_string());
-                self.abandon(worker);
-                self.enqueue(job, None);
-                if holding {
-                    self.engine.release(worker);
+            // A session told to power off after it was picked refuses the call unsent: wait
+            // for the worker's next one (a cold start) rather than spend an attempt.
+            let mut passed_over = false;
+            let (session, cold_start_ms, answer, _permit) = loop {
+                let session =
+                    attempt::fresh_session(&self.engine, worker, stale, &mut events, ready_limit)
+                        .await;
+                let Some((session, cold)) = session else {
+                    let mut job = job;
+                    job.tried.push(worker.to_string());
+                    self.abandon(worker);
+                    self.enqueue(job, None);
+                    if holding {
+                        self.engine.release(worker);
+                    }
+                    return;
+                };
+                let cold_start_ms = attempt::cold_start_ms(
+                    cold || passed_over,
+                    waited_from.elapsed(),
+                    job.queued_ms,
+                );
+                let Ok(permit) = self.permits.acquire().await else {
+                    return;
+                };
+                let answer = attempt::send(&self.engine, worker, &session, &job.call).await;
+                if answer.unsent {
+                    stale = Some(session.id);
+                    passed_over = true;
+                    continue;
                 }
-                return;
+                break (session, cold_start_ms, answer, permit);
             };
-            let cold_start_ms = attempt::cold_start_ms(cold, waited_from.elapsed(), job.queued_ms);
-            let Ok(_permit) = self.permits.acquire().await else {
-                return;
-            };
-            let answer = attempt::send(&self.engine, worker, &session, &job.call).await;
             let retry = self.finalize(&job, Some(worker), Some(&answer), None, cold_start_ms);
             // OneShot: one invocation per boot. Warm: keep the connection.
             let follow = if oneshot {

@@ -3,6 +3,8 @@
 
 use super::framing::{read_message, write_message};
 use crate::protocol::{Heartbeat, Hello, Invoke, InvokeResult, Message};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
@@ -25,6 +27,10 @@ pub enum SessionError {
     Timeout(Duration),
     #[error("protocol error from the agent: {0}")]
     Protocol(String),
+    /// The agent was told to power off or reboot before this call reached it, so it was never
+    /// sent: the caller may wait for the worker's next session without counting an attempt.
+    #[error("the agent was told to power off before the call reached it")]
+    Retiring,
 }
 
 /// A result together with the round trip measured here, from writing `invoke` to reading the
@@ -51,6 +57,8 @@ pub struct SessionHandle {
     pub hello: Hello,
     pub connected_at: Instant,
     tx: mpsc::Sender<Command>,
+    /// Set when a power-off or reboot is sent: the session is on its way out.
+    retiring: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -69,6 +77,12 @@ impl SessionHandle {
 
     pub fn is_open(&self) -> bool {
         !self.tx.is_closed()
+    }
+
+    /// Whether this session was told to power off or reboot: a caller looking for a worker to
+    /// run something should wait for its next session instead.
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::SeqCst)
     }
 
     /// Sends one invocation and waits for its result (or the connection's end, or `timeout`).
@@ -90,6 +104,9 @@ impl SessionHandle {
     }
 
     pub async fn follow_up(&self, what: FollowUp) -> Result<(), SessionError> {
+        if matches!(what, FollowUp::Poweroff | FollowUp::Reboot) {
+            self.retiring.store(true, Ordering::SeqCst);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::FollowUp(what, reply))
@@ -114,6 +131,7 @@ pub fn spawn(
         hello,
         connected_at: Instant::now(),
         tx,
+        retiring: Arc::new(AtomicBool::new(false)),
     };
     tokio::spawn(async move {
         let reason = run(reader, writer, rx).await;
@@ -138,6 +156,9 @@ async fn run(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Command>,
 ) -> String {
+    // Commands run in the order they were queued, so an invoke queued after a power-off can be
+    // refused here before the agent sees it: whoever queued it learns the call was never sent.
+    let mut retiring = false;
     loop {
         tokio::select! {
             cmd = rx.recv() => {
@@ -150,12 +171,16 @@ async fn run(
                             FollowUp::Poweroff => Message::Poweroff,
                             FollowUp::Reboot => Message::Reboot,
                         };
+                        retiring |= matches!(what, FollowUp::Poweroff | FollowUp::Reboot);
                         let r = write_message(&mut writer, &msg).await.map_err(|_| SessionError::Closed);
                         let failed = r.is_err();
                         let _ = reply.send(r);
                         if failed {
                             return "write failed".to_string();
                         }
+                    }
+                    Command::Invoke { reply, .. } if retiring => {
+                        let _ = reply.send(Err(SessionError::Retiring));
                     }
                     Command::Invoke { invoke, timeout, reply } => {
                         let id = invoke.id.clone();
@@ -228,5 +253,64 @@ async fn await_result(
             Ok(None) => return Err(SessionError::Closed),
             Err(e) => return Err(SessionError::Protocol(e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Capabilities, decode};
+    use tokio::io::{AsyncBufReadExt, BufReader as TokioBufReader};
+    use tokio::net::TcpListener;
+
+    /// A session on a loopback connection and the agent's end of it.
+    async fn pair() -> (SessionHandle, TokioBufReader<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let agent = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let (reader, writer) = split(server);
+        let hello = Hello {
+            worker: "w".into(),
+            agent_version: "test".into(),
+            protocol_version: crate::protocol::PROTOCOL_VERSION,
+            uptime_ms: 0,
+            capabilities: Capabilities::default(),
+        };
+        let (done, _) = oneshot::channel();
+        (spawn(1, hello, reader, writer, done), TokioBufReader::new(agent))
+    }
+
+    fn invoke(id: &str) -> Invoke {
+        Invoke {
+            id: id.into(),
+            function: "float_operations".into(),
+            runtime: crate::protocol::RUNTIME_BUILTIN.into(),
+            handler: String::new(),
+            input: serde_json::json!({"n": 1}),
+            deadline_ms: 1000,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invoke_queued_after_a_poweroff_is_refused_unsent() {
+        let (session, mut agent) = pair().await;
+        assert!(!session.is_retiring());
+        // Queued in this order, as a release racing a call would queue them.
+        let off = session.follow_up(FollowUp::Poweroff);
+        let call = session.invoke(invoke("late"), Duration::from_secs(5));
+        let (off, call) = tokio::join!(off, call);
+        assert_eq!(off, Ok(()));
+        assert!(matches!(call, Err(SessionError::Retiring)), "{call:?}");
+        assert!(session.is_retiring());
+
+        // The agent saw the power-off and nothing after it.
+        let mut line = String::new();
+        agent.read_line(&mut line).await.expect("read");
+        assert!(matches!(decode(line.as_bytes()), Ok(Message::Poweroff)), "{line}");
+        drop(session);
+        line.clear();
+        let more = agent.read_line(&mut line).await.expect("read");
+        assert_eq!(more, 0, "nothing after poweroff, got {line:?}");
     }
 }
