@@ -278,7 +278,10 @@ mod tests {
             capabilities: Capabilities::default(),
         };
         let (done, _) = oneshot::channel();
-        (spawn(1, hello, reader, writer, done), TokioBufReader::new(agent))
+        (
+            spawn(1, hello, reader, writer, done),
+            TokioBufReader::new(agent),
+        )
     }
 
     fn invoke(id: &str) -> Invoke {
@@ -307,7 +310,10 @@ mod tests {
         // The agent saw the power-off and nothing after it.
         let mut line = String::new();
         agent.read_line(&mut line).await.expect("read");
-        assert!(matches!(decode(line.as_bytes()), Ok(Message::Poweroff)), "{line}");
+        assert!(
+            matches!(decode(line.as_bytes()), Ok(Message::Poweroff)),
+            "{line}"
+        );
         drop(session);
         line.clear();
         let more = agent.read_line(&mut line).await.expect("read");
