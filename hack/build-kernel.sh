@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Builds the small all-built-in x86_64 kernel for QEMU workers from Debian's linux-source-6.1
-# and the committed fragment hack/kernel/microvm-x86_64.config, and prints the bzImage path.
+# Builds the small all-built-in x86_64 kernel for QEMU workers from Debian's linux-source-6.1,
+# the committed fragment hack/kernel/microvm-x86_64.config and the patches in
+# hack/kernel/patches/ (applied in name order), and prints the bzImage path.
 #
 # The result is cached under ${MICROFAAS_CACHE:-$HOME/.cache/microfaas}/kernel/<key>/bzImage,
-# where <key> is the sha256 of the fragment plus the kernel source package version, because the
-# build takes ~6.5 min on 2 cores. A second run with the same inputs only prints the path.
+# where <key> is the sha256 of the fragment, the patches and the kernel source package version,
+# because the build takes ~6.5 min on 2 cores. A second run with the same inputs only prints the path.
 # The build happens in a temp dir next to the cache entry and is moved into place at the end,
 # so an interrupted run leaves no half-written entry behind.
 #
 # Progress goes to stderr; stdout carries only the bzImage path, so callers can capture it:
 #   BZIMAGE=$(hack/build-kernel.sh)
-# Needs: linux-source-6.1 flex bison libelf-dev bc lz4 (hack/install-deps.sh installs them).
+# Needs: linux-source-6.1 flex bison libelf-dev bc lz4 patch (hack/install-deps.sh installs them).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fragment=${MICROFAAS_KERNEL_FRAGMENT:-$here/kernel/microvm-x86_64.config}
+patches=("$here"/kernel/patches/*.patch)
+[ -e "${patches[0]}" ] || patches=()
 src_tar=/usr/src/linux-source-6.1.tar.xz
 cache=${MICROFAAS_CACHE:-$HOME/.cache/microfaas}/kernel
 
@@ -23,7 +26,7 @@ die() { log "error: $*"; exit 1; }
 
 [ -f "$fragment" ] || die "config fragment $fragment not found"
 [ -f "$src_tar" ] || die "$src_tar not found: run hack/install-deps.sh (installs linux-source-6.1)"
-for tool in make gcc flex bison bc lz4 xz; do
+for tool in make gcc flex bison bc lz4 xz patch; do
   command -v "$tool" >/dev/null || die "'$tool' not found: run hack/install-deps.sh"
 done
 
@@ -31,7 +34,8 @@ done
 # when dpkg does not know the file (e.g. a hand-placed tarball).
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || true)
 [ -n "$src_version" ] || src_version=$(sha256sum "$src_tar" | cut -d' ' -f1)
-key=$( { cat "$fragment"; echo "linux-source-6.1 $src_version"; } | sha256sum | cut -d' ' -f1)
+key=$( { cat "$fragment" ${patches[@]+"${patches[@]}"}; echo "linux-source-6.1 $src_version"; } |
+  sha256sum | cut -d' ' -f1)
 out_dir=$cache/$key
 
 if [ -s "$out_dir/bzImage" ]; then
@@ -52,6 +56,11 @@ tree=$work/linux-source-6.1
 [ -d "$tree" ] || die "unexpected tarball layout: no linux-source-6.1/ in $src_tar"
 
 kmake() { make -C "$tree" ARCH=x86_64 "$@"; }
+
+for p in ${patches[@]+"${patches[@]}"}; do
+  log "patch $(basename "$p")"
+  patch -d "$tree" -p1 --forward --quiet <"$p" || die "$(basename "$p") does not apply to linux-source-6.1 $src_version"
+done
 
 log "tinyconfig + $(basename "$fragment") + olddefconfig"
 kmake tinyconfig >/dev/null
@@ -88,6 +97,7 @@ mkdir -p "$staged"
 cp "$tree/arch/x86/boot/bzImage" "$staged/bzImage"
 cp "$tree/.config" "$staged/config"
 cp "$fragment" "$staged/fragment.config"
+[ ${#patches[@]} -eq 0 ] || cat "${patches[@]}" >"$staged/patches.diff"
 echo "linux-source-6.1 $src_version" >"$staged/source-version"
 # Another run may have finished the same key meanwhile; its result is just as good.
 if ! mv -T "$staged" "$out_dir" 2>/dev/null; then

@@ -14,10 +14,10 @@ if [ ! -f /etc/apt/sources.list.d/bookworm-backports.list ]; then
   apt_updated=
 fi
 
-# make/gcc/binutils/xz-utils: hack/build-kernel.sh and readelf in the image tests; python3:
+# make/gcc/binutils/xz-utils/patch: hack/build-kernel.sh and readelf in the image tests; python3:
 # hack/test-artifacts.sh and the function reference vectors.
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
-         make gcc binutils xz-utils python3; do
+         make gcc binutils xz-utils patch python3; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1

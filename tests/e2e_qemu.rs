@@ -20,7 +20,7 @@ fn ci_workload_runs_to_completion() {
         "/examples/ci-qemu.yaml"
     ))
     .expect("ci manifest")
-    .replace("../image/bzImage", &env.kernel.display().to_string())
+    .replace("../image/vmlinux", &env.vmlinux.display().to_string())
     .replace(
         "../image/initramfs.cpio.gz",
         &env.initrd.display().to_string(),

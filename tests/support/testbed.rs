@@ -14,6 +14,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub state: PathBuf,
     pub kernel: PathBuf,
+    /// The same kernel uncompressed, for PVH boots (what the example manifests use).
+    pub vmlinux: PathBuf,
     pub initrd: PathBuf,
     pub port: u16,
 }
@@ -33,7 +35,7 @@ impl Env {
             out_dir: out,
             token: None,
             cache_dir: None,
-            pvh: false,
+            pvh: true,
         })
         .expect("image build");
         // A fixed port for this test's engine: a VM keeps the guestfwd it was started with,
@@ -46,6 +48,7 @@ impl Env {
             _serial: serial,
             state: dir.path().join("state"),
             kernel: built.bzimage,
+            vmlinux: built.vmlinux.expect("pvh: true writes vmlinux"),
             initrd: built.initramfs,
             dir,
             port,
