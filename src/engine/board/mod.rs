@@ -424,22 +424,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             return Ok(Next::Done);
         }
         st.condition("AgentConnected", CondStatus::False, "NotConnected", "");
-        if let Some((since, at)) =
-            self.board_rt(name, |r| r.on.and_then(|a| Some((a.since, a.agent_at?))))
-        {
-            // Booted, served and gone since the last turn: it reached Ready.
-            self.board_rt(name, |r| {
-                r.on = None;
-                r.was_ready = true;
-            });
-            if let Some(r) = lock(&self.runtime).get_mut(name) {
-                r.failures = 0;
-            }
-            let secs = at.duration_since(since).as_secs_f64();
-            st.set("bootSeconds", json!(secs));
-            let msg = format!("agent connected {secs:.2} s after power on, and has left");
-            self.event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
-        }
+        self.came_and_went(name, st);
         // The agent left a board it had reached: it is powering its board off.
         if self.board_rt(name, |r| r.was_ready && r.on.is_none()) {
             self.board_rt(name, |r| {
@@ -671,6 +656,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     /// the power-off holdoff without a link); the long hold once the agent timeout has passed.
     async fn board_off(&self, t: &Turn<'_>, st: &mut Status) -> Next {
         let (name, ev, observed, why) = (t.name, &t.ev, t.observed, t.why.as_str());
+        if !ev.agent {
+            self.came_and_went(name, st);
+        }
         self.board_rt(name, |r| r.on = None);
         let timing = *lock(&self.boards.timing);
         // How long a board whose agent has left gets to go dark when no link says so.
@@ -816,6 +804,28 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         } else {
             self.finish_request(t, st, true, &format!("off ({})", t.why), Some(false));
         }
+    }
+
+    /// A board whose agent said hello during a power-on and is gone again by this turn (a
+    /// OneShot job can be that quick) booted: it counts as having reached Ready, so its agent's
+    /// leaving means it is going down, not that its boot failed. Call only without an agent.
+    fn came_and_went(&self, name: &str, st: &mut Status) {
+        let Some((since, at)) =
+            self.board_rt(name, |r| r.on.and_then(|a| Some((a.since, a.agent_at?))))
+        else {
+            return;
+        };
+        self.board_rt(name, |r| {
+            r.on = None;
+            r.was_ready = true;
+        });
+        if let Some(r) = lock(&self.runtime).get_mut(name) {
+            r.failures = 0;
+        }
+        let secs = at.saturating_duration_since(since).as_secs_f64();
+        st.set("bootSeconds", json!(secs));
+        let msg = format!("agent connected {secs:.2} s after power on, and has left");
+        self.event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
     }
 
     /// An agent said hello (called as it happens, not at the next turn).
