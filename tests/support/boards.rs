@@ -152,6 +152,19 @@ impl Rack {
         }
     }
 
+    /// Stops the boards' agents and the switch. The engine keeps its buttons (and so this rack)
+    /// until the test process ends, which runs no destructor: without this the `snmpsim`
+    /// process outlives the test.
+    pub fn shut_down(&self) {
+        for b in lock(&self.boards).values_mut() {
+            if let Some(mut c) = b.agent.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.sim.terminate();
+    }
+
     pub fn presses(&self, name: &str) -> Vec<Duration> {
         lock(&self.boards)
             .get(name)
@@ -358,5 +371,6 @@ impl BoardHost {
         self.reaping.store(false, Ordering::Relaxed);
         self.reaper.join().expect("reaper");
         self.host.stop().await;
+        self.rack.shut_down();
     }
 }
