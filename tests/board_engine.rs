@@ -179,6 +179,7 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        self.rack.shut_down();
         let _ = &self.dir;
     }
 }

@@ -6,125 +6,54 @@
 
 mod support;
 
-use microfaas::engine::board::{BoardTiming, GpioButtons};
 use microfaas::engine::vm::FakeDriver;
 use microfaas::gateway::Credentials;
 use microfaas::manifest::Kind;
-use microfaas::store::{DesiredObject, Store};
-use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-use support::boards::{
-    Behaviour, FORCE_OFF, Rack, SimOpener, board_spec, event_count, switch_spec,
-};
+use microfaas::store::DesiredObject;
+use serde_json::json;
+use std::time::Duration;
+use support::boards::{BoardHost, FORCE_OFF, board_spec, event_count};
 use support::host::{
     Host, HostOptions, body_text, call, deploy, http, json_of, scale, wait_function,
 };
-use support::snmp_agents::start_snmpsim;
 
 const BOARD: &str = "bbb-1";
-
-fn status(h: &Host<FakeDriver>) -> Value {
-    h.engine
-        .get(Kind::Worker, BOARD)
-        .map(|o| o.status)
-        .unwrap_or(Value::Null)
-}
 
 fn count(h: &Host<FakeDriver>, reason: &str) -> i64 {
     event_count(&h.engine, BOARD, reason)
 }
 
-/// Waits until the engine has the board Off (powered down, dark on the switch).
-async fn until_off(h: &Host<FakeDriver>, rack: &Rack, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while status(h)["phase"] != "Off" || rack.is_on(BOARD) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: board on = {}, status {}",
-            rack.is_on(BOARD),
-            status(h)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_calls_power_a_board_on_and_release_it() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let state = dir.path().join("state");
-    let community = dir.path().join("community");
-    std::fs::write(&community, "public\n").expect("community file");
-    let sim = start_snmpsim();
-    Store::open(&state)
-        .expect("store")
-        .apply(
-            &[
-                DesiredObject::new(
-                    Kind::Cluster,
-                    "c",
-                    json!({"defaults": {"bootTimeout": "20s", "powerOnHoldoff": "500ms",
-                                        "powerOffHoldoff": "1s", "jobTimeout": "30s"}}),
-                ),
-                DesiredObject::new(Kind::Switch, "tor", switch_spec(sim.port, &community)),
-                // OnDemand and no idle timeout: on for a call, off again right after it.
-                DesiredObject::new(
-                    Kind::Worker,
-                    BOARD,
-                    board_spec("OnDemand", 1, "tor", "Gi1/0/5", false),
-                ),
-            ],
-            None,
-            false,
-            false,
-        )
-        .expect("apply");
     let opts = HostOptions {
         agent_listen: "127.0.0.1:0".into(),
         token: "gateway-board-token".into(),
         credentials: Some(Credentials::new("admin", "pw")),
     };
-    let mut rack = None;
-    let h = Host::start_with(
-        &state,
-        Arc::new(FakeDriver::default()),
+    let b = BoardHost::start(
+        json!({"bootTimeout": "20s", "powerOnHoldoff": "500ms", "powerOffHoldoff": "1s",
+               "jobTimeout": "30s"}),
+        // OnDemand and no idle timeout: on for a call, off again right after it.
+        vec![DesiredObject::new(
+            Kind::Worker,
+            BOARD,
+            board_spec("OnDemand", 1, "tor", "Gi1/0/5", false),
+        )],
+        &[(BOARD, 10105)],
         &opts,
-        |engine, endpoint| {
-            let r = Rack::new(sim, endpoint.addr.to_string(), &opts.token);
-            r.add(BOARD, 10105, Behaviour::Healthy, false);
-            engine.set_buttons(Arc::new(GpioButtons::new(SimOpener(r.clone()))));
-            engine.set_board_timing(BoardTiming {
-                agent_timeout: Duration::from_secs(5),
-                decay: Duration::from_secs(600),
-                bounce_hold: Duration::from_millis(1500),
-            });
-            rack = Some(r);
-        },
     )
     .await;
-    let rack = rack.expect("the rack is set up");
-    // A board whose agent obeyed `poweroff` goes dark (link down), as a real one does.
-    let reaping = Arc::new(AtomicBool::new(true));
-    let reaper = {
-        let (rack, reaping) = (rack.clone(), reaping.clone());
-        std::thread::spawn(move || {
-            while reaping.load(Ordering::Relaxed) {
-                rack.reap();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let (h, rack) = (&b.host, &b.rack);
 
-    until_off(&h, &rack, "the board seen off on the switch").await;
+    b.until_off(BOARD, "the board seen off on the switch").await;
     assert!(rack.presses(BOARD).is_empty());
 
-    deploy(&h, "sha", "builtin:cascading_sha256").await;
+    deploy(h, "sha", "builtin:cascading_sha256").await;
 
     // The call powers the board on with one pulse of its button and runs on it.
     let input = json!({"rounds": 5, "data": "beaglebone"});
     let want = microfaas::functions::run("cascading_sha256", &input).expect("local run");
-    let r = call(&h, "/function/sha", &input).await;
+    let r = call(h, "/function/sha", &input).await;
     assert_eq!(r.status, 200, "{}", body_text(&r));
     assert_eq!(json_of(&r), want);
     assert_eq!(r.header("x-microfaas-worker"), Some(BOARD));
@@ -135,35 +64,36 @@ async fn gateway_calls_power_a_board_on_and_release_it() {
 
     // Released after the call (no idle timeout): the agent is asked to power the board off,
     // and no further press is needed.
-    until_off(&h, &rack, "the board released after the call").await;
+    b.until_off(BOARD, "the board released after the call")
+        .await;
     assert_eq!(rack.presses(BOARD).len(), 1, "{:?}", rack.presses(BOARD));
-    assert!(count(&h, "PowerOff") >= 1, "{}", status(&h));
-    assert_eq!(count(&h, "PowerHold"), 0);
-    assert_eq!(status(&h)["power"], "Off");
+    assert!(count(h, "PowerOff") >= 1, "{}", b.status(BOARD));
+    assert_eq!(count(h, "PowerHold"), 0);
+    assert_eq!(b.status(BOARD)["power"], "Off");
 
     // scale-function 1 keeps the board powered: one more pulse, and a warm call.
-    scale(&h, "sha", 1).await;
-    wait_function(&h, "sha", "the board as a ready replica", |v| {
+    scale(h, "sha", 1).await;
+    wait_function(h, "sha", "the board as a ready replica", |v| {
         v["availableReplicas"] == 1
     })
     .await;
     assert_eq!(rack.presses(BOARD).len(), 2, "{:?}", rack.presses(BOARD));
-    let r = call(&h, "/function/sha", &input).await;
+    let r = call(h, "/function/sha", &input).await;
     assert_eq!(r.status, 200, "{}", body_text(&r));
     assert_eq!(json_of(&r), want);
     assert_eq!(r.header("x-microfaas-worker"), Some(BOARD));
     assert_eq!(r.header("x-microfaas-cold-start"), Some("false"));
     // Still held after the call.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(rack.is_on(BOARD), "{}", status(&h));
-    assert_eq!(status(&h)["power"], "On");
+    assert!(rack.is_on(BOARD), "{}", b.status(BOARD));
+    assert_eq!(b.status(BOARD)["power"], "On");
 
     // scale-function 0: boards off until work arrives.
-    scale(&h, "sha", 0).await;
-    until_off(&h, &rack, "the board released by scale 0").await;
+    scale(h, "sha", 0).await;
+    b.until_off(BOARD, "the board released by scale 0").await;
     assert_eq!(rack.presses(BOARD).len(), 2, "{:?}", rack.presses(BOARD));
-    assert_eq!(count(&h, "PowerHold"), 0);
-    assert_eq!(status(&h)["power"], "Off");
+    assert_eq!(count(h, "PowerHold"), 0);
+    assert_eq!(b.status(BOARD)["power"], "Off");
     let f = json_of(&http("GET", &h.url("/system/function/sha"), true, vec![]).await);
     assert_eq!(
         (f["replicas"].as_u64(), f["invocationCount"].as_u64()),
@@ -171,7 +101,5 @@ async fn gateway_calls_power_a_board_on_and_release_it() {
         "{f}"
     );
 
-    reaping.store(false, Ordering::Relaxed);
-    reaper.join().expect("reaper");
-    h.stop().await;
+    b.stop().await;
 }

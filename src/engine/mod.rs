@@ -338,10 +338,11 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             loop {
                 use crate::orchestrator::AgentEvent;
                 match rx.recv().await {
-                    Ok(
-                        AgentEvent::Connected { worker, .. }
-                        | AgentEvent::Disconnected { worker, .. },
-                    ) => {
+                    Ok(AgentEvent::Connected { worker, .. }) => {
+                        me.board_agent_connected(&worker);
+                        me.queue.add((Kind::Worker, worker));
+                    }
+                    Ok(AgentEvent::Disconnected { worker, .. }) => {
                         me.queue.add((Kind::Worker, worker));
                     }
                     Ok(AgentEvent::Rejected {

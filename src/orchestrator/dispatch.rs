@@ -6,11 +6,15 @@
 
 use super::attempt::{self, Answer, Call, Slot};
 use super::{AgentEvent, FollowUp, Sessions};
+use crate::drivers::gpio::ButtonConfig;
 use crate::engine::Engine;
+use crate::engine::board::BoardTiming;
 use crate::engine::status::{CondStatus, Status};
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
-use crate::manifest::types::{FunctionSpec, LifecycleMode, Runtime, WorkerSpec, WorkloadSpec};
+use crate::manifest::types::{
+    Defaults, FunctionSpec, LifecycleMode, Runtime, WorkerSpec, WorkloadSpec,
+};
 use crate::store::invocations::{AttemptStatus, RunCounts, RunPhase};
 use crate::store::{EventType, clock};
 use crate::workload::{Planned, generate};
@@ -121,13 +125,13 @@ async fn run_workload<D: VmDriver>(
         .into_iter()
         .filter(|w| spec.workers.matches(&w.labels))
         .filter(attempt::health_good)
+        // Boards and VMs alike: the engine powers either on for `want` and off for `release`.
         .filter_map(|w| {
             Some((
                 w.name.clone(),
                 serde_json::from_value::<WorkerSpec>(w.spec).ok()?,
             ))
         })
-        .filter(|(_, s)| s.vm.is_some())
         .collect();
 
     let run = engine
@@ -136,7 +140,7 @@ async fn run_workload<D: VmDriver>(
     let mut st = Status::from_value(&obj.status);
     st.set(crate::engine::RERUN, serde_json::Value::Null);
     if workers.is_empty() {
-        let msg = "no healthy VM worker matches the workload's selector";
+        let msg = "no healthy worker matches the workload's selector";
         engine
             .with_store(|s| s.finish_run(name, run, RunPhase::Failed, &RunCounts::default(), msg))
             .map_err(|e| e.to_string())?;
@@ -284,6 +288,34 @@ async fn run_workload<D: VmDriver>(
         &msg,
     );
     Ok(())
+}
+
+/// How long a worker loop waits for a session before it hands its queue on: long enough for
+/// the engine's whole recovery ladder (`quarantineAfter` failed boots, then Bad, which ends the
+/// wait sooner). A VM's boot fails after one boot timeout. A board's may wait for its link,
+/// bounce its port and wait for the link again, then wait for its agent (three boot
+/// timeouts), after a power-on holdoff and possibly a recovery hold; and before its first
+/// boot it may still be finishing a power-off (agent timeout, then the force-off hold), as
+/// after every OneShot invocation.
+fn ready_limit(spec: Option<&WorkerSpec>, defaults: &Defaults, timing: BoardTiming) -> Duration {
+    let boot_timeout: Duration = defaults
+        .boot_timeout
+        .parse()
+        .unwrap_or(Duration::from_secs(60));
+    let boots = u32::try_from(defaults.quarantine_after)
+        .unwrap_or(3)
+        .saturating_add(1);
+    let slack = Duration::from_secs(10);
+    let Some(board) = spec.and_then(|s| s.board.as_ref()) else {
+        return boot_timeout.saturating_mul(boots) + slack;
+    };
+    let hold = ButtonConfig::from_manifest(&board.power_button)
+        .map(|b| b.force_off)
+        .unwrap_or(Duration::from_secs(10));
+    let holdoff: Duration = defaults.power_on_holdoff.parse().unwrap_or(Duration::ZERO);
+    let per_boot = boot_timeout.saturating_mul(3) + holdoff + hold;
+    let power_off = timing.agent_timeout + hold;
+    per_boot.saturating_mul(boots) + power_off + slack
 }
 
 impl<D: VmDriver> Run<D> {
@@ -461,17 +493,11 @@ impl<D: VmDriver> Run<D> {
             .and_then(|s| s.lifecycle.idle_timeout.as_ref())
             .and_then(|d| d.parse().ok())
             .unwrap_or(Duration::ZERO);
-        let defaults = self.engine.defaults();
-        let boot_timeout: Duration = defaults
-            .boot_timeout
-            .parse()
-            .unwrap_or(Duration::from_secs(60));
-        // Long enough for the engine's whole recovery ladder before this loop gives up.
-        let ready_limit = boot_timeout.saturating_mul(
-            u32::try_from(defaults.quarantine_after)
-                .unwrap_or(3)
-                .saturating_add(1),
-        ) + Duration::from_secs(10);
+        let ready_limit = ready_limit(
+            spec.as_ref(),
+            &self.engine.defaults(),
+            self.engine.board_timing(),
+        );
         let mut holding = false;
         let mut stale: Option<u64> = None;
         loop {
@@ -563,5 +589,36 @@ impl<D: VmDriver> Run<D> {
         if holding {
             self.engine.release(worker);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn worker(spec: serde_json::Value) -> WorkerSpec {
+        serde_json::from_value(spec).expect("worker spec")
+    }
+
+    /// A VM waits out its ladder of boot timeouts; a board also its link waits, bounce,
+    /// holdoffs, holds and a power-off still in progress.
+    #[test]
+    fn a_board_gets_its_whole_ladder_before_its_queue_moves_on() {
+        let defaults = Defaults::default(); // bootTimeout 60s, holdoff 10s, quarantineAfter 3
+        let timing = BoardTiming::default(); // agent timeout 30s
+        let vm = worker(json!({"vm": {"kernel": "/k"}}));
+        assert_eq!(
+            ready_limit(Some(&vm), &defaults, timing),
+            Duration::from_secs(4 * 60 + 10)
+        );
+        let board = worker(
+            json!({"board": {"powerButton": {"chip": "gpiochip0", "line": 5,
+                                  "pulse": "200ms", "forceOff": "8s"}}}),
+        );
+        assert_eq!(
+            ready_limit(Some(&board), &defaults, timing),
+            Duration::from_secs(4 * (3 * 60 + 10 + 8) + (30 + 8) + 10)
+        );
     }
 }

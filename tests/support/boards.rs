@@ -4,16 +4,19 @@
 //! switch port is a port of a real `snmpsim` switch whose ifOperStatus follows the board (set
 //! with `snmpset`), polled by the engine over SNMP like a real one.
 
-use super::snmp_agents::{Agent, sim_set};
+use super::host::{Host, HostOptions};
+use super::snmp_agents::{Agent, sim_set, start_snmpsim};
 use microfaas::drivers::gpio::{ButtonLine, GpioError, LineSpec, Located};
 use microfaas::engine::Engine;
-use microfaas::engine::board::LineOpener;
-use microfaas::engine::vm::{Presence, VmDriver};
+use microfaas::engine::board::{BoardTiming, GpioButtons, LineOpener};
+use microfaas::engine::vm::{FakeDriver, Presence, VmDriver};
 use microfaas::manifest::Kind;
+use microfaas::store::{DesiredObject, Store};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -149,6 +152,19 @@ impl Rack {
         }
     }
 
+    /// Stops the boards' agents and the switch. The engine keeps its buttons (and so this rack)
+    /// until the test process ends, which runs no destructor: without this the `snmpsim`
+    /// process outlives the test.
+    pub fn shut_down(&self) {
+        for b in lock(&self.boards).values_mut() {
+            if let Some(mut c) = b.agent.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.sim.terminate();
+    }
+
     pub fn presses(&self, name: &str) -> Vec<Duration> {
         lock(&self.boards)
             .get(name)
@@ -250,4 +266,111 @@ pub fn event_count<D: VmDriver, P: Presence>(
         .filter(|e| e.reason == reason)
         .map(|e| e.count)
         .sum()
+}
+
+/// A whole host (store, engine, agent endpoint, gateway; see tests/support/host.rs) with no VM,
+/// whose board workers are simulated on a `Rack` on a real `snmpsim` switch declared as `tor`.
+/// A board whose agent obeyed `poweroff` goes dark (link down) by itself, as a real one does.
+pub struct BoardHost {
+    pub host: Host<FakeDriver>,
+    pub rack: Arc<Rack>,
+    reaping: Arc<AtomicBool>,
+    reaper: std::thread::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl BoardHost {
+    /// Applies a Cluster with `defaults`, the switch `tor` and `objects` (workers whose boards
+    /// are given in `boards` as (worker, ifIndex), all off), then starts the host with a 5 s
+    /// agent timeout.
+    pub async fn start(
+        defaults: Value,
+        objects: Vec<DesiredObject>,
+        boards: &[(&str, u32)],
+        opts: &HostOptions,
+    ) -> BoardHost {
+        let dir = tempfile::tempdir().expect("tmp");
+        let state = dir.path().join("state");
+        let community = dir.path().join("community");
+        std::fs::write(&community, "public\n").expect("community file");
+        let sim = start_snmpsim();
+        let mut all = vec![
+            DesiredObject::new(Kind::Cluster, "c", json!({ "defaults": defaults })),
+            DesiredObject::new(Kind::Switch, "tor", switch_spec(sim.port, &community)),
+        ];
+        all.extend(objects);
+        Store::open(&state)
+            .expect("store")
+            .apply(&all, None, false, false)
+            .expect("apply");
+        let mut rack = None;
+        let host = Host::start_with(
+            &state,
+            Arc::new(FakeDriver::default()),
+            opts,
+            |engine, endpoint| {
+                let r = Rack::new(sim, endpoint.addr.to_string(), &opts.token);
+                for &(name, if_index) in boards {
+                    r.add(name, if_index, Behaviour::Healthy, false);
+                }
+                engine.set_buttons(Arc::new(GpioButtons::new(SimOpener(r.clone()))));
+                engine.set_board_timing(BoardTiming {
+                    agent_timeout: Duration::from_secs(5),
+                    decay: Duration::from_secs(600),
+                    bounce_hold: Duration::from_millis(1500),
+                });
+                rack = Some(r);
+            },
+        )
+        .await;
+        let rack = rack.expect("the rack is set up");
+        let reaping = Arc::new(AtomicBool::new(true));
+        let reaper = {
+            let (rack, reaping) = (rack.clone(), reaping.clone());
+            std::thread::spawn(move || {
+                while reaping.load(Ordering::Relaxed) {
+                    rack.reap();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        BoardHost {
+            host,
+            rack,
+            reaping,
+            reaper,
+            _dir: dir,
+        }
+    }
+
+    /// The worker's status as the engine last wrote it.
+    pub fn status(&self, worker: &str) -> Value {
+        self.host
+            .engine
+            .get(Kind::Worker, worker)
+            .map(|o| o.status)
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits (up to 60 s) until the engine has `worker` Off and its board is dark.
+    pub async fn until_off(&self, worker: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.status(worker)["phase"] != "Off" || self.rack.is_on(worker) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: board on = {}, status {}",
+                self.rack.is_on(worker),
+                self.status(worker)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the reaper, then the host; the rack's agents go with the last `Rack` handle.
+    pub async fn stop(self) {
+        self.reaping.store(false, Ordering::Relaxed);
+        self.reaper.join().expect("reaper");
+        self.host.stop().await;
+        self.rack.shut_down();
+    }
 }

@@ -19,6 +19,15 @@ pub struct Agent {
     pub log: PathBuf,
 }
 
+impl Agent {
+    /// Asks the agent to stop (SIGTERM to its own PID) where it cannot be dropped: shared by
+    /// something that lives until the test process ends.
+    pub fn terminate(&self) {
+        // SAFETY: signalling a child we spawned; only `drop` reaps it, so its PID is still ours.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let pid = self.child.id() as libc::pid_t;

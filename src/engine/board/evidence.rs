@@ -58,6 +58,22 @@ pub struct Evidence {
     pub commanded: Option<Commanded>,
 }
 
+impl Evidence {
+    /// Whether a switch poll is older than the last command (and so predates what it did).
+    fn stale_link(&self) -> bool {
+        match (&self.commanded, self.link_at_ms) {
+            (Some(c), Some(at)) => c.at_ms > at,
+            _ => false,
+        }
+    }
+
+    /// The link's state, unless the switch was last polled before the last command.
+    pub fn fresh_link(&self) -> Option<CondStatus> {
+        let link = self.link.as_ref().map(|l| l.0);
+        if self.stale_link() { None } else { link }
+    }
+}
+
 /// Observed power and the evidence it rests on: the agent, then the link, then a commanded
 /// state younger than `decay`; otherwise Unknown. A command newer than the last switch poll
 /// (a hold that just cut power) outranks that poll's link.
@@ -65,10 +81,7 @@ pub fn observe(e: &Evidence, now_ms: i64, decay: Duration) -> (Power, String) {
     if e.agent {
         return (Power::On, "agent connected".into());
     }
-    let stale_link = match (&e.commanded, e.link_at_ms) {
-        (Some(c), Some(at)) => c.at_ms > at,
-        _ => false,
-    };
+    let stale_link = e.stale_link();
     match &e.link {
         _ if stale_link => {}
         Some((CondStatus::True, m)) => return (Power::On, format!("link up ({m})")),

@@ -63,6 +63,9 @@ struct OnAttempt {
     since: Instant,
     link_up: Option<Instant>,
     bounced: Option<Instant>,
+    /// When its agent said hello, seen as it happened: a OneShot job can come and go between
+    /// two turns, and the board is then going down, not failing to boot.
+    agent_at: Option<Instant>,
 }
 
 /// A power-off in progress.
@@ -161,6 +164,11 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
 
     pub fn set_board_timing(&self, timing: BoardTiming) {
         *lock(&self.boards.timing) = timing;
+    }
+
+    /// The board timings in force (a workload run sizes its wait for a board by them).
+    pub fn board_timing(&self) -> BoardTiming {
+        *lock(&self.boards.timing)
     }
 
     fn buttons(&self) -> Arc<dyn PowerButtons> {
@@ -416,6 +424,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             return Ok(Next::Done);
         }
         st.condition("AgentConnected", CondStatus::False, "NotConnected", "");
+        self.came_and_went(name, st);
         // The agent left a board it had reached: it is powering its board off.
         if self.board_rt(name, |r| r.was_ready && r.on.is_none()) {
             self.board_rt(name, |r| {
@@ -462,6 +471,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                         since: Instant::now(),
                         link_up: link_up.then(Instant::now),
                         bounced: None,
+                        agent_at: None,
                     })
                 });
                 st.set_phase("Booting").condition(
@@ -498,15 +508,27 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 };
                 st.set_phase("PoweringOn");
                 self.write_status(Kind::Worker, name, st.clone().into_value());
-                self.press(t, Press::Pulse, &what).await?;
-                self.command(st, true, "pressed to power on");
+                // The attempt starts with the press: an agent may say hello before the press
+                // has returned.
                 self.board_rt(name, |r| {
                     r.was_ready = false;
                     r.on = Some(OnAttempt {
                         since: Instant::now(),
                         link_up: None,
                         bounced: None,
+                        agent_at: None,
                     })
+                });
+                if let Err(e) = self.press(t, Press::Pulse, &what).await {
+                    self.board_rt(name, |r| r.on = None);
+                    return Err(e);
+                }
+                self.command(st, true, "pressed to power on");
+                // Boot time counts from the end of the press.
+                self.board_rt(name, |r| {
+                    if let Some(a) = &mut r.on {
+                        a.since = Instant::now();
+                    }
                 });
                 st.condition("PoweredOn", CondStatus::True, "Pressed", "")
                     .condition("Ready", CondStatus::False, "Booting", "");
@@ -634,6 +656,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     /// the power-off holdoff without a link); the long hold once the agent timeout has passed.
     async fn board_off(&self, t: &Turn<'_>, st: &mut Status) -> Next {
         let (name, ev, observed, why) = (t.name, &t.ev, t.observed, t.why.as_str());
+        if !ev.agent {
+            self.came_and_went(name, st);
+        }
         self.board_rt(name, |r| r.on = None);
         let timing = *lock(&self.boards.timing);
         // How long a board whose agent has left gets to go dark when no link says so.
@@ -683,7 +708,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             attempt.agent_left = Some(Instant::now());
         }
         self.board_rt(name, |r| r.off = Some(attempt));
-        let link = ev.link.as_ref().map(|l| l.0);
+        // A poll older than the last press may predate the boot (a board can boot, serve and
+        // go within one poll interval): it says nothing about the board going dark.
+        let link = ev.fresh_link();
         if let Some(left) = attempt.agent_left
             && (link == Some(CondStatus::False)
                 || (link != Some(CondStatus::True) && left.elapsed() >= settle))
@@ -776,6 +803,38 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             self.queue.add((Kind::Worker, t.name.to_string()));
         } else {
             self.finish_request(t, st, true, &format!("off ({})", t.why), Some(false));
+        }
+    }
+
+    /// A board whose agent said hello during a power-on and is gone again by this turn (a
+    /// OneShot job can be that quick) booted: it counts as having reached Ready, so its agent's
+    /// leaving means it is going down, not that its boot failed. Call only without an agent.
+    fn came_and_went(&self, name: &str, st: &mut Status) {
+        let Some((since, at)) =
+            self.board_rt(name, |r| r.on.and_then(|a| Some((a.since, a.agent_at?))))
+        else {
+            return;
+        };
+        self.board_rt(name, |r| {
+            r.on = None;
+            r.was_ready = true;
+        });
+        if let Some(r) = lock(&self.runtime).get_mut(name) {
+            r.failures = 0;
+        }
+        let secs = at.saturating_duration_since(since).as_secs_f64();
+        st.set("bootSeconds", json!(secs));
+        let msg = format!("agent connected {secs:.2} s after power on, and has left");
+        self.event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
+    }
+
+    /// An agent said hello (called as it happens, not at the next turn).
+    pub(super) fn board_agent_connected(&self, name: &str) {
+        if let Some(a) = lock(&self.boards.runtime)
+            .get_mut(name)
+            .and_then(|r| r.on.as_mut())
+        {
+            a.agent_at.get_or_insert_with(Instant::now);
         }
     }
 
