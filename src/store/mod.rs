@@ -63,6 +63,29 @@ pub fn default_state_dir() -> PathBuf {
     home.join(".local/state/microfaas")
 }
 
+/// How long a connection waits for another process's lock before giving up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Switches the database to WAL. On a fresh file SQLite answers "database is locked" at once
+/// when another connection is doing the same (the busy handler does not cover it), so several
+/// processes opening a new state dir together would fail: retry within the busy timeout.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating and migrating as needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -76,10 +99,8 @@ impl Store {
             source,
         };
         let mut conn = Connection::open(&path).map_err(sq)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sq)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sq)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
+        enable_wal(&conn).map_err(sq)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sq)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
