@@ -77,30 +77,20 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339_millis(s), want, "{s}");
         }
-        assert_eq!(parse_unix_millis("2026-11-29T16:39:27.123Z"), Some(t + 123));
-        assert_eq!(parse_unix_millis(&format_unix_millis(t + 7)), Some(t + 7));
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-29T16:39:27.123Z"),
+            Some(t + 123)
+        );
+        assert_eq!(
+            parse_rfc3339_millis(&format_unix_millis(t + 7)),
+            Some(t + 7)
+        );
     }
 }
 
-/// Milliseconds since the Unix epoch of a timestamp written by `format_unix_millis`
-/// (`YYYY-MM-DDTHH:MM:SS[.mmm]Z`); `None` for anything else.
-pub fn parse_unix_millis(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let millis = if b.get(19) == Some(&b'.') {
-        num(20..23)?
-    } else {
-        0
-    };
-    Some(civil_millis(s)? + millis)
-}
-
-/// Milliseconds since the Unix epoch of any RFC 3339 timestamp, as clients send them
-/// (`2026-11-29T17:39:27+01:00`, `...27.123456789Z`): a fraction of any length (cut to
-/// milliseconds), `Z` or a `±HH:MM` offset. `None` for anything else.
+/// Milliseconds since the Unix epoch of any RFC 3339 timestamp, the ones `format_unix_millis`
+/// writes and the ones clients send (`2026-11-29T17:39:27+01:00`, `...27.123456789Z`): a
+/// fraction of any length (cut to milliseconds), `Z` or a `±HH:MM` offset. `None` otherwise.
 pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
@@ -170,7 +160,7 @@ pub fn now_millis() -> i64 {
 
 /// kubectl-style age: `5s`, `3m`, `2h`, `4d`.
 pub fn age(since: &str) -> String {
-    let Some(t) = parse_unix_millis(since) else {
+    let Some(t) = parse_rfc3339_millis(since) else {
         return "<unknown>".to_string();
     };
     let s = (now_millis() - t).max(0) / 1000;
@@ -189,8 +179,8 @@ mod parse_tests {
     #[test]
     fn round_trip() {
         for ms in [0, 1_795_970_367_123, 951_782_400_000, 4_102_444_799_999] {
-            assert_eq!(parse_unix_millis(&format_unix_millis(ms)), Some(ms));
+            assert_eq!(parse_rfc3339_millis(&format_unix_millis(ms)), Some(ms));
         }
-        assert_eq!(parse_unix_millis("yesterday"), None);
+        assert_eq!(parse_rfc3339_millis("yesterday"), None);
     }
 }
