@@ -7,6 +7,11 @@ use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 
+/// Write transactions take the write lock when they begin: a deferred one that read first
+/// gets "database is locked" at once (no busy wait) if another connection, such as the energy
+/// sampler or a second process, wrote in between.
+const IMMEDIATE: rusqlite::TransactionBehavior = rusqlite::TransactionBehavior::Immediate;
+
 /// What a manifest asks for, ready to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredObject {
@@ -182,7 +187,10 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(&sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(IMMEDIATE)
+            .map_err(&sq)?;
         let mut outcomes = Vec::new();
         let set_id = applyset.map(|(id, _)| id);
         for obj in objects {
@@ -289,7 +297,10 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(&sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(IMMEDIATE)
+            .map_err(&sq)?;
         let n = tx
             .execute(
                 "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
@@ -328,7 +339,7 @@ impl Store {
     pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
         let phase = status.get("phase").and_then(Value::as_str);
         let n = self.observation(|conn| {
-            let tx = conn.unchecked_transaction()?;
+            let tx = rusqlite::Transaction::new_unchecked(conn, IMMEDIATE)?;
             if kind == Kind::Worker
                 && let Some(phase) = phase
             {
