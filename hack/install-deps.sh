@@ -8,10 +8,18 @@ set -euo pipefail
 need_apt=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
-if [ ! -f /etc/apt/sources.list.d/bookworm-backports.list ]; then
-  echo 'deb http://deb.debian.org/debian bookworm-backports main' \
-    > /etc/apt/sources.list.d/bookworm-backports.list
-  apt_updated=
+# bookworm-backports on the mirror this machine already uses for bookworm: the URI is read from
+# apt's own view of its configured sources (one-line or deb822 files alike), never written here.
+backports_list=/etc/apt/sources.list.d/bookworm-backports.list
+if ! grep -qs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/*; then
+  mirror=$(apt-cache policy 2>/dev/null | awk '$3 == "bookworm/main" {print $2; exit}')
+  if [ -z "$mirror" ]; then
+    apt-get update -qq
+    mirror=$(apt-cache policy 2>/dev/null | awk '$3 == "bookworm/main" {print $2; exit}')
+  fi
+  [ -n "$mirror" ] || { echo "install-deps: no configured apt source serves bookworm/main" >&2; exit 1; }
+  echo "deb $mirror bookworm-backports main" >"$backports_list"
+  need_update=1
 fi
 
 # make/gcc/binutils/xz-utils/patch: hack/build-kernel.sh and readelf in the image tests; python3:
@@ -22,7 +30,7 @@ for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp pyth
 done
 have qemu-system-x86 || need_qemu=1
 
-if [ ${#need_apt[@]} -gt 0 ] || [ -n "${need_qemu:-}" ]; then
+if [ ${#need_apt[@]} -gt 0 ] || [ -n "${need_qemu:-}" ] || [ -n "${need_update:-}" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   if [ ${#need_apt[@]} -gt 0 ]; then
