@@ -2,7 +2,8 @@
 # Installs what microfaas's tests and its main job need on a Debian 12 machine, idempotently:
 # QEMU from bookworm-backports (the default suite's qemu-system conflicts with the image's
 # qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents (net-snmp and
-# an snmpsim venv), and the static-agent Rust target.
+# an snmpsim venv), the servers the service-backed functions are tested against (Redis,
+# PostgreSQL, mosquitto, and moto's S3 server in a venv), and the static-agent Rust target.
 set -euo pipefail
 
 need_apt=()
@@ -25,7 +26,8 @@ fi
 # make/gcc/binutils/xz-utils/patch: hack/build-kernel.sh and readelf in the image tests; python3:
 # hack/test-artifacts.sh and the function reference vectors.
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
-         make gcc binutils xz-utils patch python3; do
+         make gcc binutils xz-utils patch python3 \
+         redis-server postgresql mosquitto mosquitto-clients; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1
@@ -41,8 +43,19 @@ if [ ${#need_apt[@]} -gt 0 ] || [ -n "${need_qemu:-}" ] || [ -n "${need_update:-
   fi
 fi
 
-# snmpd's package starts a system daemon; tests run their own instances on loopback.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop snmpd 2>/dev/null || true; fi
+# These packages start system daemons; tests run their own instances on loopback.
+if command -v systemctl >/dev/null 2>&1; then
+  for unit in snmpd redis-server mosquitto postgresql; do systemctl stop "$unit" 2>/dev/null || true; done
+fi
+
+# An S3-compatible object store for the upload_file/download_file tests: moto's server, with
+# boto3 to read objects back. tests/support/services.rs looks here (or at $MICROFAAS_MOTO_VENV).
+MOTO_VENV=/opt/microfaas/moto-venv
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  mkdir -p "$(dirname "$MOTO_VENV")"
+  /usr/bin/python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q 'moto[server]==5.2.6' boto3==1.44.18
+fi
 
 # A simulated managed switch for the SNMP driver tests: snmpsim in a venv made from Debian's
 # Python, because snmpsim run as root drops to nobody, who cannot read a Python under /root.

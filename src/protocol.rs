@@ -206,6 +206,48 @@ pub struct Invoke {
     pub input: Value,
     /// Wall-clock budget for the function; 0 means none.
     pub deadline_ms: u64,
+    /// The services this call may use, by the role the function asks for (`redis`,
+    /// `postgres`, `s3`, `queue`), resolved by the orchestrator for this worker and carrying
+    /// the credentials for this call only. Absent for functions that use none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub services: std::collections::BTreeMap<String, ServiceBinding>,
+}
+
+/// One service as a worker reaches it: where, and with which credentials.
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBinding {
+    /// The service's name in the Cluster, for error messages.
+    pub name: String,
+    /// `redis`, `postgres`, `s3` or `mqtt`.
+    pub protocol: String,
+    /// `HOST:PORT` as this worker reaches it (a guestfwd address on a VM).
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// postgres: the database; s3: the bucket; mqtt: the default topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// s3: the SigV4 region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+// Hand-written so a logged invocation never shows a credential.
+impl std::fmt::Debug for ServiceBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBinding")
+            .field("name", &self.name)
+            .field("protocol", &self.protocol)
+            .field("address", &self.address)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("target", &self.target)
+            .field("region", &self.region)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

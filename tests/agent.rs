@@ -214,6 +214,7 @@ impl Conn {
             handler: handler.into(),
             input,
             deadline_ms,
+            services: Default::default(),
         }));
         loop {
             match self.recv() {
@@ -272,6 +273,7 @@ fn authenticated_agent_runs_all_nine_functions_then_powers_off() {
         handler: "matmul".into(),
         input: json!({}),
         deadline_ms: 1000,
+        services: Default::default(),
     }));
     match c.recv() {
         Message::Result(r) => assert!(
@@ -320,6 +322,7 @@ fn agent_runs_nothing_for_a_server_that_skips_authentication() {
         handler: "float_operations".into(),
         input: json!({"n": 10}),
         deadline_ms: 1000,
+        services: Default::default(),
     }));
     let got = c.drain_until_closed();
     assert!(

@@ -205,6 +205,7 @@ fn invoke(runtime: &str, handler: &str, input: serde_json::Value, deadline_ms: u
         handler: handler.into(),
         input,
         deadline_ms,
+        services: Default::default(),
     }
 }
 

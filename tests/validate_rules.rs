@@ -388,3 +388,85 @@ fn workload_named_gateway_is_reserved() {
     );
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
 }
+
+const SERVICES: &str = "apiVersion: microfaas.dev/v1alpha1
+kind: Cluster
+metadata: {name: c}
+spec:
+  services:
+    kv:
+      protocol: redis
+      endpoint: 127.0.0.1:6379
+      passwordFile: missing-pw
+      functions: [a]
+";
+
+fn service_fn(name: &str, handler: &str, services: &str) -> String {
+    format!(
+        "---\n{HEAD}kind: Function\nmetadata: {{name: {name}}}\nspec:\n  runtime: builtin\n  handler: {handler}\n  services: {services}\n"
+    )
+}
+
+#[test]
+fn unknown_service_reference() {
+    let text = format!("{SERVICES}{}", service_fn("a", "redis_insert", "{redis: kvv}"));
+    expect_error(&text, 18, 21, "service `kvv` is not declared");
+    let (_dir, diags) = check(&[("m.yaml", &text)], false);
+    assert_eq!(diags[0].help.as_deref(), Some("did you mean `kv`?"));
+}
+
+#[test]
+fn service_backed_builtin_without_its_service() {
+    let text = format!("{SERVICES}{}", service_fn("a", "redis_insert", "{}"));
+    expect_error(&text, 17, 12, "builtin `redis_insert` needs a `redis` service");
+}
+
+#[test]
+fn service_of_the_wrong_protocol() {
+    let text = format!("{SERVICES}{}", service_fn("a", "psql_purchase", "{postgres: kv}"));
+    expect_error(&text, 18, 24, "service `kv` speaks redis, but the `postgres` role needs postgres");
+}
+
+#[test]
+fn service_not_allowed_for_the_function() {
+    let text = format!("{SERVICES}{}", service_fn("b", "redis_modify", "{redis: kv}"));
+    expect_error(&text, 18, 21, "service `kv` does not allow Function `b`");
+}
+
+#[test]
+fn service_password_file_missing() {
+    let text = format!("{SERVICES}{}", service_fn("a", "redis_insert", "{redis: kv}"));
+    let (dir, diags) = check(&[("m.yaml", &text)], true);
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.len(), 1, "{diags:#?}");
+    // Relative to the manifest, and reported where it is named.
+    let want = dir.path().join("missing-pw");
+    assert!(
+        errors[0]
+            .message
+            .contains(&format!("password file `{}` does not exist", want.display())),
+        "{}",
+        errors[0].message
+    );
+    assert_eq!((errors[0].pos.line, errors[0].pos.col), (9, 21));
+    // Present: valid.
+    std::fs::write(&want, "pw\n").expect("write");
+    let loaded = load_and_validate(&[dir.path().join("m.yaml")], Options { fs_checks: true });
+    assert!(
+        !loaded.diagnostics.iter().any(|d| d.is_error()),
+        "{:#?}",
+        loaded.diagnostics
+    );
+}
+
+#[test]
+fn s3_service_needs_bucket_and_keys() {
+    let text = "apiVersion: microfaas.dev/v1alpha1
+kind: Cluster
+metadata: {name: c}
+spec:
+  services:
+    objects: {protocol: s3, endpoint: 127.0.0.1:9000, bucket: b}
+";
+    expect_error(text, 6, 14, "an s3 service needs `user` (the access key id)");
+}

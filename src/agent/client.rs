@@ -213,7 +213,7 @@ impl<'a> Session<'a> {
             uptime_ms: uptime().as_millis() as u64,
             capabilities: Capabilities {
                 runtimes: vec![RUNTIME_BUILTIN.into()],
-                functions: crate::functions::names()
+                functions: crate::functions::all_names()
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),

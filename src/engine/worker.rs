@@ -98,6 +98,13 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         cfg.cpus = u32::try_from(vm.cpus).unwrap_or(1);
         cfg.machine = vm.machine;
         cfg.accel = vm.accel;
+        if matches!(network, VmNet::User { .. }) {
+            cfg.service_forwards =
+                crate::orchestrator::services::guest_forwards(self.cluster().as_ref())
+                    .into_iter()
+                    .map(|f| (f.guest, f.port, f.target))
+                    .collect();
+        }
         cfg.network = network;
         cfg.run_dir = self.cfg.state_dir.join("vms").join(name);
         Ok(cfg)
@@ -525,9 +532,13 @@ fn launch_hash(l: &VmConfig) -> String {
         VmNet::User { .. } => (VmNetworkMode::User, None, None),
         VmNet::Tap { bridge, mac } => (VmNetworkMode::Tap, Some(bridge), mac.as_ref()),
     };
-    let text = format!(
+    let mut text = format!(
         "{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
         l.kernel, l.initrd, l.cmdline, l.memory_mib, l.cpus, l.machine, l.accel, mode, bridge, mac
     );
+    // Only when there are any, so VMs without services keep the hash they had.
+    if !l.service_forwards.is_empty() {
+        text += &format!("|{:?}", l.service_forwards);
+    }
     crate::functions::hex(&Sha256::digest(text.as_bytes())[..8])
 }

@@ -1,12 +1,16 @@
 //! The benchmark function suite shared by the agent (which runs it) and the orchestrator (which
-//! generates inputs and checks outputs): the nine self-contained MicroFaaS functions, one file
-//! each, plus the registry, input helpers and the seeded PRNG they share.
+//! generates inputs and checks outputs): the nine self-contained MicroFaaS functions and the
+//! eight service-backed ones, one file each, plus the registry, input helpers and the seeded
+//! PRNG they share.
 //!
-//! Each function module has `run(&Value) -> Result<Value, FunctionError>` and
-//! `input(&mut SplitMix64) -> Value` (one default input in the original MicroFaaS shape); its
-//! file documents the input and output shapes. Outputs are deterministic for a given input;
-//! randomness inside a function is drawn from [`rng::SplitMix64`] seeded from the input.
+//! Each pure function module has `run(&Value) -> Result<Value, FunctionError>`, each
+//! service-backed one `run(&Value, &Ctx) -> Result<Value, FunctionError>` (its services and
+//! deadline in [`clients::Ctx`]); both have `input(&mut SplitMix64) -> Value` (one default input
+//! in the original MicroFaaS shape). Each file documents the input and output shapes. Outputs of
+//! pure functions are deterministic for a given input; randomness inside a function is drawn
+//! from [`rng::SplitMix64`] seeded from the input.
 
+pub mod clients;
 pub mod rng;
 
 use serde_json::Value;
@@ -25,14 +29,18 @@ pub enum FunctionError {
 }
 
 type Runner = fn(&Value) -> Result<Value, FunctionError>;
+type ServiceRunner = fn(&Value, &clients::Ctx<'_>) -> Result<Value, FunctionError>;
 type InputGen = fn(&mut SplitMix64) -> Value;
 
-// One list drives the module declarations, `names()` and dispatch, so they cannot drift apart.
+// One list drives the module declarations, the name lists and dispatch, so they cannot drift
+// apart. Service-backed functions name the service role they need.
 macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
+    (pure: [$($name:ident),* $(,)?], services: [$($svc:ident => $role:literal),* $(,)?]) => {
         $(pub mod $name;)*
+        $(pub mod $svc;)*
 
         const NAMES: &[&str] = &[$(stringify!($name)),*];
+        const ALL_NAMES: &[&str] = &[$(stringify!($name),)* $(stringify!($svc)),*];
 
         fn lookup(handler: &str) -> Option<(Runner, InputGen)> {
             match handler {
@@ -40,31 +48,84 @@ macro_rules! suite {
                 _ => None,
             }
         }
+
+        fn lookup_service(handler: &str) -> Option<(ServiceRunner, InputGen, &'static str)> {
+            match handler {
+                $(stringify!($svc) => Some(($svc::run as ServiceRunner, $svc::input as InputGen, $role)),)*
+                _ => None,
+            }
+        }
     };
 }
 
 suite!(
-    float_operations,
-    cascading_sha256,
-    cascading_md5,
-    matmul,
-    html_generation,
-    pyaes,
-    zlib_decompress,
-    regex_search,
-    regex_match,
+    pure: [
+        float_operations,
+        cascading_sha256,
+        cascading_md5,
+        matmul,
+        html_generation,
+        pyaes,
+        zlib_decompress,
+        regex_search,
+        regex_match,
+    ],
+    services: [
+        redis_insert => "redis",
+        redis_modify => "redis",
+        psql_inventory => "postgres",
+        psql_purchase => "postgres",
+        queue_produce => "queue",
+        queue_consume => "queue",
+        upload_file => "s3",
+        download_file => "s3",
+    ]
 );
 
-/// The builtin handlers, in a fixed order.
+/// The self-contained builtin handlers, in a fixed order.
 pub fn names() -> &'static [&'static str] {
     NAMES
 }
 
-/// Run the builtin function `handler` on `input`.
+/// Every builtin handler, the self-contained ones first, then the service-backed ones.
+pub fn all_names() -> &'static [&'static str] {
+    ALL_NAMES
+}
+
+/// The service role a service-backed handler needs (`redis`, `postgres`, `s3`, `queue`);
+/// `None` for a self-contained or unknown one.
+pub fn service_role(handler: &str) -> Option<&'static str> {
+    lookup_service(handler).map(|(_, _, role)| role)
+}
+
+/// The protocol a service role is spoken in.
+pub fn role_protocol(role: &str) -> &str {
+    match role {
+        "queue" => "mqtt",
+        other => other,
+    }
+}
+
+/// Run the self-contained builtin function `handler` on `input`.
 pub fn run(handler: &str, input: &Value) -> Result<Value, FunctionError> {
     match lookup(handler) {
         Some((run, _)) => run(input),
+        None if lookup_service(handler).is_some() => Err(FunctionError::Failed(format!(
+            "{handler} needs its services; run it through run_with"
+        ))),
         None => Err(FunctionError::UnknownFunction(handler.to_string())),
+    }
+}
+
+/// Run any builtin function `handler` on `input`, the service-backed ones with `ctx`.
+pub fn run_with(
+    handler: &str,
+    input: &Value,
+    ctx: &clients::Ctx<'_>,
+) -> Result<Value, FunctionError> {
+    match lookup_service(handler) {
+        Some((run, _, _)) => run(input, ctx),
+        None => self::run(handler, input),
     }
 }
 
@@ -72,8 +133,9 @@ pub fn run(handler: &str, input: &Value) -> Result<Value, FunctionError> {
 /// (empty for an unknown handler). The handler's name is mixed into the seed so that one
 /// workload seed does not give every function the same sequence.
 pub fn default_inputs(handler: &str, seed: u64, n: usize) -> Vec<Value> {
-    let Some((_, generate)) = lookup(handler) else {
-        return Vec::new();
+    let generate = match (lookup(handler), lookup_service(handler)) {
+        (Some((_, g)), _) | (None, Some((_, g, _))) => g,
+        (None, None) => return Vec::new(),
     };
     let mut rng = SplitMix64::new(seed ^ fnv1a(handler.as_bytes()));
     (0..n).map(|_| generate(&mut rng)).collect()
@@ -263,4 +325,36 @@ pub(crate) fn regex_common(input: &Value, anchored: bool) -> Result<Value, Funct
 /// The default input of the regex functions: 64 generated characters.
 pub(crate) fn regex_input(rng: &mut SplitMix64) -> Value {
     serde_json::json!({ "seed": input_seed(rng), "length": 64 })
+}
+
+/// A required key-like field given as a string or an integer (MicroFaaS sent both), as text:
+/// non-empty, at most 512 bytes.
+pub(crate) fn get_key(input: &Value, key: &str) -> Result<String, FunctionError> {
+    let s = match field(input, key)? {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(_) => {
+            return Err(FunctionError::BadInput(format!(
+                "\"{key}\" must be a string or an integer"
+            )));
+        }
+        None => return Err(FunctionError::BadInput(format!("\"{key}\" is required"))),
+    };
+    if s.is_empty() || s.len() > 512 {
+        return Err(FunctionError::BadInput(format!(
+            "\"{key}\" must be 1 to 512 bytes long"
+        )));
+    }
+    Ok(s)
+}
+
+/// A required integer field given as a number or a decimal string (MicroFaaS sent strings).
+pub(crate) fn get_int(input: &Value, key: &str) -> Result<i64, FunctionError> {
+    let bad = || FunctionError::BadInput(format!("\"{key}\" must be an integer"));
+    match field(input, key)? {
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(bad),
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| bad()),
+        Some(_) => Err(bad()),
+        None => Err(FunctionError::BadInput(format!("\"{key}\" is required"))),
+    }
 }

@@ -43,22 +43,9 @@ pub fn split_url(url: &str) -> Result<(String, String), ClientError> {
     Ok((addr, path.to_string()))
 }
 
-/// A response: status, headers (lower-case names) and body.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+/// A response: status, headers (lower-case names) and body; the same type the agent's
+/// object-store client returns.
+pub use crate::functions::clients::http::Response;
 
 /// One kept-alive connection to a host.
 pub struct Conn {

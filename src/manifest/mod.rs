@@ -48,8 +48,9 @@ pub fn load_and_validate(paths: &[PathBuf], opts: validate::Options) -> Loaded {
     loaded
 }
 
-/// Relative VM kernel and initrd paths are relative to the manifest that names them, so a
-/// repository of manifests works from any current directory. They are stored absolute.
+/// Relative VM kernel and initrd paths, and services' password files, are relative to the
+/// manifest that names them, so a repository of manifests works from any current directory.
+/// They are stored absolute.
 #[cfg(feature = "controller")]
 fn resolve_relative_paths(loaded: &mut Loaded) {
     for res in &mut loaded.resources {
@@ -59,6 +60,16 @@ fn resolve_relative_paths(loaded: &mut Loaded) {
             .find(|s| s.name == res.origin.file)
             .and_then(|s| s.path.as_ref())
             .and_then(|p| p.parent().map(|p| p.to_path_buf()));
+        if let (Spec::Cluster(c), Some(base)) = (&mut res.spec, &base) {
+            for svc in c.services.values_mut() {
+                if let Some(p) = svc.password_file.as_mut()
+                    && !p.is_empty()
+                    && std::path::Path::new(p).is_relative()
+                {
+                    *p = base.join(&*p).display().to_string();
+                }
+            }
+        }
         let vm = match &mut res.spec {
             Spec::Worker(w) => w.vm.as_mut(),
             Spec::WorkerSet(s) => s.template.spec.vm.as_mut(),

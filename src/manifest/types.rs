@@ -60,6 +60,72 @@ pub struct ClusterSpec {
     /// How long finished invocations and events are kept, e.g. `720h`; forever when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention: Option<Duration>,
+    /// Servers the service-backed functions use, by name. VM workers on user networking reach
+    /// each through its own forwarded guest address and nothing else; boards reach `advertise`
+    /// (else `endpoint`) over the rack network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+/// A server functions may use. Credentials are only ever named (`passwordEnv`,
+/// `passwordFile`), read by the orchestrator at each invocation and sent to the worker with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub protocol: ServiceProtocol,
+    /// `HOST:PORT` where the orchestrator's host reaches the server.
+    pub endpoint: String,
+    /// `HOST:PORT` boards and tap-networked VMs use; `endpoint` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// User name (s3: the access key id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Password (s3: the secret key) from a file, relative to the manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Password (s3: the secret key) from the orchestrator's environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// postgres: the database (the user's name when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// s3: the bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// s3: the SigV4 region (`us-east-1` when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// mqtt: the topic when the input names none (`SampleTopic` when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Functions allowed to use this service; every Function that names it when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProtocol {
+    /// Redis (RESP): redis_insert, redis_modify.
+    Redis,
+    /// PostgreSQL: psql_inventory, psql_purchase.
+    Postgres,
+    /// An S3-compatible object store (SigV4, path-style): upload_file, download_file.
+    S3,
+    /// An MQTT 3.1.1 broker used as a queue: queue_produce, queue_consume.
+    Mqtt,
+}
+
+impl ServiceProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceProtocol::Redis => "redis",
+            ServiceProtocol::Postgres => "postgres",
+            ServiceProtocol::S3 => "s3",
+            ServiceProtocol::Mqtt => "mqtt",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -585,7 +651,8 @@ pub struct FunctionSpec {
     pub memory: Option<Size>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Services the function talks to, by name (e.g. `redis: 127.0.0.1:6379`).
+    /// Services the function talks to: the role its handler asks for (`redis`, `postgres`,
+    /// `s3`, `queue`) → the name of a service in the Cluster's `services`.
     #[serde(default)]
     pub services: BTreeMap<String, String>,
 }

@@ -132,7 +132,10 @@ pub fn validate(resources: &[Resource], opts: Options) -> Vec<Diagnostic> {
             base: &[],
         };
         match &res.spec {
-            Spec::Cluster(s) => cluster(&mut cx, s),
+            Spec::Cluster(s) => {
+                cluster(&mut cx, s);
+                services(&mut cx, s, opts);
+            }
             Spec::Switch(s) => switch(&mut cx, s),
             Spec::PowerMeter(s) => meter(&mut cx, s),
             Spec::Worker(s) => {
@@ -230,6 +233,60 @@ fn cluster(cx: &mut Ctx<'_>, s: &ClusterSpec) {
     cx.positive(&p("quarantineAfter"), "quarantineAfter", d.quarantine_after);
     if let Some(r) = &s.retention {
         cx.duration(&[spec, Key("retention")], r);
+    }
+}
+
+/// Each declared service on its own: addresses, exactly one password source (or none), the
+/// password file present, and the fields its protocol needs.
+fn services(cx: &mut Ctx<'_>, s: &ClusterSpec, opts: Options) {
+    for (name, svc) in &s.services {
+        let base = [Key("spec"), Key("services"), Key(name.as_str())];
+        let p = |f: &'static str| {
+            let mut v = base.to_vec();
+            v.push(Key(f));
+            v
+        };
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || name.is_empty()
+            || name.len() > 63
+        {
+            cx.key_error(
+                &base,
+                format!("invalid service name `{name}`: a DNS label (a-z, 0-9, `-`)"),
+            );
+        }
+        cx.address(&p("endpoint"), &svc.endpoint);
+        if let Some(a) = &svc.advertise {
+            cx.address(&p("advertise"), a);
+        }
+        if svc.password_file.is_some() && svc.password_env.is_some() {
+            cx.key_error(
+                &p("passwordEnv"),
+                "service password: set at most one of `passwordFile`, `passwordEnv`",
+            );
+        }
+        if opts.fs_checks
+            && let Some(f) = &svc.password_file
+            && !Path::new(f).is_file()
+        {
+            cx.error(
+                &p("passwordFile"),
+                format!("password file `{f}` does not exist or is not a file"),
+            );
+        }
+        if svc.protocol == ServiceProtocol::S3 {
+            if svc.bucket.is_none() {
+                cx.error(&base, "an s3 service needs `bucket`");
+            }
+            if svc.user.is_none() || (svc.password_file.is_none() && svc.password_env.is_none()) {
+                cx.error(
+                    &base,
+                    "an s3 service needs `user` (the access key id) and `passwordFile` or `passwordEnv` (the secret key)",
+                );
+            }
+        }
     }
 }
 
@@ -466,7 +523,7 @@ fn function(cx: &mut Ctx<'_>, s: &FunctionSpec) {
                 cx.error(&[spec], "a builtin function needs `handler`");
             }
             Some(h) => {
-                let names = crate::functions::names();
+                let names = crate::functions::all_names();
                 if !names.contains(&h.as_str()) {
                     let d = cx.error(
                         &[spec, Key("handler")],
@@ -713,6 +770,16 @@ fn across(resources: &[Resource], out: &mut Vec<Diagnostic>) {
         }
     }
 
+    let cluster_services = clusters.first().and_then(|c| match &c.spec {
+        Spec::Cluster(s) => Some(&s.services),
+        _ => None,
+    });
+    for r in resources {
+        if let Spec::Function(s) = &r.spec {
+            function_services(r, s, cluster_services, out);
+        }
+    }
+
     for r in resources {
         let (file, node) = (&r.origin.file, &r.node);
         match &r.spec {
@@ -751,6 +818,76 @@ fn across(resources: &[Resource], out: &mut Vec<Diagnostic>) {
                 ));
             }
             _ => {}
+        }
+    }
+}
+
+/// A Function's service references resolve to a declared service of the right protocol that
+/// lets it in, and a service-backed builtin names the role it needs.
+fn function_services(
+    r: &Resource,
+    s: &FunctionSpec,
+    declared: Option<&std::collections::BTreeMap<String, ServiceSpec>>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let file = &r.origin.file;
+    let spec = Key("spec");
+    let role = s.handler.as_deref().and_then(crate::functions::service_role);
+    if s.runtime == Runtime::Builtin
+        && let (Some(role), Some(h)) = (role, &s.handler)
+        && !s.services.contains_key(role)
+    {
+        out.push(
+            Diagnostic::error(
+                file,
+                r.node.pos_of(&[spec, Key("handler")]),
+                format!("builtin `{h}` needs a `{role}` service"),
+            )
+            .with_help(format!(
+                "add `services: {{{role}: NAME}}` naming one of the Cluster's spec.services"
+            )),
+        );
+    }
+    for (key, name) in &s.services {
+        let path = [spec, Key("services"), Key(key.as_str())];
+        let names: Vec<&str> = declared
+            .map(|d| d.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let Some(svc) = declared.and_then(|d| d.get(name)) else {
+            let mut d = Diagnostic::error(
+                file,
+                r.node.pos_of(&path),
+                format!("service `{name}` is not declared in the Cluster's spec.services"),
+            );
+            if let Some(m) = did_you_mean(name, names.iter().copied()) {
+                d = d.with_help(format!("did you mean `{m}`?"));
+            }
+            out.push(d);
+            continue;
+        };
+        let want = crate::functions::role_protocol(key);
+        if matches!(key.as_str(), "redis" | "postgres" | "s3" | "queue")
+            && svc.protocol.as_str() != want
+        {
+            out.push(Diagnostic::error(
+                file,
+                r.node.pos_of(&path),
+                format!(
+                    "service `{name}` speaks {}, but the `{key}` role needs {want}",
+                    svc.protocol.as_str()
+                ),
+            ));
+        }
+        if !svc.functions.is_empty() && !svc.functions.iter().any(|f| f == r.name()) {
+            out.push(Diagnostic::error(
+                file,
+                r.node.pos_of(&path),
+                format!(
+                    "service `{name}` does not allow Function `{}` (its `functions`: {})",
+                    r.name(),
+                    svc.functions.join(", ")
+                ),
+            ));
         }
     }
 }

@@ -7,6 +7,7 @@ use super::{AgentEvent, FollowUp, SessionError, SessionHandle, Sessions};
 use crate::engine::Engine;
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
+use crate::manifest::types::{FunctionSpec, WorkerSpec};
 use crate::protocol::{ErrorKind, Invoke, Outcome, RUNTIME_BUILTIN};
 use crate::store::invocations::{Attempt, AttemptStatus, output_digest};
 use crate::store::{StoredObject, clock};
@@ -112,8 +113,12 @@ pub async fn send<D: VmDriver>(
     session: &SessionHandle,
     call: &Call,
 ) -> Answer {
-    engine.set_busy(worker, true);
     let dispatched_ms = clock::now_millis();
+    let services = match bind_services(engine, worker, &call.function) {
+        Ok(s) => s,
+        Err(e) => return refused(e, dispatched_ms),
+    };
+    engine.set_busy(worker, true);
     let invoke = Invoke {
         id: call.invocation_id.clone(),
         function: call.function.clone(),
@@ -121,6 +126,7 @@ pub async fn send<D: VmDriver>(
         handler: call.handler.clone(),
         input: call.input.clone(),
         deadline_ms: call.deadline.as_millis() as u64,
+        services,
     };
     // The agent enforces the deadline; this is the backstop for an agent that stops answering.
     let result = session
@@ -130,8 +136,45 @@ pub async fn send<D: VmDriver>(
     classify(result, dispatched_ms)
 }
 
-fn classify(result: Result<super::Completed, SessionError>, dispatched_ms: i64) -> Answer {
-    let mut a = Answer {
+/// The function's services as `worker` reaches them, with their credentials.
+fn bind_services<D: VmDriver>(
+    engine: &Engine<D, Sessions>,
+    worker: &str,
+    function: &str,
+) -> Result<std::collections::BTreeMap<String, crate::protocol::ServiceBinding>, String> {
+    let Some(spec) = engine
+        .get(Kind::Function, function)
+        .and_then(|o| serde_json::from_value::<FunctionSpec>(o.spec).ok())
+    else {
+        return Ok(Default::default());
+    };
+    if spec.services.is_empty() {
+        return Ok(Default::default());
+    }
+    let worker_spec = engine
+        .get(Kind::Worker, worker)
+        .and_then(|o| serde_json::from_value::<WorkerSpec>(o.spec).ok());
+    super::services::bind(
+        engine.cluster().as_ref(),
+        function,
+        &spec,
+        worker_spec.as_ref(),
+    )
+}
+
+/// A call that could not be sent because its services could not be bound: it fails without
+/// reaching the worker (another worker would fail the same way).
+fn refused(why: String, dispatched_ms: i64) -> Answer {
+    Answer {
+        status: AttemptStatus::Failed,
+        error: Some(why),
+        ..unanswered(dispatched_ms)
+    }
+}
+
+/// An attempt nothing came back for (yet): lost unless told otherwise.
+fn unanswered(dispatched_ms: i64) -> Answer {
+    Answer {
         status: AttemptStatus::Lost,
         error: None,
         exec_us: None,
@@ -140,7 +183,11 @@ fn classify(result: Result<super::Completed, SessionError>, dispatched_ms: i64) 
         dispatched_ms,
         answered: false,
         unsent: false,
-    };
+    }
+}
+
+fn classify(result: Result<super::Completed, SessionError>, dispatched_ms: i64) -> Answer {
+    let mut a = unanswered(dispatched_ms);
     match result {
         Ok(done) => {
             a.answered = true;

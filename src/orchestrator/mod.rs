@@ -5,6 +5,7 @@ pub mod attempt;
 pub mod dispatch;
 pub mod endpoint;
 pub mod framing;
+pub mod services;
 pub mod session;
 
 pub use endpoint::{AgentEvent, Endpoint, Sessions};

@@ -100,7 +100,7 @@ pub fn generate(
     }
     for f in &spec.functions {
         if let Some(h) = handlers.get(&f.function)
-            && !functions::names().contains(&h.as_str())
+            && !functions::all_names().contains(&h.as_str())
         {
             return Err(PlanError::UnknownHandler {
                 function: f.function.clone(),

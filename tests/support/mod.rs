@@ -8,6 +8,7 @@ pub mod boards;
 pub mod host;
 pub mod orchestrator;
 pub mod qemu;
+pub mod services;
 pub mod snmp_agents;
 // Needs the CLI binary, which only test targets are given.
 #[cfg(test)]

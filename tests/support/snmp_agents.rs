@@ -46,6 +46,17 @@ impl Drop for Agent {
 }
 
 impl Agent {
+    /// Wraps any just-spawned server process (its readiness is the caller's to check), so it
+    /// is stopped by its PID on drop.
+    pub fn spawned(child: Child, port: u16, dir: tempfile::TempDir, log: PathBuf) -> Self {
+        Agent {
+            child,
+            port,
+            _dir: dir,
+            log,
+        }
+    }
+
     /// Wraps a just-spawned agent and waits until it answers community `public`.
     pub fn started(child: Child, port: u16, dir: tempfile::TempDir, log: PathBuf) -> Self {
         let mut agent = Agent {

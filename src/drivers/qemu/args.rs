@@ -99,6 +99,12 @@ pub(crate) fn build(
                     None => s += &format!(",guestfwd=tcp:{ip}:{port}-tcp:{target}"),
                 }
             }
+            for (ip, port, target) in &cfg.service_forwards {
+                match &cfg.relay {
+                    Some(cmd) => s += &format!(",guestfwd=tcp:{ip}:{port}-cmd:{cmd} {target}"),
+                    None => s += &format!(",guestfwd=tcp:{ip}:{port}-tcp:{target}"),
+                }
+            }
             (s, None)
         }
         // `-netdev bridge` creates the tap and attaches it to the bridge through

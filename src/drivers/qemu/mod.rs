@@ -88,6 +88,9 @@ pub struct VmConfig {
     /// QEMU connects to the target once at start and never again, so an adopted guest could not
     /// reach a restarted engine.
     pub relay: Option<String>,
+    /// User networking: more forwards, one per declared service (`guest ip, guest port,
+    /// HOST:PORT target`), relayed like the orchestrator's. The guest reaches nothing else.
+    pub service_forwards: Vec<(Ipv4Addr, u16, String)>,
 }
 
 impl VmConfig {
@@ -108,6 +111,7 @@ impl VmConfig {
             run_dir: PathBuf::from("vms").join(name),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             relay: None,
+            service_forwards: Vec::new(),
         }
     }
 }
