@@ -64,7 +64,10 @@ fn redis_insert_and_modify_on_a_real_server() {
         b(),
         10_000,
     ));
-    assert_eq!(out, json!({"id": "1234567", "balance": 500, "stored": true}));
+    assert_eq!(
+        out,
+        json!({"id": "1234567", "balance": 500, "stored": true})
+    );
     assert_eq!(redis_cli(&r, &["GET", "1234567"]), "500");
 
     let out = output(call(
@@ -88,11 +91,20 @@ fn redis_insert_and_modify_on_a_real_server() {
         10_000,
     ));
     assert_eq!(kind, ErrorKind::Error);
-    assert!(msg.contains("service `kv`") && msg.contains("authentication failed"), "{msg}");
+    assert!(
+        msg.contains("service `kv`") && msg.contains("authentication failed"),
+        "{msg}"
+    );
     assert_eq!(redis_cli(&r, &["EXISTS", "x"]), "0");
 
     // Bad input never reaches the server.
-    let (kind, _) = failure(call("redis_modify", json!({"id": "1234567", "spend": "lots"}), "redis", b(), 10_000));
+    let (kind, _) = failure(call(
+        "redis_modify",
+        json!({"id": "1234567", "spend": "lots"}),
+        "redis",
+        b(),
+        10_000,
+    ));
     assert_eq!(kind, ErrorKind::BadInput);
     assert_eq!(redis_cli(&r, &["GET", "1234567"]), "377");
 }
@@ -105,31 +117,70 @@ fn psql_inventory_and_purchase_on_a_real_server() {
         target: Some("shop".into()),
         ..binding("shop-db", "postgres", &pg)
     };
-    let out = output(call("psql_purchase", json!({"id": 7}), "postgres", b(), 20_000));
+    let out = output(call(
+        "psql_purchase",
+        json!({"id": 7}),
+        "postgres",
+        b(),
+        20_000,
+    ));
     assert_eq!(
         out,
         json!({"id": 7, "purchased": true, "name": "item-7", "quantity": 9})
     );
-    assert_eq!(psql_value(&pg, "shop", "SELECT quantity FROM inventory WHERE id = 7"), "9");
+    assert_eq!(
+        psql_value(&pg, "shop", "SELECT quantity FROM inventory WHERE id = 7"),
+        "9"
+    );
     // An item that does not exist is not purchased, and nothing changes.
-    let out = output(call("psql_purchase", json!({"id": 99}), "postgres", b(), 20_000));
+    let out = output(call(
+        "psql_purchase",
+        json!({"id": 99}),
+        "postgres",
+        b(),
+        20_000,
+    ));
     assert_eq!(out, json!({"id": 99, "purchased": false}));
-    assert_eq!(psql_value(&pg, "shop", "SELECT sum(quantity) FROM inventory"), "599");
+    assert_eq!(
+        psql_value(&pg, "shop", "SELECT sum(quantity) FROM inventory"),
+        "599"
+    );
 
-    let out = output(call("psql_inventory", json!({"a": 1}), "postgres", b(), 20_000));
+    let out = output(call(
+        "psql_inventory",
+        json!({"a": 1}),
+        "postgres",
+        b(),
+        20_000,
+    ));
     assert_eq!(out["count"], 60);
-    assert_eq!(out["items"][6], json!({"id": 7, "name": "item-7", "quantity": 9}));
-    assert_eq!(out["items"][0], json!({"id": 1, "name": "item-1", "quantity": 10}));
+    assert_eq!(
+        out["items"][6],
+        json!({"id": 7, "name": "item-7", "quantity": 9})
+    );
+    assert_eq!(
+        out["items"][0],
+        json!({"id": 1, "name": "item-1", "quantity": 10})
+    );
 
     // SCRAM with the wrong password: the server's refusal, naming the service.
     let mut wrong = b();
     wrong.password = Some("nope".into());
     let (_, msg) = failure(call("psql_inventory", json!({}), "postgres", wrong, 20_000));
-    assert!(msg.contains("service `shop-db`") && msg.contains("password authentication failed"), "{msg}");
+    assert!(
+        msg.contains("service `shop-db`") && msg.contains("password authentication failed"),
+        "{msg}"
+    );
     // A database that does not exist: the server's error, not a hang.
     let mut missing = b();
     missing.target = Some("nodb".into());
-    let (_, msg) = failure(call("psql_inventory", json!({}), "postgres", missing, 20_000));
+    let (_, msg) = failure(call(
+        "psql_inventory",
+        json!({}),
+        "postgres",
+        missing,
+        20_000,
+    ));
     assert!(msg.contains("\"nodb\" does not exist"), "{msg}");
 }
 
@@ -142,31 +193,72 @@ fn queue_produce_and_consume_on_a_real_broker() {
         ..binding("queue", "mqtt", &mq)
     };
     // A reader of the broker's own: a persistent QoS 1 session subscribed before publishing.
-    mosquitto_tool(&mq, "mosquitto_sub", &["-c", "-i", "reader", "-q", "1", "-t", "orders", "-E"]);
-    let out = output(call("queue_produce", json!({"message": "hello 1"}), "queue", b(), 10_000));
+    mosquitto_tool(
+        &mq,
+        "mosquitto_sub",
+        &["-c", "-i", "reader", "-q", "1", "-t", "orders", "-E"],
+    );
+    let out = output(call(
+        "queue_produce",
+        json!({"message": "hello 1"}),
+        "queue",
+        b(),
+        10_000,
+    ));
     assert_eq!(out, json!({"topic": "orders", "bytes": 7}));
     let got = mosquitto_tool(
         &mq,
         "mosquitto_sub",
-        &["-c", "-i", "reader", "-q", "1", "-t", "orders", "-C", "1", "-W", "10"],
+        &[
+            "-c", "-i", "reader", "-q", "1", "-t", "orders", "-C", "1", "-W", "10",
+        ],
     );
     assert_eq!(got.trim(), "hello 1");
 
     // The consumer's first call creates its session (nothing waiting yet); what is published
     // afterwards waits for it and is taken once.
-    let consume = || call("queue_consume", json!({"consumerID": "c1"}), "queue", b(), 10_000);
+    let consume = || {
+        call(
+            "queue_consume",
+            json!({"consumerID": "c1"}),
+            "queue",
+            b(),
+            10_000,
+        )
+    };
     assert_eq!(output(consume())["count"], 0);
-    mosquitto_tool(&mq, "mosquitto_pub", &["-q", "1", "-t", "orders", "-m", "first"]);
-    mosquitto_tool(&mq, "mosquitto_pub", &["-q", "1", "-t", "orders", "-m", "second"]);
+    mosquitto_tool(
+        &mq,
+        "mosquitto_pub",
+        &["-q", "1", "-t", "orders", "-m", "first"],
+    );
+    mosquitto_tool(
+        &mq,
+        "mosquitto_pub",
+        &["-q", "1", "-t", "orders", "-m", "second"],
+    );
     let out = output(consume());
     assert_eq!(out["messages"], json!(["first", "second"]), "{out}");
-    assert_eq!(output(consume())["count"], 0, "acknowledged messages are not delivered again");
+    assert_eq!(
+        output(consume())["count"],
+        0,
+        "acknowledged messages are not delivered again"
+    );
 
     // Wrong credentials: the broker's refusal, naming the service.
     let mut wrong = b();
     wrong.password = Some("nope".into());
-    let (_, msg) = failure(call("queue_produce", json!({"message": "x"}), "queue", wrong, 10_000));
-    assert!(msg.contains("service `queue`") && msg.contains("not authorised"), "{msg}");
+    let (_, msg) = failure(call(
+        "queue_produce",
+        json!({"message": "x"}),
+        "queue",
+        wrong,
+        10_000,
+    ));
+    assert!(
+        msg.contains("service `queue`") && msg.contains("not authorised"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -187,7 +279,9 @@ fn upload_and_download_on_a_real_object_store() {
     assert_eq!(out["bytes"], 20);
     let body = boto3(
         &s3,
-        &format!("sys.stdout.write(s3.get_object(Bucket={S3_BUCKET:?}, Key='dir/hosts file')['Body'].read().decode())"),
+        &format!(
+            "sys.stdout.write(s3.get_object(Bucket={S3_BUCKET:?}, Key='dir/hosts file')['Body'].read().decode())"
+        ),
     );
     assert_eq!(body, "127.0.0.1 localhost");
 
@@ -195,13 +289,28 @@ fn upload_and_download_on_a_real_object_store() {
         &s3,
         &format!("s3.put_object(Bucket={S3_BUCKET:?}, Key='sample.doc', Body=b'x' * 100000)"),
     );
-    let out = output(call("download_file", json!({"file": "sample.doc"}), "s3", b(), 20_000));
+    let out = output(call(
+        "download_file",
+        json!({"file": "sample.doc"}),
+        "s3",
+        b(),
+        20_000,
+    ));
     assert_eq!(out["bytes"], 100_000);
     use sha2::Digest;
     let want = microfaas::functions::hex(&sha2::Sha256::digest([b'x'; 100_000]));
     assert_eq!(out["sha256"], want);
-    let (_, msg) = failure(call("download_file", json!({"file": "missing"}), "s3", b(), 20_000));
-    assert!(msg.contains("service `objects`") && msg.contains("404") && msg.contains("NoSuchKey"), "{msg}");
+    let (_, msg) = failure(call(
+        "download_file",
+        json!({"file": "missing"}),
+        "s3",
+        b(),
+        20_000,
+    ));
+    assert!(
+        msg.contains("service `objects`") && msg.contains("404") && msg.contains("NoSuchKey"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -214,9 +323,18 @@ fn a_down_service_fails_the_call_naming_it() {
         address: format!("127.0.0.1:{port}"),
         ..Default::default()
     };
-    let (kind, msg) = failure(call("redis_insert", json!({"id": "a", "balance": 1}), "redis", b, 5_000));
+    let (kind, msg) = failure(call(
+        "redis_insert",
+        json!({"id": "a", "balance": 1}),
+        "redis",
+        b,
+        5_000,
+    ));
     assert_eq!(kind, ErrorKind::Error);
-    assert!(msg.contains("service `kv`") && msg.contains("cannot connect"), "{msg}");
+    assert!(
+        msg.contains("service `kv`") && msg.contains("cannot connect"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -232,7 +350,12 @@ fn a_silent_service_fails_the_call_within_its_deadline() {
         std::thread::sleep(Duration::from_secs(30));
     });
     for (handler, role, protocol, input) in [
-        ("redis_insert", "redis", "redis", json!({"id": "a", "balance": 1})),
+        (
+            "redis_insert",
+            "redis",
+            "redis",
+            json!({"id": "a", "balance": 1}),
+        ),
         ("psql_inventory", "postgres", "postgres", json!({})),
         ("queue_produce", "queue", "mqtt", json!({"message": "m"})),
         ("upload_file", "s3", "s3", json!({"file": "f", "data": "d"})),
@@ -250,7 +373,10 @@ fn a_silent_service_fails_the_call_within_its_deadline() {
         // error of the function (not a timeout that would take the worker's failsafe path).
         let (kind, msg) = failure(call(handler, input, role, b, 1_500));
         assert_eq!(kind, ErrorKind::Error, "{handler}: {msg}");
-        assert!(msg.contains("service `mute`") && msg.contains("deadline"), "{handler}: {msg}");
+        assert!(
+            msg.contains("service `mute`") && msg.contains("deadline"),
+            "{handler}: {msg}"
+        );
     }
     drop(keep);
 }

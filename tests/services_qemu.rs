@@ -72,7 +72,8 @@ fn all_seventeen_functions_run_on_qemu_workers_with_real_services() {
     // Redis: redis_insert's 7-digit account and redis_modify's spend are there.
     let keys = redis_cli(&redis, &["KEYS", "*"]);
     assert!(
-        keys.lines().any(|k| k.len() == 7 && k.bytes().all(|b| b.is_ascii_digit())),
+        keys.lines()
+            .any(|k| k.len() == 7 && k.bytes().all(|b| b.is_ascii_digit())),
         "{keys}"
     );
     assert!(
@@ -94,7 +95,19 @@ fn all_seventeen_functions_run_on_qemu_workers_with_real_services() {
     let got = mosquitto_tool(
         &mq,
         "mosquitto_sub",
-        &["-c", "-i", "reader", "-q", "1", "-t", "SampleTopic", "-C", "1", "-W", "10"],
+        &[
+            "-c",
+            "-i",
+            "reader",
+            "-q",
+            "1",
+            "-t",
+            "SampleTopic",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ],
     );
     assert!(got.contains("Hello World"), "{got:?}");
 }

@@ -58,8 +58,8 @@ fn reference_manifest_is_valid() {
     );
     let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    // 9 documents + 4 workers from the WorkerSet
-    assert_eq!(loaded.resources.len(), 13);
+    // 10 documents + 4 workers from the WorkerSet
+    assert_eq!(loaded.resources.len(), 14);
 }
 
 #[test]
@@ -409,7 +409,10 @@ fn service_fn(name: &str, handler: &str, services: &str) -> String {
 
 #[test]
 fn unknown_service_reference() {
-    let text = format!("{SERVICES}{}", service_fn("a", "redis_insert", "{redis: kvv}"));
+    let text = format!(
+        "{SERVICES}{}",
+        service_fn("a", "redis_insert", "{redis: kvv}")
+    );
     expect_error(&text, 18, 21, "service `kvv` is not declared");
     let (_dir, diags) = check(&[("m.yaml", &text)], false);
     assert_eq!(diags[0].help.as_deref(), Some("did you mean `kv`?"));
@@ -418,33 +421,53 @@ fn unknown_service_reference() {
 #[test]
 fn service_backed_builtin_without_its_service() {
     let text = format!("{SERVICES}{}", service_fn("a", "redis_insert", "{}"));
-    expect_error(&text, 17, 12, "builtin `redis_insert` needs a `redis` service");
+    expect_error(
+        &text,
+        17,
+        12,
+        "builtin `redis_insert` needs a `redis` service",
+    );
 }
 
 #[test]
 fn service_of_the_wrong_protocol() {
-    let text = format!("{SERVICES}{}", service_fn("a", "psql_purchase", "{postgres: kv}"));
-    expect_error(&text, 18, 24, "service `kv` speaks redis, but the `postgres` role needs postgres");
+    let text = format!(
+        "{SERVICES}{}",
+        service_fn("a", "psql_purchase", "{postgres: kv}")
+    );
+    expect_error(
+        &text,
+        18,
+        24,
+        "service `kv` speaks redis, but the `postgres` role needs postgres",
+    );
 }
 
 #[test]
 fn service_not_allowed_for_the_function() {
-    let text = format!("{SERVICES}{}", service_fn("b", "redis_modify", "{redis: kv}"));
+    let text = format!(
+        "{SERVICES}{}",
+        service_fn("b", "redis_modify", "{redis: kv}")
+    );
     expect_error(&text, 18, 21, "service `kv` does not allow Function `b`");
 }
 
 #[test]
 fn service_password_file_missing() {
-    let text = format!("{SERVICES}{}", service_fn("a", "redis_insert", "{redis: kv}"));
+    let text = format!(
+        "{SERVICES}{}",
+        service_fn("a", "redis_insert", "{redis: kv}")
+    );
     let (dir, diags) = check(&[("m.yaml", &text)], true);
     let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
     assert_eq!(errors.len(), 1, "{diags:#?}");
     // Relative to the manifest, and reported where it is named.
     let want = dir.path().join("missing-pw");
     assert!(
-        errors[0]
-            .message
-            .contains(&format!("password file `{}` does not exist", want.display())),
+        errors[0].message.contains(&format!(
+            "password file `{}` does not exist",
+            want.display()
+        )),
         "{}",
         errors[0].message
     );
@@ -468,5 +491,10 @@ spec:
   services:
     objects: {protocol: s3, endpoint: 127.0.0.1:9000, bucket: b}
 ";
-    expect_error(text, 6, 14, "an s3 service needs `user` (the access key id)");
+    expect_error(
+        text,
+        6,
+        14,
+        "an s3 service needs `user` (the access key id)",
+    );
 }

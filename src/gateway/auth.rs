@@ -95,7 +95,6 @@ pub use crate::functions::clients::base64::encode as base64;
 mod tests {
     use super::*;
 
-
     #[test]
     fn only_the_exact_credentials_pass() {
         let c = Credentials::new("admin", "s3cret");

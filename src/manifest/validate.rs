@@ -832,7 +832,10 @@ fn function_services(
 ) {
     let file = &r.origin.file;
     let spec = Key("spec");
-    let role = s.handler.as_deref().and_then(crate::functions::service_role);
+    let role = s
+        .handler
+        .as_deref()
+        .and_then(crate::functions::service_role);
     if s.runtime == Runtime::Builtin
         && let (Some(role), Some(h)) = (role, &s.handler)
         && !s.services.contains_key(role)

@@ -80,7 +80,9 @@ pub fn bind(
                 .ok_or_else(|| format!("service `{name}` has no guest forward"))?;
             format!("{}:{}", f.guest, f.port)
         } else {
-            svc.advertise.clone().unwrap_or_else(|| svc.endpoint.clone())
+            svc.advertise
+                .clone()
+                .unwrap_or_else(|| svc.endpoint.clone())
         };
         out.insert(
             role.clone(),
@@ -134,16 +136,24 @@ mod tests {
     }
 
     fn function(services: serde_json::Value) -> FunctionSpec {
-        serde_json::from_value(json!({"runtime": "builtin", "handler": "psql_purchase", "services": services}))
-            .unwrap()
+        serde_json::from_value(
+            json!({"runtime": "builtin", "handler": "psql_purchase", "services": services}),
+        )
+        .unwrap()
     }
 
     #[test]
     fn forwards_are_one_per_service_in_name_order() {
         let f = guest_forwards(Some(&cluster()));
         assert_eq!(f.len(), 2);
-        assert_eq!((f[0].service.as_str(), f[0].guest, f[0].port), ("db", Ipv4Addr::new(10, 0, 2, 101), 5433));
-        assert_eq!((f[1].service.as_str(), f[1].guest, f[1].port), ("kv", Ipv4Addr::new(10, 0, 2, 102), 6380));
+        assert_eq!(
+            (f[0].service.as_str(), f[0].guest, f[0].port),
+            ("db", Ipv4Addr::new(10, 0, 2, 101), 5433)
+        );
+        assert_eq!(
+            (f[1].service.as_str(), f[1].guest, f[1].port),
+            ("kv", Ipv4Addr::new(10, 0, 2, 102), 6380)
+        );
         assert_eq!(f[1].target, "127.0.0.1:6380");
     }
 
@@ -151,7 +161,8 @@ mod tests {
     fn vms_get_the_forward_boards_the_advertised_address() {
         let c = cluster();
         let vm: WorkerSpec = serde_json::from_value(json!({"vm": {"kernel": "k"}})).unwrap();
-        let board: WorkerSpec = serde_json::from_value(json!({"board": {"powerButton": {"pin": "P9_12"}}})).unwrap();
+        let board: WorkerSpec =
+            serde_json::from_value(json!({"board": {"powerButton": {"pin": "P9_12"}}})).unwrap();
         let f = function(json!({"postgres": "db"}));
         let on_vm = bind(Some(&c), "buy", &f, Some(&vm)).unwrap();
         assert_eq!(on_vm["postgres"].address, "10.0.2.101:5433");
@@ -163,10 +174,19 @@ mod tests {
     #[test]
     fn refusals_name_the_service() {
         let c = cluster();
-        let e = bind(Some(&c), "other", &function(json!({"postgres": "db"})), None).unwrap_err();
+        let e = bind(
+            Some(&c),
+            "other",
+            &function(json!({"postgres": "db"})),
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("`db` does not allow Function `other`"), "{e}");
         let e = bind(Some(&c), "x", &function(json!({"redis": "kv"})), None).unwrap_err();
-        assert!(e.contains("service `kv`") && e.contains("MICROFAAS_TEST_SVC_PW_UNSET"), "{e}");
+        assert!(
+            e.contains("service `kv`") && e.contains("MICROFAAS_TEST_SVC_PW_UNSET"),
+            "{e}"
+        );
         let e = bind(Some(&c), "x", &function(json!({"redis": "gone"})), None).unwrap_err();
         assert!(e.contains("`gone` is not declared"), "{e}");
     }

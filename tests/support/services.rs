@@ -81,7 +81,14 @@ pub fn start_redis() -> Server {
     let (log, out, err) = log_file(dir.path(), "redis.log");
     let child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--requirepass", PASSWORD, "--save", "", "--appendonly", "no"])
+        .args([
+            "--requirepass",
+            PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir.path())
         .stdin(Stdio::null())
@@ -101,7 +108,13 @@ pub fn start_redis() -> Server {
 /// `redis-cli` against the server, its trimmed stdout.
 pub fn redis_cli(s: &Server, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &s.port().to_string(), "--no-auth-warning"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.port().to_string(),
+            "--no-auth-warning",
+        ])
         .args(["-a", PASSWORD])
         .args(args)
         .output()
@@ -194,7 +207,14 @@ pub fn start_postgres() -> Server {
 /// `psql` as `postgres` with the password, unaligned tuples only.
 pub fn psql(s: &Server, db: &str, sql: &str) -> Output {
     Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &s.port().to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["-d", db, "-tAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", PASSWORD)
         .env("PGCONNECT_TIMEOUT", "5")

@@ -70,8 +70,7 @@ pub fn request(
     if method == "HEAD" || status == 204 || status == 304 {
         return Ok(r);
     }
-    if r
-        .header("transfer-encoding")
+    if r.header("transfer-encoding")
         .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
     {
         loop {
@@ -100,5 +99,7 @@ pub fn request(
 }
 
 fn text(line: Vec<u8>) -> String {
-    String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string()
+    String::from_utf8_lossy(&line)
+        .trim_end_matches(['\r', '\n'])
+        .to_string()
 }

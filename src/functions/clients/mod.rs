@@ -204,13 +204,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut filled = 0;
     while filled < n {
         // SAFETY: the pointer and length describe the unfilled tail of `v`.
-        let r = unsafe {
-            libc::getrandom(
-                v[filled..].as_mut_ptr().cast(),
-                n - filled,
-                0,
-            )
-        };
+        let r = unsafe { libc::getrandom(v[filled..].as_mut_ptr().cast(), n - filled, 0) };
         if r <= 0 {
             // No entropy source at all: fall back to the clock, good enough for a nonce
             // that only has to be unique.

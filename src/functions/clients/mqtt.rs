@@ -57,7 +57,10 @@ impl Mqtt {
         }
         match ack[1] {
             0 => Ok(m),
-            4 | 5 => Err(format!("connection refused: not authorised (code {})", ack[1])),
+            4 | 5 => Err(format!(
+                "connection refused: not authorised (code {})",
+                ack[1]
+            )),
             code => Err(format!("connection refused (code {code})")),
         }
     }

@@ -284,14 +284,15 @@ impl Scram {
         }
         self.salted = pbkdf2_sha256(self.password.as_bytes(), &salt, iterations);
         let without_proof = format!("c=biws,r={nonce}");
-        self.auth_message = format!(
-            "n=,r={},{server_first},{without_proof}",
-            self.nonce
-        );
+        self.auth_message = format!("n=,r={},{server_first},{without_proof}", self.nonce);
         let client_key = hmac(&self.salted, b"Client Key");
         let stored_key = Sha256::digest(client_key);
         let signature = hmac(&stored_key, self.auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         Ok(format!("{without_proof},p={}", base64::encode(&proof)))
     }
 
@@ -353,8 +354,7 @@ mod tests {
         // RFC 7677 §3, with the user name PostgreSQL leaves empty put back in the message.
         let mut s = Scram::new("pencil");
         s.nonce = "rOprNGfwEbeRWgbNEkqO".into();
-        let server_first =
-            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         let fin = s.client_final(server_first).unwrap();
         // Recompute with the RFC's client-first-bare (n=user) to compare against its proof.
         s.auth_message = format!(

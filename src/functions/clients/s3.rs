@@ -39,9 +39,8 @@ impl Signer<'_> {
         let canonical_headers: String = sorted.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
         let signed: Vec<&str> = sorted.iter().map(|(k, _)| k.as_str()).collect();
         let signed = signed.join(";");
-        let canonical = format!(
-            "{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{payload_hash}"
-        );
+        let canonical =
+            format!("{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{payload_hash}");
         let date = &self.amz_date[..8];
         let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
         let to_sign = format!(
@@ -49,7 +48,10 @@ impl Signer<'_> {
             self.amz_date,
             hex(&Sha256::digest(canonical.as_bytes()))
         );
-        let mut key = hmac(format!("AWS4{}", self.secret_key).as_bytes(), date.as_bytes());
+        let mut key = hmac(
+            format!("AWS4{}", self.secret_key).as_bytes(),
+            date.as_bytes(),
+        );
         for part in [self.region, self.service, "aws4_request"] {
             key = hmac(&key, part.as_bytes());
         }
