@@ -236,7 +236,7 @@ fn authenticated_agent_runs_all_nine_functions_then_powers_off() {
     assert_eq!(hello.worker, "w1");
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
     assert_eq!(hello.capabilities.runtimes, ["builtin"]);
-    assert_eq!(hello.capabilities.functions, functions::names());
+    assert_eq!(hello.capabilities.functions, functions::all_names());
     assert_eq!(hello.capabilities.lifecycle, Lifecycle::OneShot);
     assert!(hello.uptime_ms > 0);
 

@@ -410,3 +410,38 @@ fn lifecycle_parses_from_the_command_line_forms() {
     assert_eq!("warm".parse::<Lifecycle>(), Ok(Lifecycle::Warm));
     assert!("tepid".parse::<Lifecycle>().is_err());
 }
+
+#[test]
+fn service_bindings_travel_with_the_invoke() {
+    use microfaas::protocol::ServiceBinding;
+    let mut services = std::collections::BTreeMap::new();
+    services.insert(
+        "redis".to_string(),
+        ServiceBinding {
+            name: "accounts".into(),
+            protocol: "redis".into(),
+            address: "10.0.2.101:6379".into(),
+            password: Some("pw".into()),
+            ..Default::default()
+        },
+    );
+    let invoke = Message::Invoke(Invoke {
+        id: "a".into(),
+        function: "f".into(),
+        runtime: "builtin".into(),
+        handler: "redis_insert".into(),
+        input: json!({}),
+        deadline_ms: 1,
+        services,
+    });
+    let bytes = protocol::encode(&invoke);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        v["services"],
+        json!({"redis": {"name": "accounts", "protocol": "redis", "address": "10.0.2.101:6379",
+                         "password": "pw"}})
+    );
+    assert_eq!(protocol::decode(&bytes).unwrap(), invoke);
+    // The Debug form (what a log line would show) never carries the credential.
+    assert!(!format!("{invoke:?}").contains("\"pw\""));
+}

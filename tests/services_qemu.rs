@@ -110,4 +110,21 @@ fn all_seventeen_functions_run_on_qemu_workers_with_real_services() {
         ],
     );
     assert!(got.contains("Hello World"), "{got:?}");
+
+    // With its server gone, a service-backed call fails on the VM naming the service; it
+    // does not hang the worker or the run.
+    drop(redis);
+    let down = env.write(
+        "down.yaml",
+        "apiVersion: microfaas.dev/v1alpha1\nkind: Workload\nmetadata: {name: down}\nspec:\n  \
+         functions: [{function: redis-insert, count: 1}]\n  workers: {matchLabels: {pool: ci}}\n  \
+         maxAttempts: 1\n",
+    );
+    ok(&env.ctl(&["apply", "-f", &f, "-f", &down, "--timeout", "5m"]));
+    let report = env.json(&["report", "down", "--format", "json"]);
+    assert_eq!(report["failed"], 1, "{report}");
+    let csv = env.ctl(&["report", "down", "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    assert!(csv.contains("service `accounts`"), "{csv}");
+    assert!(env.qemus().is_empty(), "QEMU left running");
 }
