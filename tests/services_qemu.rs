@@ -120,7 +120,14 @@ fn all_seventeen_functions_run_on_qemu_workers_with_real_services() {
          functions: [{function: redis-insert, count: 1}]\n  workers: {matchLabels: {pool: ci}}\n  \
          maxAttempts: 1\n",
     );
-    ok(&env.ctl(&["apply", "-f", &f, "-f", &down, "--timeout", "5m"]));
+    // `apply` reports the failed workload with its exit status.
+    let out = env.ctl(&["apply", "-f", &f, "-f", &down, "--timeout", "5m"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("workload/down Failed: 1/1 done, 1 failed"),
+        "{stderr}"
+    );
     let report = env.json(&["report", "down", "--format", "json"]);
     assert_eq!(report["failed"], 1, "{report}");
     let csv = env.ctl(&["report", "down", "--format", "csv"]);
