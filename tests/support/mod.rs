@@ -9,6 +9,7 @@ pub mod host;
 pub mod orchestrator;
 pub mod qemu;
 pub mod snmp_agents;
+pub mod v1;
 // Needs the CLI binary, which only test targets are given.
 #[cfg(test)]
 pub mod testbed;
