@@ -13,7 +13,7 @@
 //!
 //! Environment: `MICROFAAS_V1_FAKES` (the directory of `microfaas_v1_fakeworkers.py`),
 //! `MICROFAAS_V1_ORCH` (upstream's `orchestrator/` directory), `MICROFAAS_V1_PYTHON` (an
-//! interpreter with numpy for it), `MICROFAAS_V1_JOBS` (multiple of 17, default 340),
+//! interpreter with numpy for it), `MICROFAAS_V1_JOBS` (multiple of 17, default 170),
 //! `MICROFAAS_V1_WORKERS` (default `1,4,10`), `MICROFAAS_V1_PERIOD` (seconds between load
 //! rounds, default 0), `MICROFAAS_V1_SIDES` (`both`, `ours` or `v1`).
 
@@ -210,11 +210,11 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let jobs: usize = env("MICROFAAS_V1_JOBS", "340")
+    let jobs: usize = env("MICROFAAS_V1_JOBS", "170")
         .parse()
         .expect("MICROFAAS_V1_JOBS");
     assert!(
-        jobs % 17 == 0,
+        jobs.is_multiple_of(17),
         "MICROFAAS_V1_JOBS must be a multiple of 17 (v1's load generator)"
     );
     let period = env("MICROFAAS_V1_PERIOD", "0");
