@@ -58,8 +58,8 @@ fn reference_manifest_is_valid() {
     );
     let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    // 9 documents + 4 workers from the WorkerSet
-    assert_eq!(loaded.resources.len(), 13);
+    // 10 documents + 4 workers from the WorkerSet
+    assert_eq!(loaded.resources.len(), 14);
 }
 
 #[test]
