@@ -58,8 +58,8 @@ fn reference_manifest_is_valid() {
     );
     let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    // 10 documents + 4 workers from the WorkerSet
-    assert_eq!(loaded.resources.len(), 14);
+    // 11 documents + 4 workers from the WorkerSet
+    assert_eq!(loaded.resources.len(), 15);
 }
 
 #[test]
@@ -496,5 +496,48 @@ spec:
         6,
         14,
         "an s3 service needs `user` (the access key id)",
+    );
+}
+
+#[test]
+fn v1_worker_needs_an_ipv4_address() {
+    let head = "apiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {name: b3}\nspec:\n  protocol: microfaas-v1\n  board:\n    powerButton: {pin: P9_12}\n";
+    expect_error(head, 7, 5, "needs `board.network.address`");
+    expect_error(
+        &format!("{head}    network:\n      address: bbb-3.local\n"),
+        9,
+        16,
+        "IPv4 source address",
+    );
+}
+
+#[test]
+fn v1_worker_is_a_oneshot_board() {
+    expect_error(
+        "apiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {name: b3}\nspec:\n  protocol: microfaas-v1\n  lifecycle: {mode: Warm}\n  board:\n    powerButton: {pin: P9_12}\n    network: {address: 10.0.0.3}\n",
+        6,
+        21,
+        "must be OneShot",
+    );
+    expect_error(
+        "apiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {name: v}\nspec:\n  protocol: microfaas-v1\n  vm: {kernel: /k}\n",
+        5,
+        13,
+        "VMs boot our agent",
+    );
+}
+
+#[test]
+fn v1_workers_have_distinct_addresses() {
+    let w = |name: &str, pin: &str| {
+        format!(
+            "apiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {{name: {name}}}\nspec:\n  protocol: microfaas-v1\n  board:\n    powerButton: {{pin: {pin}}}\n    network:\n      address: 10.0.0.3\n"
+        )
+    };
+    expect_error(
+        &format!("{}---\n{}", w("a", "P9_12"), w("b", "P9_15")),
+        19,
+        16,
+        "already used by worker `a`",
     );
 }

@@ -42,6 +42,9 @@ pub trait Presence: Send + Sync + 'static {
     fn is_connected(&self, worker: &str) -> bool;
     /// Asks the worker's agent to power off; `false` when there is no agent to ask.
     fn request_poweroff(&self, worker: &str) -> impl Future<Output = bool> + Send;
+    /// Tells the endpoint which source address a MicroFaaS v1 worker dials from (`None`: it
+    /// is no v1 worker, or gone). v1 workers say no name, so this is how they are known.
+    fn declare_v1(&self, _worker: &str, _address: Option<std::net::IpAddr>) {}
 }
 
 impl Presence for crate::orchestrator::Sessions {
@@ -57,6 +60,10 @@ impl Presence for crate::orchestrator::Sessions {
                 .is_ok(),
             None => false,
         }
+    }
+
+    fn declare_v1(&self, worker: &str, address: Option<std::net::IpAddr>) {
+        self.set_v1_address(worker, address);
     }
 }
 

@@ -126,10 +126,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             // Gone from the store: its teardown ran before the record went (see `teardown`).
             lock(&self.runtime).remove(name);
             self.board_gone(name);
+            self.presence.declare_v1(name, None);
             return Ok(Next::Done);
         };
         let spec: WorkerSpec =
             serde_json::from_value(obj.spec.clone()).map_err(|e| format!("stored spec: {e}"))?;
+        self.presence.declare_v1(name, v1_address(&spec));
         let mut st = Status::from_value(&obj.status);
         let health = st
             .get("health")
@@ -541,4 +543,19 @@ fn launch_hash(l: &VmConfig) -> String {
         text += &format!("|{:?}", l.service_forwards);
     }
     crate::functions::hex(&Sha256::digest(text.as_bytes())[..8])
+}
+
+/// The source address a MicroFaaS v1 worker dials from, when the worker speaks v1.
+fn v1_address(spec: &WorkerSpec) -> Option<std::net::IpAddr> {
+    if spec.protocol != crate::manifest::types::WorkerProtocol::MicrofaasV1 {
+        return None;
+    }
+    spec.board
+        .as_ref()?
+        .network
+        .as_ref()?
+        .address
+        .as_ref()?
+        .parse()
+        .ok()
 }

@@ -434,12 +434,34 @@ pub struct WorkerSpec {
     pub power: PowerPolicy,
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// The wire protocol the worker speaks: ours (`microfaas`), or the original MicroFaaS
+    /// orchestrator's (`microfaas-v1`: a board running an existing v1 worker image, known by
+    /// its `board.network.address`, one job per boot, no authentication).
+    #[serde(default, skip_serializing_if = "WorkerProtocol::is_default")]
+    pub protocol: WorkerProtocol,
     /// A BeagleBone-class board powered through a GPIO line wired to its power button.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub board: Option<BoardSpec>,
     /// A QEMU virtual machine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum WorkerProtocol {
+    /// Newline-delimited JSON with an HMAC hello (`src/protocol.rs`).
+    #[default]
+    #[serde(rename = "microfaas")]
+    Microfaas,
+    /// MicroFaaS v1: a greeting, one job line, one result line, a reboot or power-off line.
+    #[serde(rename = "microfaas-v1")]
+    MicrofaasV1,
+}
+
+impl WorkerProtocol {
+    pub fn is_default(&self) -> bool {
+        *self == WorkerProtocol::Microfaas
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -429,6 +429,44 @@ fn meter(cx: &mut Ctx<'_>, s: &PowerMeterSpec) {
     }
 }
 
+/// A MicroFaaS v1 worker has no hello: the endpoint knows it by its source address, and its
+/// image runs one job per boot.
+fn v1_worker(cx: &mut Ctx<'_>, s: &WorkerSpec) {
+    if s.vm.is_some() {
+        cx.error(
+            &[Key("protocol")],
+            "`microfaas-v1` is for boards running a MicroFaaS v1 worker image; VMs boot our agent",
+        );
+    }
+    if s.lifecycle.mode != LifecycleMode::OneShot {
+        cx.error(
+            &[Key("lifecycle"), Key("mode")],
+            "a `microfaas-v1` worker runs one job per boot: lifecycle mode must be OneShot",
+        );
+    }
+    if let Some(b) = &s.board {
+        let address = b.network.as_ref().and_then(|n| n.address.as_deref());
+        match address.map(str::parse::<std::net::Ipv4Addr>) {
+            Some(Ok(_)) => {}
+            Some(Err(_)) => {
+                cx.error(
+                    &[Key("board"), Key("network"), Key("address")],
+                    format!(
+                        "a `microfaas-v1` worker is known by its IPv4 source address, got `{}`",
+                        address.unwrap_or_default()
+                    ),
+                );
+            }
+            None => {
+                cx.error(
+                    &[Key("board"), Key("network")],
+                    "a `microfaas-v1` worker needs `board.network.address`: v1 workers say no name, the endpoint knows them by their IPv4 source address",
+                );
+            }
+        }
+    }
+}
+
 fn worker(cx: &mut Ctx<'_>, s: &WorkerSpec, opts: Options) {
     cx.one_of(
         &[],
@@ -491,6 +529,9 @@ fn worker(cx: &mut Ctx<'_>, s: &WorkerSpec, opts: Options) {
                 "`switch` and `port` go together",
             );
         }
+    }
+    if s.protocol == WorkerProtocol::MicrofaasV1 {
+        v1_worker(cx, s);
     }
     if let Some(vm) = &s.vm {
         let p = |f: &'static str| [Key("vm"), Key(f)];
@@ -699,6 +740,7 @@ fn across(resources: &[Resource], out: &mut Vec<Diagnostic>) {
 
     let mut lines: HashMap<String, (&Resource, Vec<Seg<'static>>)> = HashMap::new();
     let mut ports: HashMap<(String, String), (&Resource, Vec<Seg<'static>>)> = HashMap::new();
+    let mut v1_addresses: HashMap<String, (&Resource, Vec<Seg<'static>>)> = HashMap::new();
     for w in &workers {
         let Spec::Worker(spec) = &w.spec else {
             continue;
@@ -738,6 +780,21 @@ fn across(resources: &[Resource], out: &mut Vec<Diagnostic>) {
         if let Some(net) = &board.network {
             let mut net_path = base.clone();
             net_path.push(Key("network"));
+            if spec.protocol == WorkerProtocol::MicrofaasV1
+                && let Some(addr) = &net.address
+            {
+                let mut p = net_path.clone();
+                p.push(Key("address"));
+                if let Some((first, _)) = v1_addresses.get(addr) {
+                    out.push(Diagnostic::error(&w.origin.file, w.node.pos_of(&p), format!(
+                        "worker `{}` has v1 address `{addr}`, already used by worker `{}`: v1 workers are told apart by their address",
+                        w.name(),
+                        first.name()
+                    )));
+                } else {
+                    v1_addresses.insert(addr.clone(), (w, p));
+                }
+            }
             if let Some(sw) = &net.switch {
                 if !switches.contains(&sw.as_str()) {
                     let mut p = net_path.clone();

@@ -13,7 +13,7 @@ use crate::engine::status::{CondStatus, Status};
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
 use crate::manifest::types::{
-    Defaults, FunctionSpec, LifecycleMode, Runtime, WorkerSpec, WorkloadSpec,
+    Defaults, FunctionSpec, LifecycleMode, Runtime, WorkerProtocol, WorkerSpec, WorkloadSpec,
 };
 use crate::store::invocations::{AttemptStatus, RunCounts, RunPhase};
 use crate::store::{EventType, clock};
@@ -488,6 +488,9 @@ impl<D: VmDriver> Run<D> {
         let oneshot = spec
             .as_ref()
             .is_none_or(|s| s.lifecycle.mode == LifecycleMode::OneShot);
+        let v1 = spec
+            .as_ref()
+            .is_some_and(|s| s.protocol == WorkerProtocol::MicrofaasV1);
         let idle_timeout = spec
             .as_ref()
             .and_then(|s| s.lifecycle.idle_timeout.as_ref())
@@ -566,14 +569,23 @@ impl<D: VmDriver> Run<D> {
                 break (session, cold_start_ms, answer, permit);
             };
             let retry = self.finalize(&job, Some(worker), Some(&answer), None, cold_start_ms);
-            // OneShot: one invocation per boot. Warm: keep the connection.
+            // OneShot: one invocation per boot. Warm: keep the connection. A v1 worker with
+            // more work reboots itself (as v1 does) instead of waiting for its button.
             let follow = if oneshot {
-                FollowUp::Poweroff
+                if v1 && self.has_work(worker) {
+                    FollowUp::Reboot
+                } else {
+                    FollowUp::Poweroff
+                }
             } else if self.has_work(worker) {
                 FollowUp::Next
             } else {
                 FollowUp::Idle
             };
+            if v1 {
+                self.engine
+                    .expect_reboot(worker, answer.answered && follow == FollowUp::Reboot);
+            }
             attempt::follow_up(&session, &answer, follow).await;
             if oneshot || !answer.answered {
                 stale = Some(session.id);

@@ -9,7 +9,7 @@ use crate::protocol::{
 };
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, oneshot};
 
 /// How long a new connection has to complete hello + auth.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeat period asked of Warm agents.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -43,13 +43,29 @@ pub enum AgentEvent {
     },
 }
 
-/// Live sessions by worker name.
+/// Live sessions by worker name, and the source addresses MicroFaaS v1 workers dial from.
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, SessionHandle>>,
+    v1: Mutex<HashMap<IpAddr, String>>,
 }
 
 impl Sessions {
+    /// Declares (or with `None` forgets) the address worker `worker` speaks v1 from.
+    pub fn set_v1_address(&self, worker: &str, address: Option<IpAddr>) {
+        let mut v1 = self.v1.lock().unwrap_or_else(|p| p.into_inner());
+        v1.retain(|a, w| w != worker || Some(*a) == address);
+        if let Some(a) = address {
+            v1.insert(a, worker.to_string());
+        }
+    }
+
+    /// The v1 worker that dials from `ip`, if any.
+    pub fn v1_worker(&self, ip: IpAddr) -> Option<String> {
+        let v1 = self.v1.lock().unwrap_or_else(|p| p.into_inner());
+        v1.get(&ip).cloned()
+    }
+
     pub fn get(&self, worker: &str) -> Option<SessionHandle> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(worker).filter(|s| s.is_open()).cloned()
@@ -161,6 +177,13 @@ async fn handle_connection(
     sessions: &Arc<Sessions>,
     events: &broadcast::Sender<AgentEvent>,
 ) {
+    if let Some(worker) = sessions.v1_worker(peer.ip()) {
+        let Some(handle) = super::v1::accept(id, stream, peer, worker, events).await else {
+            return;
+        };
+        serve_session(handle, peer, sessions, events).await;
+        return;
+    }
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut r, &mut w, token)).await;
@@ -186,13 +209,30 @@ async fn handle_connection(
             return;
         }
     };
-    let worker = hello.worker.clone();
     let (done_tx, done_rx) = oneshot::channel();
-    let boot_ms = hello.uptime_ms;
-    let lifecycle = hello.capabilities.lifecycle;
     let handle = session::spawn(id, hello, r, w, done_tx);
+    serve_session((handle, done_rx), peer, sessions, events).await;
+}
+
+/// Registers an authenticated session, announces it, and waits for its end.
+async fn serve_session(
+    (handle, done_rx): (SessionHandle, oneshot::Receiver<String>),
+    peer: SocketAddr,
+    sessions: &Arc<Sessions>,
+    events: &broadcast::Sender<AgentEvent>,
+) {
+    let id = handle.id;
+    let worker = handle.hello.worker.clone();
+    let boot_ms = handle.hello.uptime_ms;
+    let lifecycle = handle.hello.capabilities.lifecycle;
+    // A v1 worker connects once per job: its comings and goings are debug noise.
+    let v1 = handle.hello.agent_version == super::v1::AGENT_VERSION;
     sessions.insert(handle);
-    tracing::info!(%peer, worker = %worker, boot_ms, "agent connected");
+    if v1 {
+        tracing::debug!(%peer, worker = %worker, "v1 worker connected");
+    } else {
+        tracing::info!(%peer, worker = %worker, boot_ms, "agent connected");
+    }
     let _ = events.send(AgentEvent::Connected {
         worker: worker.clone(),
         boot_ms,
@@ -202,7 +242,11 @@ async fn handle_connection(
         .await
         .unwrap_or_else(|_| "session ended".to_string());
     if sessions.remove(&worker, id) {
-        tracing::info!(worker = %worker, "agent disconnected: {reason}");
+        if v1 {
+            tracing::debug!(worker = %worker, "v1 worker disconnected: {reason}");
+        } else {
+            tracing::info!(worker = %worker, "agent disconnected: {reason}");
+        }
         let _ = events.send(AgentEvent::Disconnected { worker, reason });
     }
 }

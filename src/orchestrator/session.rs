@@ -41,7 +41,7 @@ pub struct Completed {
     pub rtt_us: u64,
 }
 
-enum Command {
+pub(super) enum Command {
     Invoke {
         invoke: Invoke,
         timeout: Duration,
@@ -125,16 +125,33 @@ pub fn spawn(
     writer: tokio::net::tcp::OwnedWriteHalf,
     done: oneshot::Sender<String>,
 ) -> SessionHandle {
+    spawn_with(id, hello, done, |rx, _| run(reader, writer, rx))
+}
+
+/// Starts a session whose connection is served by `serve` (our protocol, or another wire
+/// protocol speaking the same commands); `serve` gets the commands and the retiring flag.
+pub(super) fn spawn_with<F, Fut>(
+    id: u64,
+    hello: Hello,
+    done: oneshot::Sender<String>,
+    serve: F,
+) -> SessionHandle
+where
+    F: FnOnce(mpsc::Receiver<Command>, Arc<AtomicBool>) -> Fut,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(8);
+    let retiring = Arc::new(AtomicBool::new(false));
     let handle = SessionHandle {
         id,
         hello,
         connected_at: Instant::now(),
         tx,
-        retiring: Arc::new(AtomicBool::new(false)),
+        retiring: retiring.clone(),
     };
+    let task = serve(rx, retiring);
     tokio::spawn(async move {
-        let reason = run(reader, writer, rx).await;
+        let reason = task.await;
         let _ = done.send(reason);
     });
     handle

@@ -10,6 +10,7 @@ pub mod orchestrator;
 pub mod qemu;
 pub mod services;
 pub mod snmp_agents;
+pub mod v1;
 // Needs the CLI binary, which only test targets are given.
 #[cfg(test)]
 pub mod testbed;

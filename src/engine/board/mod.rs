@@ -68,6 +68,18 @@ struct OnAttempt {
     agent_at: Option<Instant>,
 }
 
+impl OnAttempt {
+    /// A boot starting now, with nothing seen of it yet.
+    fn starting_now() -> Self {
+        OnAttempt {
+            since: Instant::now(),
+            link_up: None,
+            bounced: None,
+            agent_at: None,
+        }
+    }
+}
+
 /// A power-off in progress.
 #[derive(Debug, Clone, Copy)]
 struct OffAttempt {
@@ -83,6 +95,8 @@ struct BoardRuntime {
     off: Option<OffAttempt>,
     /// The agent connected since the last power-on: its leaving means the board goes down.
     was_ready: bool,
+    /// The last follow-up told the worker to reboot itself: its agent's leaving starts a boot.
+    reboot_expected: bool,
 }
 
 /// The engine's board state: buttons, timings, attempts in progress.
@@ -425,6 +439,21 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         }
         st.condition("AgentConnected", CondStatus::False, "NotConnected", "");
         self.came_and_went(name, st);
+        // The agent left a board it had reached after being told to reboot: that is a boot,
+        // gated like a power-on (its agent within the boot timeout, else the ladder).
+        if self.board_rt(name, |r| {
+            let rebooting = r.was_ready && r.on.is_none() && r.reboot_expected;
+            if rebooting {
+                r.was_ready = false;
+                r.reboot_expected = false;
+                r.on = Some(OnAttempt::starting_now());
+            }
+            rebooting
+        }) {
+            st.set_phase("Booting")
+                .condition("Ready", CondStatus::False, "Rebooting", "");
+            return Ok(Next::RequeueAfter(t.boot_timeout));
+        }
         // The agent left a board it had reached: it is powering its board off.
         if self.board_rt(name, |r| r.was_ready && r.on.is_none()) {
             self.board_rt(name, |r| {
@@ -512,12 +541,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 // has returned.
                 self.board_rt(name, |r| {
                     r.was_ready = false;
-                    r.on = Some(OnAttempt {
-                        since: Instant::now(),
-                        link_up: None,
-                        bounced: None,
-                        agent_at: None,
-                    })
+                    r.on = Some(OnAttempt::starting_now())
                 });
                 if let Err(e) = self.press(t, Press::Pulse, &what).await {
                     self.board_rt(name, |r| r.on = None);
@@ -826,6 +850,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         st.set("bootSeconds", json!(secs));
         let msg = format!("agent connected {secs:.2} s after power on, and has left");
         self.event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
+    }
+
+    /// Whether the follow-up about to be sent to `name`'s agent tells it to reboot itself (a
+    /// v1 worker with more work) rather than power off: its leaving is then a boot.
+    pub fn expect_reboot(&self, name: &str, reboot: bool) {
+        self.board_rt(name, |r| r.reboot_expected = reboot);
     }
 
     /// An agent said hello (called as it happens, not at the next turn).
