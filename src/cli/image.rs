@@ -204,7 +204,10 @@ fn build_beaglebone(args: BuildArgs) -> miette::Result<()> {
         out.initramfs_size.div_ceil(1024)
     );
     println!("uEnv:      {}", out.uenv.display());
-    println!("flash:     hack/flash-beaglebone.sh --image DIR --device /dev/sdX --worker NAME ...");
+    println!(
+        "flash:     hack/flash-beaglebone.sh --image {} --device /dev/sdX --worker NAME ...",
+        opts.out_dir.display()
+    );
     Ok(())
 }
 
