@@ -83,7 +83,7 @@ fn armv7_workers_run_the_nine_functions_like_x86() {
     );
 
     eprintln!(
-        "armv7 cold start (ms, QEMU start to agent hello, TCG): {}",
+        "armv7 cold start (ms an invocation waited for its worker to boot, TCG): {}",
         report["coldStartMs"]
     );
 
