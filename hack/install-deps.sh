@@ -34,11 +34,12 @@ fi
 
 # make/gcc/binutils/xz-utils/patch: hack/build-kernel.sh and readelf in the image tests; python3:
 # hack/test-artifacts.sh and the function reference vectors; dosfstools/mtools/fdisk: the
-# BeagleBone card (hack/flash-beaglebone.sh); u-boot-tools: `mkimage -l` checks boot.scr.
+# BeagleBone card (hack/flash-beaglebone.sh); u-boot-tools: `mkimage -l` checks boot.scr;
+# u-boot-qemu: a real U-Boot boots the card image under qemu-system-arm in the image tests.
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
          make gcc binutils xz-utils patch python3 \
          rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
-         dosfstools mtools fdisk u-boot-tools; do
+         dosfstools mtools fdisk u-boot-tools u-boot-qemu; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1

@@ -123,7 +123,7 @@ fn beaglebone_image_layout() {
     assert_eq!(get("microfaas_worker"), "bbb-3");
     assert_eq!(get("microfaas_orchestrator"), "192.168.1.1:9000");
     assert_eq!(get("microfaas_ip"), IP);
-    assert!(get("uenvcmd").contains("bootz"));
+    assert!(get("mf_boot").contains("bootz"));
 
     // boot.scr as U-Boot's own tool reads it: a valid ARM script image with our commands.
     let listed = Command::new("mkimage")
@@ -390,4 +390,92 @@ fn a_mounted_device_is_refused_and_an_unmounted_one_is_written() {
         .expect("mtype");
     ok(&uenv);
     assert!(String::from_utf8_lossy(&uenv.stdout).contains("microfaas_worker=bbb-7"));
+}
+
+/// The card's boot path with a real U-Boot: Debian's U-Boot for QEMU's ARM virt board
+/// (u-boot-qemu) runs distro boot on the card image, finds boot.scr, which imports uEnv.txt,
+/// loads zImage, dtb and initramfs from the FAT partition and boots; the agent comes up with
+/// the name and orchestrator written at flash time and dials it. Only what differs between
+/// the virt board and a BeagleBone is changed in uEnv.txt: the console (PL011) and the device
+/// tree (QEMU's own, which U-Boot holds at ${fdtcontroladdr}).
+#[test]
+fn card_boots_through_u_boot_and_the_agent_dials_with_its_flashed_identity() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let built = build_image(dir.path());
+    let image = dir.path().join("virt-image");
+    std::fs::create_dir(&image).expect("mkdir");
+    for e in std::fs::read_dir(&built).expect("image dir").flatten() {
+        std::fs::copy(e.path(), image.join(e.file_name())).expect("copy");
+    }
+    let uenv = std::fs::read_to_string(image.join("uEnv.txt")).expect("uEnv");
+    let uenv = uenv
+        .replace("mf_console=ttyS0,115200n8", "mf_console=ttyAMA0")
+        .replace("${mf_fdt_addr}\n", "${fdtcontroladdr}\n");
+    assert!(uenv.contains("${fdtcontroladdr}"), "{uenv}");
+    std::fs::write(image.join("uEnv.txt"), uenv).expect("write uEnv");
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let card = dir.path().join("card.img");
+    ok(&flash(&[
+        "--image",
+        &image.display().to_string(),
+        "--out",
+        &card.display().to_string(),
+        "--worker",
+        "bbb-uboot",
+        "--orchestrator",
+        &format!("10.0.2.100:{port}"),
+        "--ip",
+        "10.0.2.15::10.0.2.2:255.255.255.0:bbb-uboot:eth0:off",
+    ]));
+
+    let console = dir.path().join("console.log");
+    let qemu = Command::new("qemu-system-arm")
+        .args(["-M", "virt", "-accel", "tcg", "-m", "1280M", "-nodefaults"])
+        .args(["-display", "none", "-no-reboot"])
+        .args(["-bios", "/usr/lib/u-boot/qemu_arm/u-boot.bin"])
+        .arg("-drive")
+        .arg(format!("if=none,id=sd,format=raw,file={}", card.display()))
+        .args(["-device", "virtio-blk-device,drive=sd"])
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:{port}-tcp:127.0.0.1:{port}"
+        ))
+        .args(["-device", "virtio-net-device,netdev=net0"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .spawn()
+        .expect("qemu-system-arm (hack/install-deps.sh installs it and u-boot-qemu)");
+    let _qemu = Kill(qemu);
+
+    // QEMU opens the forwarded connection at start; the guest's bytes arrive on it.
+    let (mut conn, _) = listener.accept().expect("accept");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(300)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains(&b'\n') {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let hello = String::from_utf8_lossy(&got);
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        hello.contains("bbb-uboot"),
+        "hello {hello:?}\nconsole:\n{log}"
+    );
+    assert!(log.contains("Found U-Boot script /boot.scr"), "{log}");
+}
+
+/// Kills and reaps the QEMU this test started, whatever happened.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -169,8 +169,10 @@ mf_kernel_addr=0x82000000
 mf_fdt_addr=0x88000000
 mf_rd_addr=0x88080000
 mf_load=load ${{mf_devtype}} ${{mf_part}} ${{mf_kernel_addr}} zImage; load ${{mf_devtype}} ${{mf_part}} ${{mf_fdt_addr}} {DTB}; load ${{mf_devtype}} ${{mf_part}} ${{mf_rd_addr}} initramfs.cpio.gz; setenv mf_rd_size ${{filesize}}
-mf_args=setenv bootargs console=ttyS0,115200n8 quiet panic=-1 microfaas.worker=${{microfaas_worker}} microfaas.orchestrator=${{microfaas_orchestrator}} ip=${{microfaas_ip}}; if test -n \"${{microfaas_token}}\"; then setenv bootargs ${{bootargs}} microfaas.token=${{microfaas_token}}; fi
-uenvcmd=run mf_load; run mf_args; bootz ${{mf_kernel_addr}} ${{mf_rd_addr}}:${{mf_rd_size}} ${{mf_fdt_addr}}
+mf_args=setenv bootargs console=${{mf_console}} quiet panic=-1 microfaas.worker=${{microfaas_worker}} microfaas.orchestrator=${{microfaas_orchestrator}} ip=${{microfaas_ip}}; if test -n \"${{microfaas_token}}\"; then setenv bootargs ${{bootargs}} microfaas.token=${{microfaas_token}}; fi
+mf_console=ttyS0,115200n8
+mf_boot=bootz ${{mf_kernel_addr}} ${{mf_rd_addr}}:${{mf_rd_size}} ${{mf_fdt_addr}}
+uenvcmd=run mf_load; run mf_args; run mf_boot
 ",
         worker = id.worker,
         orchestrator = id.orchestrator,
@@ -295,7 +297,8 @@ mod tests {
             args.contains("microfaas.worker=${microfaas_worker}"),
             "{args}"
         );
-        assert!(get("uenvcmd").is_some_and(|c| c.contains("bootz")));
+        assert!(get("mf_boot").is_some_and(|c| c.contains("bootz")));
+        assert!(get("uenvcmd").is_some_and(|c| c.contains("run mf_boot")));
     }
 
     #[test]
