@@ -28,7 +28,8 @@ pub enum ImageCommand {
 pub enum Target {
     /// x86_64 QEMU workers: bzImage (+ vmlinux) and initramfs.
     Vm,
-    /// BeagleBone Black boards: zImage, am335x-boneblack.dtb, initramfs and uEnv.txt.
+    /// BeagleBone Black boards: zImage, am335x-boneblack.dtb, initramfs, uEnv.txt and boot.scr
+    /// (then hack/flash-beaglebone.sh writes a card per board).
     Beaglebone,
 }
 
@@ -57,7 +58,7 @@ pub struct BuildArgs {
     /// beaglebone: the kernel `ip=` value, CLIENT::GATEWAY:NETMASK:HOSTNAME:eth0:off.
     #[arg(long, value_name = "IP")]
     pub ip: Option<String>,
-    /// Output directory for `bzImage` and `initramfs.cpio.gz`.
+    /// Output directory for the kernel, `initramfs.cpio.gz` (and the U-Boot files).
     #[arg(long, default_value = "image", value_name = "DIR")]
     pub out: PathBuf,
     /// Cluster token to bake into the image (/etc/microfaas/token, mode 0600).
