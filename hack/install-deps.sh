@@ -3,7 +3,8 @@
 # QEMU from bookworm-backports (the default suite's qemu-system conflicts with the image's
 # qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents (net-snmp and
 # an snmpsim venv), the servers the service-backed functions are tested against (Redis,
-# PostgreSQL, mosquitto, and moto's S3 server in a venv), and the static-agent Rust target.
+# PostgreSQL, mosquitto, and moto's S3 server in a venv), the static-agent Rust targets, and the
+# ARMv7 toolchain, qemu-system-arm and card tools for the BeagleBone image.
 set -euo pipefail
 
 need_apt=()
@@ -23,14 +24,28 @@ if ! grep -qs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d
   need_update=1
 fi
 
+# The BeagleBone worker (ARMv7): rustup cannot fetch an armv7 std here, so Debian's rustc-web
+# (/usr/bin/rustc) with the armhf std builds the agent (hack/build-agent-armv7.sh), linked by
+# the cross gcc against a static glibc; the same gcc cross-builds the ARM kernel. u-boot-omap
+# (armhf) is fetched by hack/flash-beaglebone.sh with apt-get download, so apt must know armhf.
+if ! dpkg --print-foreign-architectures | grep -qx armhf; then
+  dpkg --add-architecture armhf
+  need_update=1
+fi
+
 # make/gcc/binutils/xz-utils/patch: hack/build-kernel.sh and readelf in the image tests; python3:
-# hack/test-artifacts.sh and the function reference vectors.
+# hack/test-artifacts.sh and the function reference vectors; dosfstools/mtools/fdisk: the
+# BeagleBone card (hack/flash-beaglebone.sh); u-boot-tools: `mkimage -l` checks boot.scr;
+# u-boot-qemu: a real U-Boot boots the card image under qemu-system-arm in the image tests.
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
          make gcc binutils xz-utils patch python3 \
-         redis-server postgresql mosquitto mosquitto-clients; do
+         redis-server postgresql mosquitto mosquitto-clients \
+         rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
+         dosfstools mtools fdisk u-boot-tools u-boot-qemu; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1
+have qemu-system-arm || need_qemu=1
 
 if [ ${#need_apt[@]} -gt 0 ] || [ -n "${need_qemu:-}" ] || [ -n "${need_update:-}" ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -39,7 +54,7 @@ if [ ${#need_apt[@]} -gt 0 ] || [ -n "${need_qemu:-}" ] || [ -n "${need_update:-
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
   fi
   if [ -n "${need_qemu:-}" ]; then
-    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-system-arm
   fi
 fi
 

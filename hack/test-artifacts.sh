@@ -3,6 +3,9 @@
 #   MICROFAAS_TEST_KERNEL  the small all-built-in bzImage (hack/build-kernel.sh, cached)
 #   MICROFAAS_TEST_AGENT   the static musl microfaas-agent (release build)
 #   MICROFAAS_TEST_GPIO_GUEST  the static musl PID 1 of tests/gpio_sim.rs (hack/gpio-sim-guest.rs)
+#   MICROFAAS_TEST_KERNEL_ARMV7  the ARMv7 zImage for QEMU virt and the BeagleBone, with
+#                          am335x-boneblack.dtb next to it (hack/build-kernel.sh armv7, cached)
+#   MICROFAAS_TEST_AGENT_ARMV7   the static ARMv7 agent (hack/build-agent-armv7.sh)
 # Use it as:  eval "$(hack/test-artifacts.sh)" && cargo test
 # The Debian cloud kernel is fetched by the tests themselves into the same cache
 # (${MICROFAAS_CACHE:-$HOME/.cache/microfaas}) with apt-get download.
@@ -13,6 +16,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 
 kernel=$("$here/build-kernel.sh")
+kernel_armv7=$("$here/build-kernel.sh" armv7)
 
 # Builds one static musl target in release; prints its executable (the JSON artifact messages
 # name it wherever CARGO_TARGET_DIR puts it).
@@ -38,7 +42,10 @@ for line in sys.stdin:
 
 agent=$(build_static agent --bin microfaas-agent)
 gpio_guest=$(build_static gpio --example gpio-sim-guest)
+agent_armv7=$("$here/build-agent-armv7.sh")
 
 printf 'export MICROFAAS_TEST_KERNEL=%q\n' "$kernel"
 printf 'export MICROFAAS_TEST_AGENT=%q\n' "$agent"
 printf 'export MICROFAAS_TEST_GPIO_GUEST=%q\n' "$gpio_guest"
+printf 'export MICROFAAS_TEST_KERNEL_ARMV7=%q\n' "$kernel_armv7"
+printf 'export MICROFAAS_TEST_AGENT_ARMV7=%q\n' "$agent_armv7"

@@ -541,3 +541,37 @@ fn v1_workers_have_distinct_addresses() {
         "already used by worker `a`",
     );
 }
+
+#[test]
+fn vm_machine_must_match_its_architecture() {
+    expect_error(
+        &VM_WORKER.replace(
+            "kernel: /k\n",
+            "kernel: /k\n    arch: armv7\n    machine: microvm\n",
+        ),
+        9,
+        14,
+        "machine `microvm` does not run armv7 guests",
+    );
+    expect_error(
+        &VM_WORKER.replace("kernel: /k\n", "kernel: /k\n    machine: virt\n"),
+        8,
+        14,
+        "machine `virt` does not run x86_64 guests",
+    );
+    // armv7 alone picks virt; an unknown architecture is refused by name.
+    let (_d, diags) = check(
+        &[(
+            "m.yaml",
+            &VM_WORKER.replace("kernel: /k\n", "kernel: /k\n    arch: armv7\n"),
+        )],
+        false,
+    );
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+    expect_error(
+        &VM_WORKER.replace("kernel: /k\n", "kernel: /k\n    arch: arm64\n"),
+        8,
+        11,
+        "arm64",
+    );
+}

@@ -1,5 +1,5 @@
 //! `microfaasctl image build`: writes a bzImage and an initramfs with the static agent as
-//! /init, for VM workers.
+//! /init, for VM workers, or (`--target beaglebone`) a BeagleBone Black boot partition.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -8,6 +8,7 @@ use std::str::FromStr;
 use clap::{Args, Subcommand};
 use miette::{Context, IntoDiagnostic, miette};
 
+use crate::image::beaglebone::{self, BoardOptions, Identity};
 use crate::image::{self, BuildOptions, KernelSource};
 
 #[derive(Debug, Args)]
@@ -22,16 +23,42 @@ pub enum ImageCommand {
     Build(BuildArgs),
 }
 
+/// What the image boots on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// x86_64 QEMU workers: bzImage (+ vmlinux) and initramfs.
+    Vm,
+    /// BeagleBone Black boards: zImage, am335x-boneblack.dtb, initramfs, uEnv.txt and boot.scr
+    /// (then hack/flash-beaglebone.sh writes a card per board).
+    Beaglebone,
+}
+
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// `debian-cloud` (Debian's linux-image-*-cloud-amd64, downloaded with apt-get) or the path
-    /// of a bzImage with virtio-net built in (e.g. from hack/build-kernel.sh).
-    #[arg(long, default_value = "debian-cloud", value_name = "debian-cloud|PATH")]
-    pub kernel: KernelArg,
-    /// Static x86_64 agent binary for /init; built with cargo (musl target) when omitted.
+    #[arg(long, value_enum, default_value = "vm")]
+    pub target: Target,
+    /// vm: `debian-cloud` (Debian's linux-image-*-cloud-amd64, downloaded with apt-get, the
+    /// default) or the path of a bzImage with virtio-net built in (hack/build-kernel.sh).
+    /// beaglebone: the zImage of `hack/build-kernel.sh armv7` (built when omitted).
+    #[arg(long, value_name = "debian-cloud|PATH")]
+    pub kernel: Option<KernelArg>,
+    /// beaglebone: the board's device tree [default: am335x-boneblack.dtb next to the zImage].
+    #[arg(long, value_name = "PATH")]
+    pub dtb: Option<PathBuf>,
+    /// Static agent binary for /init; built when omitted (vm: cargo, musl target; beaglebone:
+    /// hack/build-agent-armv7.sh with Debian's ARM toolchain).
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
-    /// Output directory for `bzImage` and `initramfs.cpio.gz`.
+    /// beaglebone: the worker name written to uEnv.txt (the flash script sets it per card).
+    #[arg(long, value_name = "NAME")]
+    pub worker: Option<String>,
+    /// beaglebone: the orchestrator's agent endpoint HOST:PORT, numeric.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub orchestrator: Option<String>,
+    /// beaglebone: the kernel `ip=` value, CLIENT::GATEWAY:NETMASK:HOSTNAME:eth0:off.
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    /// Output directory for the kernel, `initramfs.cpio.gz` (and the U-Boot files).
     #[arg(long, default_value = "image", value_name = "DIR")]
     pub out: PathBuf,
     /// Cluster token to bake into the image (/etc/microfaas/token, mode 0600).
@@ -67,7 +94,21 @@ pub fn run(args: ImageArgs) -> miette::Result<()> {
 }
 
 fn build(args: BuildArgs) -> miette::Result<()> {
-    if let KernelSource::Path(p) = &args.kernel.0
+    if args.target == Target::Beaglebone {
+        return build_beaglebone(args);
+    }
+    for (flag, given) in [
+        ("--dtb", args.dtb.is_some()),
+        ("--worker", args.worker.is_some()),
+        ("--orchestrator", args.orchestrator.is_some()),
+        ("--ip", args.ip.is_some()),
+    ] {
+        if given {
+            return Err(miette!("{flag} is for --target beaglebone"));
+        }
+    }
+    let kernel = args.kernel.map_or(KernelSource::DebianCloud, |k| k.0);
+    if let KernelSource::Path(p) = &kernel
         && !p.is_file()
     {
         return Err(miette!(
@@ -81,7 +122,7 @@ fn build(args: BuildArgs) -> miette::Result<()> {
         None => build_agent()?,
     };
     let opts = BuildOptions {
-        kernel: args.kernel.0,
+        kernel,
         agent,
         out_dir: args.out,
         token: args.token,
@@ -107,6 +148,101 @@ fn build(args: BuildArgs) -> miette::Result<()> {
         println!("modules:   {}", out.modules.join(" "));
     }
     Ok(())
+}
+
+fn build_beaglebone(args: BuildArgs) -> miette::Result<()> {
+    if args.pvh {
+        return Err(miette!("--pvh is for --target vm (x86 PVH boot)"));
+    }
+    let zimage = match args.kernel.map(|k| k.0) {
+        Some(KernelSource::Path(p)) => {
+            if !p.is_file() {
+                return Err(miette!(
+                    help = "build one with hack/build-kernel.sh armv7",
+                    "kernel {} is not a file",
+                    p.display()
+                ));
+            }
+            p
+        }
+        Some(KernelSource::DebianCloud) => {
+            return Err(miette!(
+                help =
+                    "omit --kernel to build one, or pass the zImage of hack/build-kernel.sh armv7",
+                "debian-cloud is an x86 kernel; a BeagleBone needs the ARMv7 zImage"
+            ));
+        }
+        None => PathBuf::from(run_hack("build-kernel.sh", &["armv7"])?),
+    };
+    let dtb = args
+        .dtb
+        .unwrap_or_else(|| zimage.with_file_name(beaglebone::DTB));
+    let agent = match args.agent {
+        Some(p) => p,
+        None => PathBuf::from(run_hack("build-agent-armv7.sh", &[])?),
+    };
+    let defaults = Identity::default();
+    let opts = BoardOptions {
+        zimage,
+        dtb,
+        agent,
+        out_dir: args.out,
+        token: args.token,
+        identity: Identity {
+            worker: args.worker.unwrap_or(defaults.worker),
+            orchestrator: args.orchestrator.unwrap_or(defaults.orchestrator),
+            ip: args.ip.unwrap_or(defaults.ip),
+        },
+    };
+    let out = beaglebone::build(&opts)
+        .into_diagnostic()
+        .wrap_err("image build failed")?;
+    println!("kernel:    {}", out.zimage.display());
+    println!("dtb:       {}", out.dtb.display());
+    println!(
+        "initramfs: {} ({} KiB)",
+        out.initramfs.display(),
+        out.initramfs_size.div_ceil(1024)
+    );
+    println!("uEnv:      {}", out.uenv.display());
+    println!(
+        "flash:     hack/flash-beaglebone.sh --image {} --device /dev/sdX --worker NAME ...",
+        opts.out_dir.display()
+    );
+    Ok(())
+}
+
+/// Runs one of the source tree's hack/ scripts, which print the path they built on stdout
+/// (progress and errors go to our stderr).
+fn run_hack(script: &str, args: &[&str]) -> miette::Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("hack")
+        .join(script);
+    if !path.is_file() {
+        return Err(miette!(
+            help = "pass --kernel and --agent explicitly",
+            "no source tree with {} to build from",
+            path.display()
+        ));
+    }
+    eprintln!("==> {}", path.display());
+    let out = Command::new(&path)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .into_diagnostic()
+        .wrap_err_with(|| format!("could not run {}", path.display()))?;
+    if !out.status.success() {
+        return Err(miette!(
+            "{script} failed ({}); its error is above",
+            out.status
+        ));
+    }
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if printed.is_empty() {
+        return Err(miette!("{script} printed no path"));
+    }
+    Ok(printed)
 }
 
 /// Builds the static agent from the source tree this binary was built from.

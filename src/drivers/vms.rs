@@ -1,7 +1,7 @@
 //! The engine's `VmDriver` over real QEMU: one `Vm` per worker, QMP events turned into
 //! "this worker's VM exited" triggers for the reconcile loop.
 
-use super::qemu::{Vm, VmConfig};
+use super::qemu::{Vm, VmConfig, emulator_for};
 use super::qmp::QmpEvent;
 use crate::engine::vm::{StopHow, VmDriver};
 use std::collections::HashMap;
@@ -18,6 +18,7 @@ pub struct QemuVms {
     vms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vm>>>>,
     exits: broadcast::Sender<String>,
     binary: PathBuf,
+    arm_binary: PathBuf,
     relay: Option<String>,
 }
 
@@ -31,7 +32,10 @@ impl QemuVms {
     pub fn new() -> Self {
         let binary = std::env::var_os("MICROFAAS_QEMU")
             .map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from);
+        let arm_binary = std::env::var_os("MICROFAAS_QEMU_ARM")
+            .map_or_else(|| PathBuf::from("qemu-system-arm"), PathBuf::from);
         QemuVms {
+            arm_binary,
             vms: Mutex::new(HashMap::new()),
             exits: broadcast::channel(1024).0,
             binary,
@@ -82,7 +86,7 @@ impl QemuVms {
 
     fn config(&self, spec: &VmConfig) -> VmConfig {
         VmConfig {
-            qemu_binary: self.binary.clone(),
+            qemu_binary: emulator_for(spec.machine, &self.binary, &self.arm_binary).to_owned(),
             relay: self.relay.clone(),
             ..spec.clone()
         }

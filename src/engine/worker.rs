@@ -79,8 +79,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 },
             ),
         };
+        let console = crate::drivers::qemu::guest_console(vm.machine());
         let mut cmdline = format!(
-            "console=ttyS0 panic=-1 microfaas.worker={name} microfaas.orchestrator={orchestrator} microfaas.token={} microfaas.lifecycle={lifecycle}",
+            "console={console} panic=-1 microfaas.worker={name} microfaas.orchestrator={orchestrator} microfaas.token={} microfaas.lifecycle={lifecycle}",
             self.cfg.token
         );
         if let Some(extra) = &vm.cmdline {
@@ -96,7 +97,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         cfg.cmdline = cmdline;
         cfg.memory_mib = memory / (1 << 20);
         cfg.cpus = u32::try_from(vm.cpus).unwrap_or(1);
-        cfg.machine = vm.machine;
+        cfg.machine = vm.machine();
         cfg.accel = vm.accel;
         if matches!(network, VmNet::User { .. }) {
             cfg.service_forwards =

@@ -38,6 +38,12 @@ pub enum ImageError {
     NotStaticElf { path: PathBuf, reason: String },
     #[error("cannot extract vmlinux from {path}: {reason}")]
     Vmlinux { path: PathBuf, reason: String },
+    #[error("{path} is not the expected kernel file: {reason}")]
+    NotKernel { path: PathBuf, reason: &'static str },
+    #[error(
+        "invalid board {what} `{value}`: U-Boot needs one word without spaces, quotes, `;` or `$`"
+    )]
+    BoardIdentity { what: &'static str, value: String },
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
     #[error(transparent)]

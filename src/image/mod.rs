@@ -1,7 +1,8 @@
 //! VM image builder: a kernel (Debian's cloud kernel or a given bzImage) plus an initramfs with
 //! the static agent as /init and exactly the modules that kernel needs for virtio-net and the
-//! ACPI power button.
+//! ACPI power button; and the BeagleBone Black boot partition ([`beaglebone`]).
 
+pub mod beaglebone;
 pub mod cmdline;
 pub mod cpio;
 pub mod debian;

@@ -559,7 +559,11 @@ pub struct BoardNetwork {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmSpec {
-    /// Path of the kernel (bzImage).
+    /// Guest CPU architecture: `x86_64` (qemu-system-x86_64) or `armv7` (qemu-system-arm
+    /// `-M virt`, the BeagleBone's instruction set, for proving the board image under QEMU).
+    #[serde(default, skip_serializing_if = "Arch::is_default")]
+    pub arch: Arch,
+    /// Path of the kernel (bzImage; a zImage for armv7).
     pub kernel: String,
     /// Path of the initramfs; the built agent image by default.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -571,8 +575,9 @@ pub struct VmSpec {
     pub memory: Size,
     #[serde(default = "one")]
     pub cpus: i64,
-    #[serde(default)]
-    pub machine: Machine,
+    /// QEMU machine type; `microvm` for x86_64 and `virt` for armv7 when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
     #[serde(default)]
     pub accel: Accel,
     #[serde(default)]
@@ -593,6 +598,34 @@ pub enum Machine {
     Microvm,
     Q35,
     Pc,
+    /// ARM's generic virtual board (armv7 only).
+    Virt,
+}
+
+impl VmSpec {
+    /// The machine QEMU is started with: the manifest's, else the architecture's default.
+    pub fn machine(&self) -> Machine {
+        self.machine.unwrap_or(match self.arch {
+            Arch::X86_64 => Machine::Microvm,
+            Arch::Armv7 => Machine::Virt,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum Arch {
+    #[default]
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 32-bit ARMv7-A, hard float (Cortex-A8 on the BeagleBone Black).
+    #[serde(rename = "armv7")]
+    Armv7,
+}
+
+impl Arch {
+    fn is_default(&self) -> bool {
+        *self == Arch::X86_64
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

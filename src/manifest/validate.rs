@@ -547,6 +547,23 @@ fn worker(cx: &mut Ctx<'_>, s: &WorkerSpec, opts: Options) {
                 }
             }
         }
+        if let Some(m) = vm.machine {
+            let arm_machine = m == Machine::Virt;
+            if arm_machine != (vm.arch == Arch::Armv7) {
+                cx.error(
+                    &p("machine"),
+                    format!(
+                        "machine `{}` does not run {} guests",
+                        enum_name(&m),
+                        enum_name(&vm.arch)
+                    ),
+                )
+                .help = Some(
+                    "x86_64 VMs use microvm, q35 or pc; armv7 VMs use virt (the default for armv7)"
+                        .to_string(),
+                );
+            }
+        }
         if vm.network.mode == VmNetworkMode::Tap && vm.network.bridge.is_none() {
             cx.error(
                 &[Key("vm"), Key("network")],
@@ -554,6 +571,14 @@ fn worker(cx: &mut Ctx<'_>, s: &WorkerSpec, opts: Options) {
             );
         }
     }
+}
+
+/// A unit enum's name as the manifest spells it.
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn function(cx: &mut Ctx<'_>, s: &FunctionSpec) {

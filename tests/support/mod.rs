@@ -21,6 +21,10 @@ use std::path::PathBuf;
 pub const KERNEL_VAR: &str = "MICROFAAS_TEST_KERNEL";
 /// The static musl agent.
 pub const AGENT_VAR: &str = "MICROFAAS_TEST_AGENT";
+/// The ARMv7 zImage (hack/build-kernel.sh armv7), am335x-boneblack.dtb next to it.
+pub const ARMV7_KERNEL_VAR: &str = "MICROFAAS_TEST_KERNEL_ARMV7";
+/// The static ARMv7 agent (hack/build-agent-armv7.sh).
+pub const ARMV7_AGENT_VAR: &str = "MICROFAAS_TEST_AGENT_ARMV7";
 
 /// A file named by environment variable `var`, as exported by hack/test-artifacts.sh.
 pub fn artifact(var: &str) -> Result<PathBuf, String> {

@@ -2,7 +2,7 @@
 //! image, manifests written to a temp folder, the CLI run against them, and the QEMU processes
 //! of this state dir found (and, on drop, killed) by scanning /proc.
 
-use super::{AGENT_VAR, KERNEL_VAR, artifact};
+use super::{AGENT_VAR, ARMV7_AGENT_VAR, ARMV7_KERNEL_VAR, KERNEL_VAR, artifact};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -38,6 +38,38 @@ impl Env {
             pvh: true,
         })
         .expect("image build");
+        let vmlinux = built.vmlinux.expect("pvh: true writes vmlinux");
+        Env::assemble(serial, dir, built.bzimage, vmlinux, built.initramfs)
+    }
+
+    /// An ARMv7 testbed: the zImage of `hack/build-kernel.sh armv7` and an initramfs around
+    /// the ARM agent, laid out as the x86 one (`vmlinux` is the zImage too: no PVH on ARM).
+    pub fn armv7() -> Env {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let zimage = artifact(ARMV7_KERNEL_VAR).unwrap_or_else(|e| panic!("{e}"));
+        let agent = artifact(ARMV7_AGENT_VAR).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("tmp");
+        let initrd = dir.path().join("initramfs-armv7.cpio.gz");
+        let agent = std::fs::read(&agent).expect("read the ARM agent");
+        microfaas::image::initramfs::write(
+            &initrd,
+            &microfaas::image::initramfs::Contents {
+                agent: &agent,
+                modules: Vec::new(),
+                token: None,
+            },
+        )
+        .expect("initramfs");
+        Env::assemble(serial, dir, zimage.clone(), zimage, initrd)
+    }
+
+    fn assemble(
+        serial: std::sync::MutexGuard<'static, ()>,
+        dir: tempfile::TempDir,
+        kernel: PathBuf,
+        vmlinux: PathBuf,
+        initrd: PathBuf,
+    ) -> Env {
         // A fixed port for this test's engine: a VM keeps the guestfwd it was started with,
         // so an engine that adopts it later must listen where the first one did.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -47,9 +79,9 @@ impl Env {
         Env {
             _serial: serial,
             state: dir.path().join("state"),
-            kernel: built.bzimage,
-            vmlinux: built.vmlinux.expect("pvh: true writes vmlinux"),
-            initrd: built.initramfs,
+            kernel,
+            vmlinux,
+            initrd,
             dir,
             port,
         }

@@ -42,6 +42,8 @@ pub(crate) fn build(
         Machine::Microvm => "microvm,pcie=on,acpi=on",
         Machine::Q35 => "q35",
         Machine::Pc => "pc",
+        // QEMU writes the device tree; `system_powerdown` arrives as a gpio-keys KEY_POWER.
+        Machine::Virt => "virt",
     });
     match accel {
         Accel::Kvm => {
@@ -116,13 +118,35 @@ pub(crate) fn build(
     };
     arg(&"-netdev");
     arg(&netdev);
-    let mut device = String::from("virtio-net-pci,netdev=net0");
+    // virt's kernel drives virtio over MMIO transports, no PCI bus needed.
+    let mut device = String::from(match cfg.machine {
+        Machine::Virt => "virtio-net-device,netdev=net0",
+        _ => "virtio-net-pci,netdev=net0",
+    });
     if let Some(mac) = mac {
         device += &format!(",mac={}", mac.replace(',', ",,"));
     }
     arg(&"-device");
     arg(&device);
     a
+}
+
+/// The serial console device a guest kernel on `machine` writes to: the 8250 UART on x86,
+/// the PL011 on ARM's virt board.
+pub fn guest_console(machine: Machine) -> &'static str {
+    match machine {
+        Machine::Virt => "ttyAMA0",
+        Machine::Microvm | Machine::Q35 | Machine::Pc => "ttyS0",
+    }
+}
+
+/// The QEMU system emulator for `machine`; `x86` is the configured x86 binary
+/// (`MICROFAAS_QEMU`, else `qemu-system-x86_64`), `arm` likewise (`MICROFAAS_QEMU_ARM`).
+pub fn emulator_for<'a>(machine: Machine, x86: &'a Path, arm: &'a Path) -> &'a Path {
+    match machine {
+        Machine::Virt => arm,
+        Machine::Microvm | Machine::Q35 | Machine::Pc => x86,
+    }
 }
 
 /// The manifest's command line, plus what the guest kernel needs to keep time on `microvm`
@@ -214,6 +238,33 @@ mod tests {
             ["virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"]
         );
         assert!(after(&args, "-chardev").contains(&"file,id=console,path=/odd,,dir/console.log"));
+    }
+
+    #[test]
+    fn arm_virt_uses_mmio_virtio_and_no_tsc() {
+        let mut c = cfg();
+        c.machine = Machine::Virt;
+        let args = strings(build(
+            &c,
+            &RunFiles::new(&c.run_dir),
+            Accel::Tcg,
+            Some(2_299_966),
+        ));
+        assert_eq!(after(&args, "-machine"), ["virt"]);
+        assert_eq!(after(&args, "-device"), ["virtio-net-device,netdev=net0"]);
+        assert_eq!(
+            after(&args, "-append"),
+            ["console=ttyS0 microfaas.worker=vm-0"],
+            "the TSC is x86's"
+        );
+        assert_eq!(guest_console(Machine::Virt), "ttyAMA0");
+        assert_eq!(guest_console(Machine::Microvm), "ttyS0");
+        let (x86, arm) = (
+            Path::new("qemu-system-x86_64"),
+            Path::new("qemu-system-arm"),
+        );
+        assert_eq!(emulator_for(Machine::Virt, x86, arm), arm);
+        assert_eq!(emulator_for(Machine::Pc, x86, arm), x86);
     }
 
     #[test]

@@ -49,6 +49,7 @@ use tokio::sync::broadcast;
 
 use super::qmp::{Decoded, Qmp, QmpError, QmpEvent};
 pub use crate::manifest::types::{Accel, Machine};
+pub use args::{emulator_for, guest_console};
 pub use probe::{PROBE_TIMEOUT, probe_accel};
 pub use tsc::host_tsc_khz;
 
