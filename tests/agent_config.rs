@@ -205,6 +205,7 @@ fn invoke(runtime: &str, handler: &str, input: serde_json::Value, deadline_ms: u
         handler: handler.into(),
         input,
         deadline_ms,
+        code: None,
     }
 }
 
@@ -228,6 +229,11 @@ fn dispatch_outcomes() {
     assert_eq!(
         kind(invoke("exec", "matmul", json!({}), 1000)),
         (Some(ErrorKind::UnsupportedRuntime), false)
+    );
+    // A wasm invocation must carry its module.
+    assert_eq!(
+        kind(invoke("wasm", "", json!({}), 1000)),
+        (Some(ErrorKind::BadInput), false)
     );
     assert_eq!(
         kind(invoke("builtin", "rm_rf", json!({}), 1000)),

@@ -95,6 +95,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     handler,
                     input,
                     deadline_ms,
+                    code: None,
                 })
             }
         ),
@@ -205,6 +206,7 @@ fn wire_shape_is_pinned() {
         handler: "cascading_sha256".into(),
         input: json!({"rounds": 3}),
         deadline_ms: 500,
+        code: None,
     });
     let v: Value = serde_json::from_slice(&protocol::encode(&invoke)).unwrap();
     assert_eq!(

@@ -292,6 +292,7 @@ mod tests {
             handler: String::new(),
             input: serde_json::json!({"n": 1}),
             deadline_ms: 1000,
+            code: None,
         }
     }
 

@@ -119,6 +119,7 @@ impl Session {
             handler: handler.to_owned(),
             input: input.clone(),
             deadline_ms: 60_000,
+            code: None,
         }))?;
         loop {
             match self.recv()? {
