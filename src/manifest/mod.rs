@@ -10,6 +10,8 @@ pub mod expand;
 #[cfg(feature = "controller")]
 pub mod load;
 #[cfg(feature = "controller")]
+pub mod module;
+#[cfg(feature = "controller")]
 pub mod node;
 pub mod pins;
 #[cfg(feature = "controller")]
@@ -48,7 +50,7 @@ pub fn load_and_validate(paths: &[PathBuf], opts: validate::Options) -> Loaded {
     loaded
 }
 
-/// Relative VM kernel and initrd paths are relative to the manifest that names them, so a
+/// Relative VM kernel and initrd paths, and Function modules, are relative to the manifest that names them, so a
 /// repository of manifests works from any current directory. They are stored absolute.
 #[cfg(feature = "controller")]
 fn resolve_relative_paths(loaded: &mut Loaded) {
@@ -59,6 +61,13 @@ fn resolve_relative_paths(loaded: &mut Loaded) {
             .find(|s| s.name == res.origin.file)
             .and_then(|s| s.path.as_ref())
             .and_then(|p| p.parent().map(|p| p.to_path_buf()));
+        if let (Spec::Function(f), Some(base)) = (&mut res.spec, &base)
+            && let Some(m) = f.module.as_mut()
+            && !m.is_empty()
+            && std::path::Path::new(m).is_relative()
+        {
+            *m = base.join(&*m).display().to_string();
+        }
         let vm = match &mut res.spec {
             Spec::Worker(w) => w.vm.as_mut(),
             Spec::WorkerSet(s) => s.template.spec.vm.as_mut(),

@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod endpoint;
 pub mod framing;
 pub mod session;
+pub mod usercode;
 
 pub use endpoint::{AgentEvent, Endpoint, Sessions};
 pub use session::{Completed, FollowUp, SessionError, SessionHandle};
