@@ -2,7 +2,7 @@
 # Installs what microfaas's tests and its main job need on a Debian 12 machine, idempotently:
 # QEMU from bookworm-backports (the default suite's qemu-system conflicts with the image's
 # qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents (net-snmp and
-# an snmpsim venv), and the static-agent Rust target.
+# an snmpsim venv), and the static-agent and wasm32-wasip1 Rust targets.
 set -euo pipefail
 
 need_apt=()
@@ -57,3 +57,7 @@ fi
 
 rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl
+# User functions: the example (examples/wasm-fn) is built from source for WASI preview 1 by
+# the tests that run it.
+rustup target list --installed 2>/dev/null | grep -q wasm32-wasip1 \
+  || rustup target add wasm32-wasip1

@@ -9,6 +9,7 @@ pub mod host;
 pub mod orchestrator;
 pub mod qemu;
 pub mod snmp_agents;
+pub mod wasm_fn;
 // Needs the CLI binary, which only test targets are given.
 #[cfg(test)]
 pub mod testbed;
