@@ -237,7 +237,7 @@ fn authenticated_agent_runs_all_nine_functions_then_powers_off() {
     assert!(ok, "the agent's proof must verify with the right token");
     assert_eq!(hello.worker, "w1");
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
-    assert_eq!(hello.capabilities.runtimes, ["builtin", "wasm"]);
+    assert_eq!(hello.capabilities.runtimes, ["builtin", "wasm", "exec"]);
     assert_eq!(hello.capabilities.functions, functions::names());
     assert_eq!(hello.capabilities.lifecycle, Lifecycle::OneShot);
     assert!(hello.uptime_ms > 0);

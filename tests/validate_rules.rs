@@ -389,7 +389,7 @@ fn workload_named_gateway_is_reserved() {
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
 }
 
-/// A wasm Function with `module: fn.wasm` at 6:3 and, when given, `sha256` at 7:3.
+/// A wasm Function with `module: fn.wasm` at 6:11 and, when given, `sha256` at 7:11.
 fn wasm_function(sha256: Option<&str>) -> String {
     let pin = sha256.map_or(String::new(), |s| format!("  sha256: {s}\n"));
     format!(
@@ -441,20 +441,20 @@ fn wasm_module_is_checked_relative_to_the_manifest() {
     one_error_at(
         &wasm_errors(&wasm_function(None), None),
         6,
-        3,
+        11,
         "does not exist",
     );
     let wrong = "ab".repeat(32);
     one_error_at(
         &wasm_errors(&wasm_function(Some(&wrong)), Some(&module)),
         7,
-        3,
+        11,
         &format!("has sha256 {sha}, not the pinned {wrong}"),
     );
     one_error_at(
         &wasm_errors(&wasm_function(None), Some(b"\x7fELF")),
         6,
-        3,
+        11,
         "not a valid WebAssembly module",
     );
     // exec: the module must be an ELF executable; which machine is the worker's to judge.
@@ -470,19 +470,19 @@ fn wasm_module_is_checked_relative_to_the_manifest() {
 
 #[test]
 fn wasm_pin_and_fuel_are_checked_without_files() {
-    expect_error(&wasm_function(Some("abc")), 7, 3, "not a sha256");
+    expect_error(&wasm_function(Some("abc")), 7, 11, "not a sha256");
     expect_error(
         &format!(
             "{HEAD}kind: Function\nmetadata: {{name: f}}\nspec:\n  runtime: wasm\n  module: fn.wasm\n  fuel: 0\n"
         ),
         7,
-        3,
+        9,
         "fuel must be at least 1",
     );
     expect_error(
         &format!("{HEAD}kind: Function\nmetadata: {{name: f}}\nspec:\n  runtime: wasm\n"),
-        4,
-        1,
+        5,
+        3,
         "needs `module`",
     );
 }
