@@ -3,8 +3,8 @@
 # QEMU from bookworm-backports (the default suite's qemu-system conflicts with the image's
 # qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents (net-snmp and
 # an snmpsim venv), the servers the service-backed functions are tested against (Redis,
-# PostgreSQL, mosquitto, and moto's S3 server in a venv), the static-agent Rust targets, and the
-# ARMv7 toolchain, qemu-system-arm and card tools for the BeagleBone image.
+# PostgreSQL, mosquitto, and moto's S3 server in a venv), the static-agent and wasm32-wasip1
+# Rust targets, and the ARMv7 toolchain, qemu-system-arm and card tools for the BeagleBone image.
 set -euo pipefail
 
 need_apt=()
@@ -85,3 +85,7 @@ fi
 
 rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl
+# User functions: the example (examples/wasm-fn) is built from source for WASI preview 1 by
+# the tests that run it.
+rustup target list --installed 2>/dev/null | grep -q wasm32-wasip1 \
+  || rustup target add wasm32-wasip1

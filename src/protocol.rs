@@ -36,6 +36,17 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// The only runtime the agent implements today: a function compiled into the agent.
 pub const RUNTIME_BUILTIN: &str = "builtin";
 
+/// A user function compiled to WebAssembly (WASI preview 1), shipped in [`Invoke::code`].
+pub const RUNTIME_WASM: &str = "wasm";
+
+/// A user function that is a static executable for the worker's architecture, shipped like a
+/// wasm module.
+pub const RUNTIME_EXEC: &str = "exec";
+
+/// Largest user-function module, in bytes: base64 makes it 4/3 larger and the invoke frame
+/// must stay under [`MAX_FRAME`] with room for the input.
+pub const MAX_MODULE: usize = 720 * 1024;
+
 /// Every `type` value this version understands, in declaration order of [`Message`].
 pub const MESSAGE_TYPES: &[&str] = &[
     "hello",
@@ -197,10 +208,10 @@ pub struct Invoke {
     pub id: String,
     /// The Function resource's name (for logs and records).
     pub function: String,
-    /// `builtin` today; a string rather than an enum so a newer runtime name reaches the agent
+    /// `builtin`, `wasm` or `exec`; a string rather than an enum so a newer runtime name reaches the agent
     /// and is answered with an `unsupportedRuntime` result instead of a protocol error.
     pub runtime: String,
-    /// For `builtin`: the name in [`crate::functions::names`].
+    /// For `builtin`: the name in [`crate::functions::names`]; unused by `wasm`.
     pub handler: String,
     #[serde(default)]
     pub input: Value,
@@ -211,6 +222,9 @@ pub struct Invoke {
     /// the credentials for this call only. Absent for functions that use none.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub services: std::collections::BTreeMap<String, ServiceBinding>,
+    /// A user function's code and limits (runtimes `wasm`, `exec`); absent for builtins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<UserCode>,
 }
 
 /// One service as a worker reaches it: where, and with which credentials.
@@ -248,6 +262,31 @@ impl std::fmt::Debug for ServiceBinding {
             .field("region", &self.region)
             .finish()
     }
+}
+
+/// A user function as it travels to the worker: with every invocation, so a OneShot worker
+/// (one call per boot) needs no second round trip; a Warm agent keeps the compiled module
+/// per boot, keyed by its digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCode {
+    /// The module, standard base64.
+    pub module: String,
+    /// Lower-case hex sha256 of the decoded module; the agent refuses a module that differs.
+    pub sha256: String,
+    /// Linear memory cap in bytes (`Function.spec.memory`); the agent's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Total wasmi fuel for the call (`Function.spec.fuel`); bounded by the deadline only
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// The function's environment (`Function.spec.env`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// exec: arguments after argv[0] (`Function.spec.command`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

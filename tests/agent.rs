@@ -10,12 +10,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod functions_support;
+#[path = "support/wasm_fn.rs"]
+mod wasm_fn;
 
 use functions_support::reference;
 use microfaas::functions;
 use microfaas::protocol::{
     self, AuthOk, Challenge, Denied, ErrorKind, FrameReader, Heartbeat, Hello, Invoke,
-    InvokeResult, Lifecycle, Message, Outcome, PROTOCOL_VERSION, ProtocolError, auth,
+    InvokeResult, Lifecycle, Message, Outcome, PROTOCOL_VERSION, ProtocolError, UserCode, auth,
 };
 use serde_json::{Value, json};
 
@@ -215,6 +217,7 @@ impl Conn {
             input,
             deadline_ms,
             services: Default::default(),
+            code: None,
         }));
         loop {
             match self.recv() {
@@ -235,7 +238,7 @@ fn authenticated_agent_runs_all_nine_functions_then_powers_off() {
     assert!(ok, "the agent's proof must verify with the right token");
     assert_eq!(hello.worker, "w1");
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
-    assert_eq!(hello.capabilities.runtimes, ["builtin"]);
+    assert_eq!(hello.capabilities.runtimes, ["builtin", "wasm", "exec"]);
     assert_eq!(hello.capabilities.functions, functions::all_names());
     assert_eq!(hello.capabilities.lifecycle, Lifecycle::OneShot);
     assert!(hello.uptime_ms > 0);
@@ -269,11 +272,12 @@ fn authenticated_agent_runs_all_nine_functions_then_powers_off() {
     c.send(&Message::Invoke(Invoke {
         id: "w1".into(),
         function: "f".into(),
-        runtime: "wasm".into(),
+        runtime: "cobol".into(),
         handler: "matmul".into(),
         input: json!({}),
         deadline_ms: 1000,
         services: Default::default(),
+        code: None,
     }));
     match c.recv() {
         Message::Result(r) => assert!(
@@ -323,6 +327,7 @@ fn agent_runs_nothing_for_a_server_that_skips_authentication() {
         input: json!({"n": 10}),
         deadline_ms: 1000,
         services: Default::default(),
+        code: None,
     }));
     let got = c.drain_until_closed();
     assert!(
@@ -581,4 +586,246 @@ fn bad_command_lines_are_usage_errors() {
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
     }
+}
+
+/// A wasm invocation of `module` (bytes) with the digest `sha256` claims.
+fn wasm_invoke(id: &str, module: &[u8], sha256: &str, input: Value, memory: u64) -> Message {
+    user_invoke("wasm", id, module, sha256, input, memory)
+}
+
+/// An invocation of user code `module` (bytes) in `runtime`, with the digest `sha256` claims.
+fn user_invoke(
+    runtime: &str,
+    id: &str,
+    module: &[u8],
+    sha256: &str,
+    input: Value,
+    memory: u64,
+) -> Message {
+    use base64::Engine as _;
+    Message::Invoke(Invoke {
+        id: id.into(),
+        function: "wordfreq".into(),
+        runtime: runtime.into(),
+        handler: String::new(),
+        input,
+        deadline_ms: 2_000,
+        services: Default::default(),
+        code: Some(UserCode {
+            module: base64::engine::general_purpose::STANDARD.encode(module),
+            sha256: sha256.into(),
+            memory_bytes: Some(memory),
+            fuel: None,
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            args: Vec::new(),
+        }),
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    functions::hex(&sha2::Sha256::digest(bytes))
+}
+
+fn result_of(c: &mut Conn) -> InvokeResult {
+    loop {
+        match c.recv() {
+            Message::Result(r) => return r,
+            Message::Heartbeat(_) => continue,
+            other => panic!("expected result, got {other:?}"),
+        }
+    }
+}
+
+fn error_of(r: &InvokeResult) -> (ErrorKind, String) {
+    match &r.outcome {
+        Outcome::Error(e) => (e.kind, e.message.clone()),
+        Outcome::Output(v) => panic!("expected a failure, got output {v}"),
+    }
+}
+
+/// The example user function on a Warm agent over loopback: its output, then a trap, a memory
+/// hog, an endless loop and a tampered module, each a failed invocation with its reason, and
+/// the same session still serving the function afterwards.
+#[test]
+fn warm_agent_runs_a_wasm_user_function_and_survives_its_failures() {
+    let module = std::fs::read(wasm_fn::wordfreq()).expect("example module");
+    let sha = sha256_hex(&module);
+    let orch = Orchestrator::new();
+    let mut agent = Agent::start(orch.port(), &["--token", TOKEN, "--lifecycle", "warm"]);
+    let mut c = orch.accept(&agent);
+    let (hello, ok) = c.handshake(TOKEN, Some(60_000));
+    assert!(ok);
+    assert!(hello.capabilities.runtimes.iter().any(|r| r == "wasm"));
+
+    let text = json!({"text": "the cat and the hat and the bat", "top": 2});
+    let expected = json!({
+        "function": "wordfreq", "greeting": "hi", "words": 8, "chars": 31,
+        "top": [["the", 3], ["and", 2]],
+    });
+    let mib = 1u64 << 20;
+    c.send(&wasm_invoke("ok-1", &module, &sha, text.clone(), 64 * mib));
+    let r = result_of(&mut c);
+    assert_eq!(
+        r.outcome,
+        Outcome::Output(expected.clone()),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(r.exec_us > 0);
+
+    // More memory than Function.spec.memory.
+    c.send(&wasm_invoke(
+        "mem",
+        &module,
+        &sha,
+        json!({"allocMiB": 48}),
+        16 * mib,
+    ));
+    let (kind, msg) = error_of(&result_of(&mut c));
+    assert_eq!(kind, ErrorKind::Error);
+    assert!(msg.contains("memory limit of 16777216 bytes"), "{msg}");
+
+    // An endless loop ends at the deadline as a timeout of its own, not an agent overrun.
+    c.send(&wasm_invoke(
+        "spin",
+        &module,
+        &sha,
+        json!({"spin": true}),
+        64 * mib,
+    ));
+    let (kind, msg) = error_of(&result_of(&mut c));
+    assert_eq!(kind, ErrorKind::Timeout, "{msg}");
+
+    // A module that traps.
+    let trap = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#,
+    )
+    .expect("wat");
+    c.send(&wasm_invoke(
+        "trap",
+        &trap,
+        &sha256_hex(&trap),
+        json!({}),
+        64 * mib,
+    ));
+    let (kind, msg) = error_of(&result_of(&mut c));
+    assert_eq!(kind, ErrorKind::Error);
+    assert!(
+        msg.contains("trapped") && msg.contains("unreachable"),
+        "{msg}"
+    );
+
+    // The digest does not match the bytes: refused before anything runs.
+    let mut tampered = module.clone();
+    tampered.push(0);
+    c.send(&wasm_invoke(
+        "bad-sha",
+        &tampered,
+        &sha,
+        text.clone(),
+        64 * mib,
+    ));
+    let (kind, msg) = error_of(&result_of(&mut c));
+    assert_eq!(kind, ErrorKind::BadInput);
+    assert!(msg.contains("sha256 mismatch"), "{msg}");
+
+    // Bad input to the function itself: a non-zero exit with its stderr.
+    c.send(&wasm_invoke(
+        "no-text",
+        &module,
+        &sha,
+        json!({"top": 1}),
+        64 * mib,
+    ));
+    let (_, msg) = error_of(&result_of(&mut c));
+    assert!(
+        msg.contains("exited with status 2") && msg.contains("\"text\""),
+        "{msg}"
+    );
+
+    // Still the same session, still serving.
+    c.send(&wasm_invoke("ok-2", &module, &sha, text, 64 * mib));
+    assert_eq!(result_of(&mut c).outcome, Outcome::Output(expected));
+    c.send(&Message::Poweroff);
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)).code(), Some(0));
+}
+
+/// The same function as a static executable (`exec`): its output, a memory hog killed under
+/// the address-space cap, an endless loop killed at the deadline, an executable for another
+/// machine refused, and the session serving afterwards.
+#[test]
+fn warm_agent_runs_a_static_executable_and_survives_its_failures() {
+    let exe = std::fs::read(wasm_fn::wordfreq_static()).expect("example executable");
+    let sha = sha256_hex(&exe);
+    let orch = Orchestrator::new();
+    let mut agent = Agent::start(orch.port(), &["--token", TOKEN, "--lifecycle", "warm"]);
+    let mut c = orch.accept(&agent);
+    let (hello, ok) = c.handshake(TOKEN, Some(60_000));
+    assert!(ok);
+    assert!(hello.capabilities.runtimes.iter().any(|r| r == "exec"));
+
+    let mib = 1u64 << 20;
+    let text = json!({"text": "the cat and the hat and the bat", "top": 2});
+    let expected = json!({
+        "function": "wordfreq", "greeting": "hi", "words": 8, "chars": 31,
+        "top": [["the", 3], ["and", 2]],
+    });
+    c.send(&user_invoke(
+        "exec",
+        "ok-1",
+        &exe,
+        &sha,
+        text.clone(),
+        64 * mib,
+    ));
+    let r = result_of(&mut c);
+    assert_eq!(
+        r.outcome,
+        Outcome::Output(expected.clone()),
+        "log:\n{}",
+        agent.log()
+    );
+
+    c.send(&user_invoke(
+        "exec",
+        "mem",
+        &exe,
+        &sha,
+        json!({"allocMiB": 256}),
+        64 * mib,
+    ));
+    let (kind, msg) = error_of(&result_of(&mut c));
+    assert_eq!(kind, ErrorKind::Error);
+    assert!(msg.contains("memory limit 67108864 bytes"), "{msg}");
+
+    c.send(&user_invoke(
+        "exec",
+        "spin",
+        &exe,
+        &sha,
+        json!({"spin": true}),
+        64 * mib,
+    ));
+    let (kind, msg) = error_of(&result_of(&mut c));
+    assert_eq!(kind, ErrorKind::Timeout, "{msg}");
+
+    let mut arm = exe.clone();
+    arm[18..20].copy_from_slice(&40u16.to_le_bytes());
+    c.send(&user_invoke(
+        "exec",
+        "arm",
+        &arm,
+        &sha256_hex(&arm),
+        text.clone(),
+        64 * mib,
+    ));
+    let (kind, msg) = error_of(&result_of(&mut c));
+    assert_eq!(kind, ErrorKind::BadInput);
+    assert!(msg.contains("ELF machine 40"), "{msg}");
+
+    c.send(&user_invoke("exec", "ok-2", &exe, &sha, text, 64 * mib));
+    assert_eq!(result_of(&mut c).outcome, Outcome::Output(expected));
+    c.send(&Message::Poweroff);
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)).code(), Some(0));
 }

@@ -206,6 +206,7 @@ fn invoke(runtime: &str, handler: &str, input: serde_json::Value, deadline_ms: u
         input,
         deadline_ms,
         services: Default::default(),
+        code: None,
     }
 }
 
@@ -227,9 +228,16 @@ fn dispatch_outcomes() {
         (None, false)
     );
     assert_eq!(
-        kind(invoke("exec", "matmul", json!({}), 1000)),
+        kind(invoke("cobol", "matmul", json!({}), 1000)),
         (Some(ErrorKind::UnsupportedRuntime), false)
     );
+    // A wasm or exec invocation must carry its module.
+    for runtime in ["wasm", "exec"] {
+        assert_eq!(
+            kind(invoke(runtime, "", json!({}), 1000)),
+            (Some(ErrorKind::BadInput), false)
+        );
+    }
     assert_eq!(
         kind(invoke("builtin", "rm_rf", json!({}), 1000)),
         (Some(ErrorKind::UnknownFunction), false)

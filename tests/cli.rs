@@ -66,7 +66,7 @@ fn validate_exit_codes_and_positions() {
         None,
     );
     assert_eq!(ok.code, 0, "{}", ok.stderr);
-    assert!(ok.stdout.contains("valid: 11 objects"), "{}", ok.stdout);
+    assert!(ok.stdout.contains("valid: 12 objects"), "{}", ok.stdout);
 
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.yaml");

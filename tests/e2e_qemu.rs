@@ -11,21 +11,26 @@ use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::testbed::{Env, ok};
+use support::wasm_fn;
+
+/// An example manifest with its image paths pointing at this test's image.
+fn example(env: &Env, name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("../image/vmlinux", &env.vmlinux.display().to_string())
+        .replace(
+            "../image/initramfs.cpio.gz",
+            &env.initrd.display().to_string(),
+        )
+}
 
 #[test]
 fn ci_workload_runs_to_completion() {
     let env = Env::new();
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/ci-qemu.yaml"
-    ))
-    .expect("ci manifest")
-    .replace("../image/vmlinux", &env.vmlinux.display().to_string())
-    .replace(
-        "../image/initramfs.cpio.gz",
-        &env.initrd.display().to_string(),
-    );
-    let f = env.write("ci.yaml", &text);
+    let f = env.write("ci.yaml", &example(&env, "ci-qemu.yaml"));
     let out = env.ctl(&["apply", "-f", &f, "--timeout", "8m"]);
     ok(&out);
     let report = env.json(&["report", "ci", "--format", "json"]);
@@ -492,4 +497,57 @@ spec:
         .unwrap_or(0);
     assert!(launches >= 2, "the killed VM was not relaunched:\n{d}");
     assert!(env.qemus().is_empty(), "{:?}", env.qemus());
+}
+
+/// The example user function (Rust → wasm32-wasip1, built from examples/wasm-fn) on a Warm VM
+/// worker through `apply`: every invocation succeeds, `report` lists the function, and each
+/// recorded output is exactly what `wordfreq` answers for its input (by the stored digest).
+#[test]
+fn wasm_user_function_runs_on_a_vm_worker() {
+    let env = Env::new();
+    let module = wasm_fn::wordfreq();
+    let text = example(&env, "wasm-qemu.yaml")
+        .replace(
+            "wasm-fn/target/wasm32-wasip1/release/wordfreq.wasm",
+            &module.display().to_string(),
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{}", env.port));
+    let f = env.write("wasm.yaml", &text);
+    ok(&env.ctl(&["apply", "-f", &f, "--timeout", "5m"]));
+
+    let report = env.json(&["report", "wasm", "--format", "json"]);
+    assert_eq!(report["total"], 3, "{report}");
+    assert_eq!(report["succeeded"], 3, "{report}");
+    assert!(report["functions"]["wordfreq"].is_object(), "{report}");
+
+    let outputs = [
+        serde_json::json!({"function": "wordfreq", "greeting": "hello from microfaas",
+            "words": 8, "chars": 31, "top": [["the", 3], ["and", 2]]}),
+        serde_json::json!({"function": "wordfreq", "greeting": "hello from microfaas",
+            "words": 10, "chars": 41, "top": [["be", 2], ["to", 2], ["is", 1]]}),
+    ];
+    let digests: Vec<String> = outputs
+        .iter()
+        .map(|o| {
+            let bytes = serde_json::to_vec(o).expect("json");
+            microfaas::store::invocations::output_digest(&bytes).1
+        })
+        .collect();
+    let csv = env.ctl(&["report", "wasm", "--format", "csv"]);
+    ok(&csv);
+    let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    // Inputs are drawn in turn: the first and third invocations got the first input.
+    for (row, want) in rows.iter().zip([&digests[0], &digests[1], &digests[0]]) {
+        assert!(
+            row.contains(want.as_str()),
+            "expected output digest {want} in {row}"
+        );
+    }
+    assert!(
+        env.qemus().is_empty(),
+        "QEMU left running: {:?}",
+        env.qemus()
+    );
 }

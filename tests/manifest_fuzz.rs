@@ -74,5 +74,5 @@ fn unmutated_reference_is_clean() {
         .filter(|d| d.is_error() && !d.message.contains("does not exist"))
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    assert_eq!(loaded.resources.len(), 15);
+    assert_eq!(loaded.resources.len(), 16);
 }

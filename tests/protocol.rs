@@ -96,6 +96,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     input,
                     deadline_ms,
                     services: Default::default(),
+                    code: None,
                 })
             }
         ),
@@ -207,6 +208,7 @@ fn wire_shape_is_pinned() {
         input: json!({"rounds": 3}),
         deadline_ms: 500,
         services: Default::default(),
+        code: None,
     });
     let v: Value = serde_json::from_slice(&protocol::encode(&invoke)).unwrap();
     assert_eq!(
@@ -433,6 +435,7 @@ fn service_bindings_travel_with_the_invoke() {
         input: json!({}),
         deadline_ms: 1,
         services,
+        code: None,
     });
     let bytes = protocol::encode(&invoke);
     let v: Value = serde_json::from_slice(&bytes).unwrap();

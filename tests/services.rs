@@ -34,6 +34,7 @@ fn call(handler: &str, input: Value, role: &str, b: ServiceBinding, deadline_ms:
         input,
         deadline_ms,
         services,
+        code: None,
     });
     assert!(!d.overran, "{handler} overran its deadline");
     d.result.outcome
@@ -391,6 +392,7 @@ fn a_call_without_its_service_fails_saying_which_is_missing() {
         input: json!({"id": 1}),
         deadline_ms: 1000,
         services: BTreeMap::new(),
+        code: None,
     });
     let (_, msg) = failure(d.result.outcome);
     assert!(msg.contains("no `postgres` service"), "{msg}");

@@ -58,8 +58,8 @@ fn reference_manifest_is_valid() {
     );
     let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    // 11 documents + 4 workers from the WorkerSet
-    assert_eq!(loaded.resources.len(), 15);
+    // 12 documents + 4 workers from the WorkerSet
+    assert_eq!(loaded.resources.len(), 16);
 }
 
 #[test]
@@ -573,5 +573,103 @@ fn vm_machine_must_match_its_architecture() {
         8,
         11,
         "arm64",
+    );
+}
+
+/// A wasm Function with `module: fn.wasm` at 6:11 and, when given, `sha256` at 7:11.
+fn wasm_function(sha256: Option<&str>) -> String {
+    let pin = sha256.map_or(String::new(), |s| format!("  sha256: {s}\n"));
+    format!(
+        "{HEAD}kind: Function\nmetadata: {{name: f}}\nspec:\n  runtime: wasm\n  module: fn.wasm\n{pin}  memory: 16Mi\n"
+    )
+}
+
+/// Validates `manifest` (with file checks) beside a `fn.wasm` holding `module`, if any; the
+/// errors as (line, col, message).
+fn wasm_errors(manifest: &str, module: Option<&[u8]>) -> Vec<(u32, u32, String)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if let Some(bytes) = module {
+        std::fs::write(dir.path().join("fn.wasm"), bytes).expect("write module");
+    }
+    let m = dir.path().join("m.yaml");
+    std::fs::write(&m, manifest).expect("write manifest");
+    let loaded = load_and_validate(&[m], Options { fs_checks: true });
+    loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| {
+            assert!(
+                d.to_string()
+                    .contains(&format!("m.yaml:{}:{}", d.pos.line, d.pos.col))
+            );
+            (d.pos.line, d.pos.col, d.message.clone())
+        })
+        .collect()
+}
+
+#[track_caller]
+fn one_error_at(errors: &[(u32, u32, String)], line: u32, col: u32, needle: &str) {
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let (l, c, msg) = &errors[0];
+    assert_eq!((*l, *c), (line, col), "{msg}");
+    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
+}
+
+#[test]
+fn wasm_module_is_checked_relative_to_the_manifest() {
+    let module =
+        wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "_start")))"#)
+            .expect("wat");
+    let sha = microfaas::functions::hex(&<sha2::Sha256 as sha2::Digest>::digest(&module));
+    assert_eq!(wasm_errors(&wasm_function(None), Some(&module)), []);
+    assert_eq!(wasm_errors(&wasm_function(Some(&sha)), Some(&module)), []);
+
+    one_error_at(
+        &wasm_errors(&wasm_function(None), None),
+        6,
+        11,
+        "does not exist",
+    );
+    let wrong = "ab".repeat(32);
+    one_error_at(
+        &wasm_errors(&wasm_function(Some(&wrong)), Some(&module)),
+        7,
+        11,
+        &format!("has sha256 {sha}, not the pinned {wrong}"),
+    );
+    one_error_at(
+        &wasm_errors(&wasm_function(None), Some(b"\x7fELF")),
+        6,
+        11,
+        "not a valid WebAssembly module",
+    );
+    // exec: the module must be an ELF executable; which machine is the worker's to judge.
+    let exec = wasm_function(None).replace("runtime: wasm", "runtime: exec");
+    one_error_at(
+        &wasm_errors(&exec, Some(&module)),
+        6,
+        3,
+        "not an ELF executable",
+    );
+    assert_eq!(wasm_errors(&exec, Some(b"\x7fELF\x02\x01\x01")), []);
+}
+
+#[test]
+fn wasm_pin_and_fuel_are_checked_without_files() {
+    expect_error(&wasm_function(Some("abc")), 7, 11, "not a sha256");
+    expect_error(
+        &format!(
+            "{HEAD}kind: Function\nmetadata: {{name: f}}\nspec:\n  runtime: wasm\n  module: fn.wasm\n  fuel: 0\n"
+        ),
+        7,
+        9,
+        "fuel must be at least 1",
+    );
+    expect_error(
+        &format!("{HEAD}kind: Function\nmetadata: {{name: f}}\nspec:\n  runtime: wasm\n"),
+        5,
+        3,
+        "needs `module`",
     );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::functions::rng::SplitMix64;
 use crate::protocol::{
     self, Auth, Capabilities, ErrorMessage, FrameReader, Heartbeat, Hello, Lifecycle, Message,
-    PROTOCOL_VERSION, RUNTIME_BUILTIN, auth,
+    PROTOCOL_VERSION, RUNTIME_BUILTIN, RUNTIME_EXEC, RUNTIME_WASM, auth,
 };
 
 use super::Config;
@@ -212,7 +212,11 @@ impl<'a> Session<'a> {
             protocol_version: PROTOCOL_VERSION,
             uptime_ms: uptime().as_millis() as u64,
             capabilities: Capabilities {
-                runtimes: vec![RUNTIME_BUILTIN.into()],
+                runtimes: vec![
+                    RUNTIME_BUILTIN.into(),
+                    RUNTIME_WASM.into(),
+                    RUNTIME_EXEC.into(),
+                ],
                 functions: crate::functions::all_names()
                     .iter()
                     .map(|s| s.to_string())

@@ -101,17 +101,34 @@ fn done_unless(rc: libc::c_long, already: libc::c_int) -> io::Result<()> {
 }
 
 /// A thread that waits for any child and discards its status: as PID 1 every orphan in the
-/// system becomes our child. (The agent itself starts no processes, so it loses nothing.)
+/// system becomes our child. The agent's own children (`exec` functions, listed in
+/// [`super::exec::OWNED`]) are left to their runner, which needs their exit status.
 pub fn spawn_reaper() {
     let spawned = thread::Builder::new().name("reaper".into()).spawn(|| {
         loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes the status into our local.
-            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if pid < 0 {
+            // Look without reaping, then reap only what no runner owns.
+            // SAFETY: waitid writes into our zeroed siginfo_t.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let rc =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if rc < 0 {
                 // ECHILD: no children right now; look again later.
                 thread::sleep(Duration::from_millis(500));
+                continue;
             }
+            // SAFETY: waitid filled in a child's siginfo_t.
+            let pid = unsafe { info.si_pid() };
+            let owned = super::exec::OWNED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&pid);
+            if owned {
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into our local.
+            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         }
     });
     if let Err(e) = spawned {

@@ -2,16 +2,20 @@
 //! up, then dials the orchestrator and runs invocations; as a normal process it does only the
 //! latter. Submodules each do one job: `cmdline` (kernel command line), `args` (command-line
 //! flags), `init` (mounts, modules, reaping), `net`, `power` (reboot, Ctrl-Alt-Del, power
-//! button), `watchdog`, `client` (the protocol session) and `runtime` (running a function).
+//! button), `watchdog`, `client` (the protocol session), `runtime` (running a function), `user`, `wasm` and `exec`
+//! (user functions: WebAssembly modules and static executables).
 
 pub mod args;
 pub mod client;
 pub mod cmdline;
+pub mod exec;
 pub mod init;
 pub mod log;
 pub mod net;
 pub mod power;
 pub mod runtime;
+pub mod user;
+pub mod wasm;
 pub mod watchdog;
 
 use std::path::Path;

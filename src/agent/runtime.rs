@@ -1,13 +1,26 @@
-//! Runtime dispatch: runs one invocation with the runtime it names (only `builtin` today, with
-//! the services the orchestrator bound to it) on its own thread, waits at most its deadline,
-//! and turns what happened into a result.
+//! Runtime dispatch: runs one invocation with the runtime it names (`builtin`, with the
+//! services the orchestrator bound to it, or `wasm` and `exec` through [`super::user`]) on its
+//! own thread, waits at most its deadline, and turns what happened into a result.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use super::user;
 use crate::functions::{self, FunctionError, clients::Ctx};
-use crate::protocol::{ErrorKind, Invoke, InvokeError, InvokeResult, Outcome, RUNTIME_BUILTIN};
+use crate::protocol::{
+    ErrorKind, Invoke, InvokeError, InvokeResult, Outcome, RUNTIME_BUILTIN, RUNTIME_EXEC,
+    RUNTIME_WASM,
+};
+
+/// What the function thread runs: the call itself, timed by the thread.
+type Job = Box<dyn FnOnce() -> Result<Value, (ErrorKind, String)> + Send>;
+
+/// A user function enforces its deadline itself (fuel slices) and reports a timeout as its
+/// own result; this much later the agent gives up on it as overrun.
+const USER_GRACE: Duration = Duration::from_secs(2);
 
 /// The result to send, and whether the function is still running past its deadline (the
 /// agent can no longer vouch for itself and must take the failsafe path).
@@ -40,32 +53,55 @@ fn io_deadline(started: Instant, deadline_ms: u64) -> Option<Instant> {
     Some(started + budget - margin)
 }
 
-pub fn dispatch(inv: &Invoke) -> Dispatched {
-    if inv.runtime != RUNTIME_BUILTIN {
-        let msg = format!("runtime {:?} is not supported by this agent", inv.runtime);
-        return failure(&inv.id, ErrorKind::UnsupportedRuntime, msg, 0);
-    }
+/// The builtin named by `inv.handler`, as a job (with the services bound to the call).
+fn builtin(inv: &Invoke) -> Result<Job, (ErrorKind, String)> {
     if !functions::all_names().contains(&inv.handler.as_str()) {
         let msg = format!("no builtin function {:?}", inv.handler);
-        return failure(&inv.id, ErrorKind::UnknownFunction, msg, 0);
+        return Err((ErrorKind::UnknownFunction, msg));
     }
-
-    let (tx, rx) = mpsc::channel();
     let handler = inv.handler.clone();
     let input = inv.input.clone();
     let services = inv.services.clone();
+    let io_deadline = io_deadline(Instant::now(), inv.deadline_ms);
+    Ok(Box::new(move || {
+        let ctx = Ctx {
+            services: &services,
+            deadline: io_deadline,
+        };
+        functions::run_with(&handler, &input, &ctx).map_err(|e| {
+            let kind = match e {
+                FunctionError::UnknownFunction(_) => ErrorKind::UnknownFunction,
+                FunctionError::BadInput(_) => ErrorKind::BadInput,
+                FunctionError::Failed(_) => ErrorKind::Error,
+            };
+            (kind, e.to_string())
+        })
+    }))
+}
+
+pub fn dispatch(inv: &Invoke) -> Dispatched {
+    let (job, grace) = match inv.runtime.as_str() {
+        RUNTIME_BUILTIN => (builtin(inv), Duration::ZERO),
+        RUNTIME_WASM => (user::wasm_job(inv), USER_GRACE),
+        RUNTIME_EXEC => (user::exec_job(inv), USER_GRACE),
+        other => {
+            let msg = format!("runtime {other:?} is not supported by this agent");
+            return failure(&inv.id, ErrorKind::UnsupportedRuntime, msg, 0);
+        }
+    };
+    let job = match job {
+        Ok(j) => j,
+        Err((kind, msg)) => return failure(&inv.id, kind, msg, 0),
+    };
+
+    let (tx, rx) = mpsc::channel();
     let started = Instant::now();
-    let io_deadline = io_deadline(started, inv.deadline_ms);
     let spawned = thread::Builder::new()
-        .name(format!("fn:{handler}"))
+        .name(format!("fn:{}", inv.function))
         .spawn(move || {
             // Timed here, around the call only: not thread start-up, not the channel.
             let t = Instant::now();
-            let ctx = Ctx {
-                services: &services,
-                deadline: io_deadline,
-            };
-            let out = functions::run_with(&handler, &input, &ctx);
+            let out = job();
             let us = t.elapsed().as_micros() as u64;
             let _ = tx.send((out, us));
         });
@@ -77,7 +113,7 @@ pub fn dispatch(inv: &Invoke) -> Dispatched {
     let waited = if inv.deadline_ms == 0 {
         rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
     } else {
-        rx.recv_timeout(Duration::from_millis(inv.deadline_ms))
+        rx.recv_timeout(Duration::from_millis(inv.deadline_ms) + grace)
     };
     match waited {
         Ok((Ok(output), us)) => Dispatched {
@@ -88,14 +124,7 @@ pub fn dispatch(inv: &Invoke) -> Dispatched {
             },
             overran: false,
         },
-        Ok((Err(e), us)) => {
-            let kind = match e {
-                FunctionError::UnknownFunction(_) => ErrorKind::UnknownFunction,
-                FunctionError::BadInput(_) => ErrorKind::BadInput,
-                FunctionError::Failed(_) => ErrorKind::Error,
-            };
-            failure(&inv.id, kind, e.to_string(), us)
-        }
+        Ok((Err((kind, msg)), us)) => failure(&inv.id, kind, msg, us),
         Err(RecvTimeoutError::Timeout) => {
             let us = started.elapsed().as_micros() as u64;
             let msg = format!("exceeded its deadline of {} ms", inv.deadline_ms);

@@ -105,7 +105,13 @@ pub fn to_desired(d: &FunctionDeployment) -> Result<DesiredObject, FieldError> {
             format!("unknown namespace `{ns}`: the only one is `{NAMESPACE}`"),
         ));
     }
-    let handler = match d.image.split_once(':') {
+    let mut code = Code {
+        runtime: Runtime::Builtin,
+        handler: None,
+        module: None,
+        sha256: None,
+    };
+    match d.image.split_once(':') {
         Some(("builtin", h)) => {
             let names = crate::functions::names();
             if !names.contains(&h) {
@@ -117,31 +123,24 @@ pub fn to_desired(d: &FunctionDeployment) -> Result<DesiredObject, FieldError> {
                     ),
                 ));
             }
-            h.to_string()
+            code.handler = Some(h.to_string());
         }
-        Some(("wasm" | "exec", _)) => {
-            return Err(bad(
-                "image",
-                format!(
-                    "`{}`: only `builtin:NAME` functions can run in this build",
-                    d.image
-                ),
-            ));
-        }
+        Some(("wasm", m)) => code = user_image(m, Runtime::Wasm)?,
+        Some(("exec", m)) => code = user_image(m, Runtime::Exec)?,
         _ => {
             return Err(bad(
                 "image",
                 format!(
-                    "`{}` is not a microfaas runtime payload: use `builtin:NAME` (e.g. `builtin:cascading_sha256`)",
+                    "`{}` is not a microfaas runtime payload: use `builtin:NAME` (e.g. `builtin:cascading_sha256`), `wasm:PATH[@sha256:HEX]` or `exec:PATH[@sha256:HEX]`",
                     d.image
                 ),
             ));
         }
-    };
+    }
     if d.env_process.as_deref().is_some_and(|p| !p.is_empty()) {
         return Err(bad(
             "envProcess",
-            "builtin functions have no process to run; leave it empty",
+            "functions are started by their runtime (a wasm module's `_start`); leave it empty",
         ));
     }
     if d.constraints.as_ref().is_some_and(|c| !c.is_empty()) {
@@ -189,9 +188,11 @@ pub fn to_desired(d: &FunctionDeployment) -> Result<DesiredObject, FieldError> {
         }
     }
     let spec = FunctionSpec {
-        runtime: Runtime::Builtin,
-        handler: Some(handler),
-        module: None,
+        runtime: code.runtime,
+        handler: code.handler,
+        module: code.module,
+        sha256: code.sha256,
+        fuel: None,
         command: None,
         timeout: None,
         memory,
@@ -209,11 +210,64 @@ pub fn to_desired(d: &FunctionDeployment) -> Result<DesiredObject, FieldError> {
     })
 }
 
+/// The runtime fields of a deployed Function.
+struct Code {
+    runtime: Runtime,
+    handler: Option<String>,
+    module: Option<String>,
+    sha256: Option<String>,
+}
+
+/// `wasm:PATH[@sha256:HEX]` / `exec:PATH[@sha256:HEX]`: a module (or static executable) file
+/// on the gateway's host (relative paths are relative to the daemon's working directory and
+/// stored absolute), checked as a manifest's would be and pinned to the digest it has now, so
+/// a later edit of the file is refused rather than run.
+fn user_image(spec: &str, runtime: Runtime) -> Result<Code, FieldError> {
+    use crate::manifest::module::{self, Format};
+    let (path, pin) = match spec.rsplit_once("@sha256:") {
+        Some((p, h)) => (p, Some(h)),
+        None => (spec, None),
+    };
+    if path.is_empty() {
+        return Err(bad(
+            "image",
+            "the module's path is missing: `wasm:PATH` or `exec:PATH`",
+        ));
+    }
+    let abs = std::path::absolute(path)
+        .map_err(|e| bad("image", format!("module path `{path}`: {e}")))?
+        .display()
+        .to_string();
+    let format = match runtime {
+        Runtime::Exec => Format::Elf,
+        _ => Format::Wasm,
+    };
+    let file = module::read(&abs, pin, format).map_err(|e| bad("image", e.to_string()))?;
+    Ok(Code {
+        runtime,
+        handler: None,
+        module: Some(abs),
+        sha256: Some(file.sha256),
+    })
+}
+
 /// The OpenFaaS `image` of a stored function.
 pub fn image_of(spec: &FunctionSpec) -> String {
     match spec.runtime {
         Runtime::Builtin => format!("builtin:{}", spec.handler.as_deref().unwrap_or("")),
-        Runtime::Wasm => format!("wasm:{}", spec.module.as_deref().unwrap_or("")),
+        Runtime::Wasm | Runtime::Exec if spec.module.is_some() => {
+            let scheme = if spec.runtime == Runtime::Wasm {
+                "wasm"
+            } else {
+                "exec"
+            };
+            let path = spec.module.as_deref().unwrap_or("");
+            match &spec.sha256 {
+                Some(h) => format!("{scheme}:{path}@sha256:{h}"),
+                None => format!("{scheme}:{path}"),
+            }
+        }
+        Runtime::Wasm => "wasm:".to_string(),
         Runtime::Exec => format!(
             "exec:{}",
             spec.command.clone().unwrap_or_default().join(" ")

@@ -6,9 +6,10 @@
 use super::{Gateway, lock};
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
-use crate::manifest::types::{FunctionSpec, LifecycleMode, Runtime, WorkerSpec};
+use crate::manifest::types::{FunctionSpec, LifecycleMode, WorkerSpec};
 use crate::orchestrator::FollowUp;
 use crate::orchestrator::attempt::{self, Call, Slot};
+use crate::orchestrator::usercode::{self, Code};
 use crate::store::clock;
 use crate::store::gateway::WORKLOAD;
 use crate::store::{Attempt, AttemptStatus, StoredObject};
@@ -85,8 +86,13 @@ pub fn input_of(body: &[u8], handler: &str, seed: u64) -> Value {
 }
 
 impl<D: VmDriver> Gateway<D> {
-    /// The stored builtin function `name`, or the reply that says why it cannot run.
-    pub(super) fn runnable(&self, name: &str, call_id: &str) -> Result<FunctionSpec, Reply> {
+    /// The stored function `name` with the code to send, or the reply that says why it cannot
+    /// run.
+    pub(super) fn runnable(
+        &self,
+        name: &str,
+        call_id: &str,
+    ) -> Result<(FunctionSpec, Code), Reply> {
         let Some(obj) = self.engine.get(Kind::Function, name) else {
             return Err(Reply::error(
                 404,
@@ -96,14 +102,9 @@ impl<D: VmDriver> Gateway<D> {
         };
         let spec: FunctionSpec = serde_json::from_value(obj.spec)
             .map_err(|e| Reply::error(500, call_id, format!("stored function: {e}")))?;
-        if spec.runtime != Runtime::Builtin {
-            return Err(Reply::error(
-                501,
-                call_id,
-                format!("function `{name}`: only builtin functions can run in this build"),
-            ));
-        }
-        Ok(spec)
+        let code = usercode::code_of(&spec)
+            .map_err(|e| Reply::error(500, call_id, format!("function `{name}`: {e}")))?;
+        Ok((spec, code))
     }
 
     /// Healthy workers with their specs, boards and VMs alike: every one runs functions through
@@ -203,7 +204,7 @@ impl<D: VmDriver> Gateway<D> {
         call_id: &str,
         started: Instant,
     ) -> Reply {
-        let spec = match self.runnable(function, call_id) {
+        let (spec, code) = match self.runnable(function, call_id) {
             Ok(s) => s,
             Err(r) => return r,
         };
@@ -223,6 +224,8 @@ impl<D: VmDriver> Gateway<D> {
             function: function.to_string(),
             input: input_of(body, &handler, seq),
             handler,
+            runtime: code.runtime,
+            code: code.user,
             deadline,
         };
         let max_attempts = u32::try_from(defaults.max_attempts).unwrap_or(3).max(1);

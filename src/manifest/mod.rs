@@ -10,6 +10,8 @@ pub mod expand;
 #[cfg(feature = "controller")]
 pub mod load;
 #[cfg(feature = "controller")]
+pub mod module;
+#[cfg(feature = "controller")]
 pub mod node;
 pub mod pins;
 #[cfg(feature = "controller")]
@@ -48,9 +50,9 @@ pub fn load_and_validate(paths: &[PathBuf], opts: validate::Options) -> Loaded {
     loaded
 }
 
-/// Relative VM kernel and initrd paths, and services' password files, are relative to the
-/// manifest that names them, so a repository of manifests works from any current directory.
-/// They are stored absolute.
+/// Relative VM kernel and initrd paths, services' password files and Function modules are
+/// relative to the manifest that names them, so a repository of manifests works from any
+/// current directory. They are stored absolute.
 #[cfg(feature = "controller")]
 fn resolve_relative_paths(loaded: &mut Loaded) {
     for res in &mut loaded.resources {
@@ -69,6 +71,13 @@ fn resolve_relative_paths(loaded: &mut Loaded) {
                     *p = base.join(&*p).display().to_string();
                 }
             }
+        }
+        if let (Spec::Function(f), Some(base)) = (&mut res.spec, &base)
+            && let Some(m) = f.module.as_mut()
+            && !m.is_empty()
+            && std::path::Path::new(m).is_relative()
+        {
+            *m = base.join(&*m).display().to_string();
         }
         let vm = match &mut res.spec {
             Spec::Worker(w) => w.vm.as_mut(),

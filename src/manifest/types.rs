@@ -693,10 +693,19 @@ pub struct FunctionSpec {
     /// builtin: the function's name in the agent's suite.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
-    /// wasm: path of the module.
+    /// wasm: path of the WebAssembly module (WASI preview 1 command); exec: of a static
+    /// executable for the workers' architecture. Relative to the manifest; shipped to the worker.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
-    /// exec: program and arguments.
+    /// wasm/exec: the module's sha256 (64 hex digits); when set, a module file that differs is a
+    /// validation error and is never shipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// wasm: instruction budget per invocation, in wasmi fuel units (about one per
+    /// instruction); unset = bounded by `timeout` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// exec: program and arguments, or only the arguments when `module` is the program.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// Invocation deadline; the Cluster's `jobTimeout` when unset.

@@ -3,6 +3,7 @@
 //! node; all findings are reported, not only the first.
 
 use super::diag::{Diagnostic, did_you_mean};
+use super::module::{self, Format, ModuleFileError};
 use super::node::Seg::{self, Index, Key};
 use super::pins;
 use super::quantity::{Duration, Size};
@@ -155,7 +156,7 @@ pub fn validate(resources: &[Resource], opts: Options) -> Vec<Diagnostic> {
                 cx.base = &[Key("spec"), Key("template"), Key("spec")];
                 worker(&mut cx, &s.template.spec, opts);
             }
-            Spec::Function(s) => function(&mut cx, s),
+            Spec::Function(s) => function(&mut cx, s, opts),
             Spec::Workload(s) => workload(&mut cx, s),
         }
         for (k, v) in &res.metadata.labels {
@@ -581,7 +582,44 @@ fn enum_name<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-fn function(cx: &mut Ctx<'_>, s: &FunctionSpec) {
+/// A user Function's module: there, small enough to ship, matching its pin, valid wasm (or
+/// ELF for `exec`).
+fn user_module(cx: &mut Ctx<'_>, s: &FunctionSpec, opts: Options, format: Format) {
+    let spec = Key("spec");
+    if let Some(pin) = &s.sha256
+        && !module::is_sha256(pin)
+    {
+        cx.error(
+            &[spec, Key("sha256")],
+            format!("`{pin}` is not a sha256: 64 hex digits expected"),
+        );
+        return;
+    }
+    if s.fuel == Some(0) {
+        cx.error(&[spec, Key("fuel")], "fuel must be at least 1");
+    }
+    let Some(path) = &s.module else {
+        cx.error(&[spec], "a wasm function needs `module`");
+        return;
+    };
+    if !opts.fs_checks {
+        return;
+    }
+    match module::read(path, s.sha256.as_deref(), format) {
+        Ok(_) => {}
+        Err(e @ ModuleFileError::ShaMismatch { .. }) => {
+            cx.error(&[spec, Key("sha256")], e.to_string()).help =
+                Some("rebuild the module, or pin the new digest (`sha256sum`)".to_string());
+        }
+        Err(e) => {
+            cx.error(&[spec, Key("module")], e.to_string()).help = Some(
+                "build it (e.g. `cargo build --release --target wasm32-wasip1`), or skip this check with --no-fs-checks".to_string(),
+            );
+        }
+    }
+}
+
+fn function(cx: &mut Ctx<'_>, s: &FunctionSpec, opts: Options) {
     let spec = Key("spec");
     match s.runtime {
         Runtime::Builtin => match &s.handler {
@@ -602,14 +640,11 @@ fn function(cx: &mut Ctx<'_>, s: &FunctionSpec) {
                 }
             }
         },
-        Runtime::Wasm => {
-            if s.module.is_none() {
-                cx.error(&[spec], "a wasm function needs `module`");
-            }
-        }
+        Runtime::Wasm => user_module(cx, s, opts, Format::Wasm),
+        Runtime::Exec if s.module.is_some() => user_module(cx, s, opts, Format::Elf),
         Runtime::Exec => {
             if s.command.as_ref().is_none_or(|c| c.is_empty()) {
-                cx.error(&[spec], "an exec function needs `command`");
+                cx.error(&[spec], "an exec function needs `module` or `command`");
             }
         }
     }

@@ -8,7 +8,7 @@ use crate::engine::Engine;
 use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
 use crate::manifest::types::{FunctionSpec, WorkerSpec};
-use crate::protocol::{ErrorKind, Invoke, Outcome, RUNTIME_BUILTIN};
+use crate::protocol::{ErrorKind, Invoke, Outcome, UserCode};
 use crate::store::invocations::{Attempt, AttemptStatus, output_digest};
 use crate::store::{StoredObject, clock};
 use serde_json::Value;
@@ -22,6 +22,10 @@ pub struct Call {
     pub invocation_id: String,
     pub function: String,
     pub handler: String,
+    /// `builtin` or `wasm` ([`super::usercode`]).
+    pub runtime: &'static str,
+    /// A user function's module and limits; `None` for builtins.
+    pub code: Option<UserCode>,
     pub input: Value,
     /// The function's own deadline, enforced by the agent.
     pub deadline: Duration,
@@ -122,11 +126,12 @@ pub async fn send<D: VmDriver>(
     let invoke = Invoke {
         id: call.invocation_id.clone(),
         function: call.function.clone(),
-        runtime: RUNTIME_BUILTIN.to_string(),
+        runtime: call.runtime.to_string(),
         handler: call.handler.clone(),
         input: call.input.clone(),
         deadline_ms: call.deadline.as_millis() as u64,
         services,
+        code: call.code.clone(),
     };
     // The agent enforces the deadline; this is the backstop for an agent that stops answering.
     let result = session

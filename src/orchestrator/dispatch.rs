@@ -5,6 +5,7 @@
 //! Failed or Cancelled — never hanging: a worker that cannot be made ready hands its queue on.
 
 use super::attempt::{self, Answer, Call, Slot};
+use super::usercode::{self, Code};
 use super::{AgentEvent, FollowUp, Sessions};
 use crate::drivers::gpio::ButtonConfig;
 use crate::engine::Engine;
@@ -15,6 +16,7 @@ use crate::manifest::Kind;
 use crate::manifest::types::{
     Defaults, FunctionSpec, LifecycleMode, Runtime, WorkerProtocol, WorkerSpec, WorkloadSpec,
 };
+use crate::protocol::RUNTIME_BUILTIN;
 use crate::store::invocations::{AttemptStatus, RunCounts, RunPhase};
 use crate::store::{EventType, clock};
 use crate::workload::{Planned, generate};
@@ -94,22 +96,20 @@ async fn run_workload<D: VmDriver>(
         .unwrap_or(Duration::from_secs(120));
 
     let mut handlers = BTreeMap::new();
+    let mut codes = HashMap::new();
     let mut deadlines = HashMap::new();
     for f in &spec.functions {
         let fobj = engine
             .get(Kind::Function, &f.function)
             .ok_or_else(|| format!("Function `{}` is not in the store", f.function))?;
         let fspec: FunctionSpec = serde_json::from_value(fobj.spec).map_err(|e| e.to_string())?;
-        if fspec.runtime != Runtime::Builtin {
-            return Err(format!(
-                "Function `{}`: only builtin functions can run in this build",
-                f.function
-            ));
+        // Read once per run: every invocation ships the same module.
+        let code =
+            usercode::code_of(&fspec).map_err(|e| format!("Function `{}`: {e}", f.function))?;
+        if fspec.runtime == Runtime::Builtin {
+            handlers.insert(f.function.clone(), code.handler.clone());
         }
-        handlers.insert(
-            f.function.clone(),
-            fspec.handler.clone().unwrap_or_default(),
-        );
+        codes.insert(f.function.clone(), code);
         let d = fspec
             .timeout
             .as_ref()
@@ -245,6 +245,10 @@ async fn run_workload<D: VmDriver>(
                 invocation_id: format!("{name}-{run}-{}", p.seq),
                 function: function.clone(),
                 handler: handlers.get(&function).cloned().unwrap_or_default(),
+                runtime: codes
+                    .get(&function)
+                    .map_or(RUNTIME_BUILTIN, |c: &Code| c.runtime),
+                code: codes.get(&function).and_then(|c| c.user.clone()),
                 input: p.input.clone(),
                 deadline: deadlines.get(&function).copied().unwrap_or(job_timeout),
             },

@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod framing;
 pub mod services;
 pub mod session;
+pub mod usercode;
 pub mod v1;
 
 pub use endpoint::{AgentEvent, Endpoint, Sessions};

@@ -310,6 +310,7 @@ mod tests {
             input: serde_json::json!({"n": 1}),
             deadline_ms: 1000,
             services: Default::default(),
+            code: None,
         }
     }
 

@@ -293,6 +293,8 @@ mod tests {
             handler: "cascading_sha256".into(),
             input: json!({"data": "é𝄞", "rounds": 2}),
             deadline_ms: 0,
+            services: Default::default(),
+            code: None,
         };
         let l = job_line(&invoke);
         assert!(l.is_ascii() && l.ends_with(b"\n"));
@@ -331,6 +333,8 @@ mod tests {
             handler: String::new(),
             input: json!({"n": 1}),
             deadline_ms: 0,
+            services: Default::default(),
+            code: None,
         };
         let (reply, got) = oneshot::channel();
         tx.send(Command::Invoke {

@@ -11,6 +11,7 @@ pub mod qemu;
 pub mod services;
 pub mod snmp_agents;
 pub mod v1;
+pub mod wasm_fn;
 // Needs the CLI binary, which only test targets are given.
 #[cfg(test)]
 pub mod testbed;

@@ -120,6 +120,7 @@ impl Session {
             input: input.clone(),
             deadline_ms: 60_000,
             services: Default::default(),
+            code: None,
         }))?;
         loop {
             match self.recv()? {
