@@ -637,6 +637,12 @@ fn result_of(c: &mut Conn) -> InvokeResult {
     }
 }
 
+/// Sends `m` and returns the failure it must come back as.
+fn failed(c: &mut Conn, m: Message) -> (ErrorKind, String) {
+    c.send(&m);
+    error_of(&result_of(c))
+}
+
 fn error_of(r: &InvokeResult) -> (ErrorKind, String) {
     match &r.outcome {
         Outcome::Error(e) => (e.kind, e.message.clone()),
@@ -675,26 +681,18 @@ fn warm_agent_runs_a_wasm_user_function_and_survives_its_failures() {
     assert!(r.exec_us > 0);
 
     // More memory than Function.spec.memory.
-    c.send(&wasm_invoke(
-        "mem",
-        &module,
-        &sha,
-        json!({"allocMiB": 48}),
-        16 * mib,
-    ));
-    let (kind, msg) = error_of(&result_of(&mut c));
+    let (kind, msg) = failed(
+        &mut c,
+        wasm_invoke("mem", &module, &sha, json!({"allocMiB": 48}), 16 * mib),
+    );
     assert_eq!(kind, ErrorKind::Error);
     assert!(msg.contains("memory limit of 16777216 bytes"), "{msg}");
 
     // An endless loop ends at the deadline as a timeout of its own, not an agent overrun.
-    c.send(&wasm_invoke(
-        "spin",
-        &module,
-        &sha,
-        json!({"spin": true}),
-        64 * mib,
-    ));
-    let (kind, msg) = error_of(&result_of(&mut c));
+    let (kind, msg) = failed(
+        &mut c,
+        wasm_invoke("spin", &module, &sha, json!({"spin": true}), 64 * mib),
+    );
     assert_eq!(kind, ErrorKind::Timeout, "{msg}");
 
     // A module that traps.
@@ -702,14 +700,10 @@ fn warm_agent_runs_a_wasm_user_function_and_survives_its_failures() {
         r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#,
     )
     .expect("wat");
-    c.send(&wasm_invoke(
-        "trap",
-        &trap,
-        &sha256_hex(&trap),
-        json!({}),
-        64 * mib,
-    ));
-    let (kind, msg) = error_of(&result_of(&mut c));
+    let (kind, msg) = failed(
+        &mut c,
+        wasm_invoke("trap", &trap, &sha256_hex(&trap), json!({}), 64 * mib),
+    );
     assert_eq!(kind, ErrorKind::Error);
     assert!(
         msg.contains("trapped") && msg.contains("unreachable"),
@@ -719,26 +713,18 @@ fn warm_agent_runs_a_wasm_user_function_and_survives_its_failures() {
     // The digest does not match the bytes: refused before anything runs.
     let mut tampered = module.clone();
     tampered.push(0);
-    c.send(&wasm_invoke(
-        "bad-sha",
-        &tampered,
-        &sha,
-        text.clone(),
-        64 * mib,
-    ));
-    let (kind, msg) = error_of(&result_of(&mut c));
+    let (kind, msg) = failed(
+        &mut c,
+        wasm_invoke("bad-sha", &tampered, &sha, text.clone(), 64 * mib),
+    );
     assert_eq!(kind, ErrorKind::BadInput);
     assert!(msg.contains("sha256 mismatch"), "{msg}");
 
     // Bad input to the function itself: a non-zero exit with its stderr.
-    c.send(&wasm_invoke(
-        "no-text",
-        &module,
-        &sha,
-        json!({"top": 1}),
-        64 * mib,
-    ));
-    let (_, msg) = error_of(&result_of(&mut c));
+    let (_, msg) = failed(
+        &mut c,
+        wasm_invoke("no-text", &module, &sha, json!({"top": 1}), 64 * mib),
+    );
     assert!(
         msg.contains("exited with status 2") && msg.contains("\"text\""),
         "{msg}"
@@ -787,40 +773,39 @@ fn warm_agent_runs_a_static_executable_and_survives_its_failures() {
         agent.log()
     );
 
-    c.send(&user_invoke(
-        "exec",
-        "mem",
-        &exe,
-        &sha,
-        json!({"allocMiB": 256}),
-        64 * mib,
-    ));
-    let (kind, msg) = error_of(&result_of(&mut c));
+    let (kind, msg) = failed(
+        &mut c,
+        user_invoke(
+            "exec",
+            "mem",
+            &exe,
+            &sha,
+            json!({"allocMiB": 256}),
+            64 * mib,
+        ),
+    );
     assert_eq!(kind, ErrorKind::Error);
     assert!(msg.contains("memory limit 67108864 bytes"), "{msg}");
 
-    c.send(&user_invoke(
-        "exec",
-        "spin",
-        &exe,
-        &sha,
-        json!({"spin": true}),
-        64 * mib,
-    ));
-    let (kind, msg) = error_of(&result_of(&mut c));
+    let (kind, msg) = failed(
+        &mut c,
+        user_invoke("exec", "spin", &exe, &sha, json!({"spin": true}), 64 * mib),
+    );
     assert_eq!(kind, ErrorKind::Timeout, "{msg}");
 
     let mut arm = exe.clone();
     arm[18..20].copy_from_slice(&40u16.to_le_bytes());
-    c.send(&user_invoke(
-        "exec",
-        "arm",
-        &arm,
-        &sha256_hex(&arm),
-        text.clone(),
-        64 * mib,
-    ));
-    let (kind, msg) = error_of(&result_of(&mut c));
+    let (kind, msg) = failed(
+        &mut c,
+        user_invoke(
+            "exec",
+            "arm",
+            &arm,
+            &sha256_hex(&arm),
+            text.clone(),
+            64 * mib,
+        ),
+    );
     assert_eq!(kind, ErrorKind::BadInput);
     assert!(msg.contains("ELF machine 40"), "{msg}");
 

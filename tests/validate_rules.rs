@@ -649,7 +649,7 @@ fn wasm_module_is_checked_relative_to_the_manifest() {
     one_error_at(
         &wasm_errors(&exec, Some(&module)),
         6,
-        3,
+        11,
         "not an ELF executable",
     );
     assert_eq!(wasm_errors(&exec, Some(b"\x7fELF\x02\x01\x01")), []);

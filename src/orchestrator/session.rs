@@ -43,7 +43,8 @@ pub struct Completed {
 
 pub(super) enum Command {
     Invoke {
-        invoke: Invoke,
+        // Boxed: with a user function's code an Invoke dwarfs the other command.
+        invoke: Box<Invoke>,
         timeout: Duration,
         reply: oneshot::Sender<Result<Completed, SessionError>>,
     },
@@ -94,7 +95,7 @@ impl SessionHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Invoke {
-                invoke,
+                invoke: Box::new(invoke),
                 timeout,
                 reply,
             })
@@ -202,7 +203,7 @@ async fn run(
                     Command::Invoke { invoke, timeout, reply } => {
                         let id = invoke.id.clone();
                         let started = Instant::now();
-                        if write_message(&mut writer, &Message::Invoke(invoke)).await.is_err() {
+                        if write_message(&mut writer, &Message::Invoke(*invoke)).await.is_err() {
                             let _ = reply.send(Err(SessionError::Closed));
                             return "write failed".to_string();
                         }
