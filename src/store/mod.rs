@@ -3,6 +3,7 @@
 //! attempt, power meter samples and worker phase history.
 
 pub mod clock;
+pub mod committer;
 pub mod energy;
 mod events;
 pub mod gateway;
@@ -137,6 +138,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The state directory this store lives in (what [`Store::open`] was given).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 }
 
