@@ -224,6 +224,22 @@ mod tests {
         assert_eq!(s.samples("m", 0, 1_000).expect("samples").len(), 200);
     }
 
+    /// The answer comes after the commit, not before: each acknowledged record is already
+    /// visible to another connection (SQLite publishes a WAL commit only after its fsync).
+    #[tokio::test]
+    async fn an_acknowledged_record_is_already_committed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut reader = Store::open(dir.path()).expect("open");
+        reader.start_run("wl", 1).expect("run");
+        let c = Committer::start(dir.path());
+        for i in 0..20 {
+            c.record(attempt(&format!("inv-{i}"), 1))
+                .await
+                .expect("record");
+            assert_eq!(reader.attempts("wl", 1).expect("attempts").len(), i + 1);
+        }
+    }
+
     #[tokio::test]
     async fn an_unopenable_store_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().expect("tmp");
