@@ -36,15 +36,19 @@ impl Drop for Procs {
     }
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// The child: a gateway host over `state` whose workers are the parent's agents. Prints its
 /// addresses, then `ready` once every agent is connected and the function is deployed, and
 /// serves until it is killed.
 fn child(state: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let yaml = format!(
             "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: c}}\nspec:\n  defaults: {{powerOnHoldoff: 0s}}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: WorkerSet\nmetadata: {{name: w}}\nspec:\n  replicas: {AGENTS}\n  template:\n    spec: {{power: On, lifecycle: {{mode: Warm}}, vm: {{kernel: /k}}}}\n"
@@ -144,11 +148,7 @@ fn acknowledged_calls_survive_kill_9() {
     // N calls in all over CLIENTS connections; the child dies the instant the Nth 200 lands.
     let issued = Arc::new(AtomicUsize::new(0));
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..CLIENTS {

@@ -8,7 +8,7 @@
 //! their unit in the name.
 
 use super::{Result, Store, StoreError, clock};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
@@ -173,16 +173,8 @@ fn checked_run((mut run, phase): (Run, String)) -> Result<Run> {
 impl Store {
     /// Starts the next run of `workload` (1 for the first) as `Running` and returns its number.
     pub fn start_run(&mut self, workload: &str, generation: i64) -> Result<i64> {
-        let path = self.path.clone();
-        let sq = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
         // IMMEDIATE: two engines racing for the same workload cannot both read the same MAX.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
+        let (tx, sq) = self.immediate()?;
         let run: i64 = tx
             .query_row(
                 "SELECT COALESCE(MAX(run), 0) + 1 FROM runs WHERE workload = ?1",
@@ -298,17 +290,9 @@ impl Store {
     /// fails alone: SQLite undoes only that statement); an error of the transaction itself —
     /// nothing was committed — is the outer error.
     pub fn record_attempts(&mut self, attempts: &[&Attempt]) -> Result<Vec<Result<()>>> {
-        let path = self.path.clone();
-        let sq = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
         // IMMEDIATE: take the write lock up front (waiting out other connections within the
         // busy timeout) rather than fail on upgrading a read to a write mid-batch.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
+        let (tx, sq) = self.immediate()?;
         let rows = attempts
             .iter()
             .map(|a| insert_attempt(&tx, a).map_err(&sq))

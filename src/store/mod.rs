@@ -116,6 +116,26 @@ impl Store {
         }
     }
 
+    /// Begins an IMMEDIATE transaction (the write lock taken up front, waiting out other
+    /// connections within the busy timeout), with the error mapping to use inside it.
+    pub(crate) fn immediate(
+        &mut self,
+    ) -> Result<(
+        rusqlite::Transaction<'_>,
+        impl Fn(rusqlite::Error) -> StoreError + use<>,
+    )> {
+        let path = self.path.clone();
+        let sq = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&sq)?;
+        Ok((tx, sq))
+    }
+
     /// Runs a write of observations (status, events) without waiting for fsync. They are
     /// re-derived by every reconcile, so a power cut may lose the last few, never corrupt them
     /// (WAL); desired state and invocation records keep `synchronous=FULL`. Without this, one
