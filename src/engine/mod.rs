@@ -50,7 +50,7 @@ pub struct Config {
 
 pub struct Engine<D: VmDriver, P: Presence> {
     pub store: Arc<Mutex<Store>>,
-    /// Commits invocation attempts in groups on a connection of its own.
+    /// Commits invocation attempts in groups, through `store`.
     pub recorder: Committer,
     pub driver: Arc<D>,
     pub presence: Arc<P>,
@@ -91,9 +91,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<D: VmDriver, P: Presence> Engine<D, P> {
     pub fn new(store: Store, driver: Arc<D>, presence: Arc<P>, cfg: Config) -> Arc<Self> {
+        let store = Arc::new(Mutex::new(store));
         Arc::new(Engine {
-            recorder: Committer::start(store.dir()),
-            store: Arc::new(Mutex::new(store)),
+            recorder: Committer::start(store.clone()),
+            store,
             driver,
             presence,
             queue: WorkQueue::new(),

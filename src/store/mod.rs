@@ -159,11 +159,6 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// The state directory this store lives in (what [`Store::open`] was given).
-    pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
-    }
 }
 
 #[cfg(test)]
