@@ -2,7 +2,9 @@
 //! `/function/{name}` calls through the gateway, with 16 Warm agents kept powered on loopback
 //! (real `microfaas-agent` processes) and a near no-op function (`float_operations`, n = 1),
 //! for 1 and 16 concurrent clients, each on one kept-alive connection. Every call is recorded
-//! durably (SQLite, synchronous=FULL), as in production.
+//! durably (SQLite, synchronous=FULL) before its 200, as in production: first with one
+//! transaction and fsync per record (the committer limited to batches of one, as before group
+//! commit), then with group commit (whatever is queued shares one transaction).
 
 #[path = "../tests/support/host.rs"]
 #[allow(dead_code)]
@@ -21,7 +23,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-async fn run(h: &Host<AgentProcs>, clients: usize) {
+async fn run(h: &Host<AgentProcs>, clients: usize, commit: &str) {
     let per = CALLS / clients;
     let addr = h.gateway.addr.to_string();
     let t = Instant::now();
@@ -58,7 +60,7 @@ async fn run(h: &Host<AgentProcs>, clients: usize) {
     let wall = t.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
     println!(
-        "gateway: {clients:>2} clients: {} calls in {wall:.2} s = {:.0} req/s; latency p50 {:.3} ms, p99 {:.3} ms",
+        "gateway: {commit:<15} {clients:>2} clients: {} calls in {wall:.2} s = {:.0} req/s; latency p50 {:.3} ms, p99 {:.3} ms",
         all.len(),
         all.len() as f64 / wall,
         pct(&all, 50.0),
@@ -103,8 +105,14 @@ async fn main() {
     .await
     .expect("deploy");
     assert_eq!(r.status, 202);
-    for clients in [1, 16] {
-        run(&h, clients).await;
+    for (commit, batch) in [
+        ("fsync-per-call", 1),
+        ("group-commit", microfaas::store::committer::UNLIMITED),
+    ] {
+        h.engine.recorder.set_max_batch(batch);
+        for clients in [1, 16] {
+            run(&h, clients, commit).await;
+        }
     }
     h.stop().await;
     driver.kill_all();

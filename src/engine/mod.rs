@@ -13,6 +13,7 @@ mod worker;
 
 use crate::manifest::Kind;
 use crate::manifest::types::{ClusterSpec, Defaults};
+use crate::store::committer::Committer;
 use crate::store::{EventType, Store, StoredObject};
 use backoff::Backoff;
 use queue::WorkQueue;
@@ -49,6 +50,8 @@ pub struct Config {
 
 pub struct Engine<D: VmDriver, P: Presence> {
     pub store: Arc<Mutex<Store>>,
+    /// Commits invocation attempts in groups, through `store`.
+    pub recorder: Committer,
     pub driver: Arc<D>,
     pub presence: Arc<P>,
     pub queue: Arc<WorkQueue<Key>>,
@@ -88,8 +91,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<D: VmDriver, P: Presence> Engine<D, P> {
     pub fn new(store: Store, driver: Arc<D>, presence: Arc<P>, cfg: Config) -> Arc<Self> {
+        let store = Arc::new(Mutex::new(store));
         Arc::new(Engine {
-            store: Arc::new(Mutex::new(store)),
+            recorder: Committer::start(store.clone()),
+            store,
             driver,
             presence,
             queue: WorkQueue::new(),

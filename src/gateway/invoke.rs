@@ -173,10 +173,14 @@ impl<D: VmDriver> Gateway<D> {
         all.into_iter().find(|c| c.name == name)
     }
 
-    /// Records one attempt under the `gateway` workload and wakes the log followers.
-    fn record(&self, rec: &Attempt) {
-        attempt::record(&self.engine, rec);
-        self.logged.send_modify(|n| *n += 1);
+    /// Records one attempt under the `gateway` workload, durably, and wakes the log followers.
+    /// False when it could not be recorded.
+    async fn record(&self, rec: &Attempt) -> bool {
+        let recorded = attempt::record(&self.engine, rec).await;
+        if recorded {
+            self.logged.send_modify(|n| *n += 1);
+        }
+        recorded
     }
 
     /// Runs one call of `function` to its end: the reply to send (the result, or why not).
@@ -249,7 +253,7 @@ impl<D: VmDriver> Gateway<D> {
                 let msg = "no healthy worker can run it".to_string();
                 let rec =
                     attempt::attempt_record(&slot, &call, None, None, Some(msg.clone()), None);
-                self.record(&rec);
+                self.record(&rec).await;
                 return Reply::error(502, call_id, msg);
             };
             tried.push(worker.name.clone());
@@ -305,7 +309,7 @@ impl<D: VmDriver> Gateway<D> {
                         Some(msg.clone()),
                         None,
                     );
-                    self.record(&rec);
+                    self.record(&rec).await;
                     Err(msg)
                 }
                 Some((session, cold)) => {
@@ -326,7 +330,7 @@ impl<D: VmDriver> Gateway<D> {
                         None,
                         cold_ms,
                     );
-                    self.record(&rec);
+                    let recorded = self.record(&rec).await;
                     let follow = if worker.oneshot {
                         FollowUp::Poweroff
                     } else {
@@ -335,6 +339,15 @@ impl<D: VmDriver> Gateway<D> {
                     attempt::follow_up(&session, &answer, follow).await;
                     if worker.oneshot || !answer.answered {
                         lock(&self.stale).insert(name.to_string(), session.id);
+                    }
+                    // A 200 promises the call's record survives a crash: without the record,
+                    // the caller hears that instead of the result.
+                    if !recorded && answer.answered {
+                        break Ok(Reply::error(
+                            500,
+                            &call.invocation_id,
+                            "the call ran but its record could not be committed",
+                        ));
                     }
                     let mut reply = Reply {
                         code: 200,

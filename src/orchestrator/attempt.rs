@@ -268,15 +268,19 @@ pub fn attempt_record(
     }
 }
 
-/// Commits an attempt (one fsync), off the async workers' backs.
-pub fn record<D: VmDriver>(engine: &Engine<D, Sessions>, attempt: &Attempt) {
-    let recorded = tokio::task::block_in_place(|| engine.with_store(|s| s.record_attempt(attempt)));
-    if let Err(e) = recorded {
-        tracing::error!(
-            "cannot record attempt {}#{}: {e}",
-            attempt.invocation_id,
-            attempt.attempt
-        );
+/// Commits an attempt durably, sharing the fsync with whatever else is being recorded at the
+/// same time (the engine's group committer). False when it could not be recorded.
+pub async fn record<D: VmDriver>(engine: &Engine<D, Sessions>, attempt: &Attempt) -> bool {
+    match engine.recorder.record(attempt.clone()).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(
+                "cannot record attempt {}#{}: {e}",
+                attempt.invocation_id,
+                attempt.attempt
+            );
+            false
+        }
     }
 }
 

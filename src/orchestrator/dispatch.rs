@@ -261,7 +261,7 @@ async fn run_workload<D: VmDriver>(
             .planned
             .worker_slot
             .and_then(|s| names.get(s % names.len()).cloned());
-        r.enqueue(job, target);
+        r.enqueue(job, target).await;
     }
     for t in tasks {
         let _ = t.await;
@@ -350,7 +350,16 @@ impl<D: VmDriver> Run<D> {
 
     /// Puts a job on `target`'s queue, or on the shortest queue of a worker that has not tried
     /// it yet (any worker when all have).
-    fn enqueue(&self, job: Job, target: Option<String>) {
+    async fn enqueue(&self, job: Job, target: Option<String>) {
+        if let Some(job) = self.place(job, target) {
+            let err = "no healthy worker is left to run it".to_string();
+            self.finalize(&job, None, None, Some(err), None).await;
+        }
+    }
+
+    /// The queueing half of [`Self::enqueue`], under the lock: the job back when no worker is
+    /// left to take it.
+    fn place(&self, job: Job, target: Option<String>) -> Option<Job> {
         let mut sh = lock(&self.shared);
         let live: Vec<String> = sh
             .queues
@@ -369,26 +378,21 @@ impl<D: VmDriver> Run<D> {
                 .min_by_key(|w| sh.queues.get(*w).map_or(0, VecDeque::len))
                 .cloned()
         });
-        match pick {
-            Some(w) => {
-                if let Some(q) = sh.queues.get_mut(&w) {
-                    q.push_back(job);
-                }
-                let depth = sh.queues.values().map(VecDeque::len).sum();
-                drop(sh);
-                self.engine.set_queue_depth(&self.workload, depth);
-                self.wake.notify_waiters();
-            }
-            None => {
-                drop(sh);
-                let err = "no healthy worker is left to run it".to_string();
-                self.finalize(&job, None, None, Some(err), None);
-            }
+        let Some(w) = pick else {
+            return Some(job);
+        };
+        if let Some(q) = sh.queues.get_mut(&w) {
+            q.push_back(job);
         }
+        let depth = sh.queues.values().map(VecDeque::len).sum();
+        drop(sh);
+        self.engine.set_queue_depth(&self.workload, depth);
+        self.wake.notify_waiters();
+        None
     }
 
     /// Records an attempt; true when the job should be tried again on another worker.
-    fn finalize(
+    async fn finalize(
         &self,
         job: &Job,
         worker: Option<&str>,
@@ -406,7 +410,7 @@ impl<D: VmDriver> Run<D> {
         };
         let record =
             attempt::attempt_record(&slot, &job.call, worker, answer, lost_reason, cold_start_ms);
-        attempt::record(&self.engine, &record);
+        attempt::record(&self.engine, &record).await;
         let status = record.status;
         let retry = matches!(status, AttemptStatus::Lost | AttemptStatus::Timeout)
             && job.attempt < self.max_attempts
@@ -467,7 +471,7 @@ impl<D: VmDriver> Run<D> {
     }
 
     /// Gives up on a worker: its queued jobs go to the others.
-    fn abandon(&self, worker: &str) {
+    async fn abandon(&self, worker: &str) {
         let jobs: Vec<Job> = {
             let mut sh = lock(&self.shared);
             sh.gave_up.push(worker.to_string());
@@ -479,7 +483,7 @@ impl<D: VmDriver> Run<D> {
         self.engine.event(Kind::Workload, &self.workload, EventType::Warning, "WorkerUnavailable", &format!("worker `{worker}` could not be made ready; its {} queued invocations move to other workers", jobs.len()));
         for mut j in jobs {
             j.tried.push(worker.to_string());
-            self.enqueue(j, None);
+            self.enqueue(j, None).await;
         }
     }
 
@@ -549,8 +553,8 @@ impl<D: VmDriver> Run<D> {
                 let Some((session, cold)) = session else {
                     let mut job = job;
                     job.tried.push(worker.to_string());
-                    self.abandon(worker);
-                    self.enqueue(job, None);
+                    self.abandon(worker).await;
+                    self.enqueue(job, None).await;
                     if holding {
                         self.engine.release(worker);
                     }
@@ -572,7 +576,9 @@ impl<D: VmDriver> Run<D> {
                 }
                 break (session, cold_start_ms, answer, permit);
             };
-            let retry = self.finalize(&job, Some(worker), Some(&answer), None, cold_start_ms);
+            let retry = self
+                .finalize(&job, Some(worker), Some(&answer), None, cold_start_ms)
+                .await;
             // OneShot: one invocation per boot. Warm: keep the connection. A v1 worker with
             // more work reboots itself (as v1 does) instead of waiting for its button.
             let follow = if oneshot {
@@ -599,7 +605,7 @@ impl<D: VmDriver> Run<D> {
                 job.attempt += 1;
                 job.tried.push(worker.to_string());
                 job.queued_ms = clock::now_millis();
-                self.enqueue(job, None);
+                self.enqueue(job, None).await;
             }
         }
         if holding {

@@ -338,7 +338,7 @@ mod tests {
         };
         let (reply, got) = oneshot::channel();
         tx.send(Command::Invoke {
-            invoke: invoke.clone(),
+            invoke: Box::new(invoke.clone()),
             timeout: Duration::from_secs(5),
             reply,
         })
@@ -358,7 +358,7 @@ mod tests {
         // A second job on the same connection is refused unsent.
         let (reply, got) = oneshot::channel();
         tx.send(Command::Invoke {
-            invoke,
+            invoke: Box::new(invoke),
             timeout: Duration::from_secs(5),
             reply,
         })

@@ -2,12 +2,13 @@
 //!
 //! A run is one execution of a Workload generation (a Job); runs of a workload are numbered
 //! 1, 2, ... Each attempt of each invocation is one row, written by [`Store::record_attempt`] in
-//! its own committed transaction (the store runs WAL with `synchronous=FULL`), so an attempt
-//! recorded before a crash is on disk after it. Times are unix milliseconds; durations carry
+//! its own committed transaction, or with others queued at the same time by
+//! [`Store::record_attempts`] (group commit); the store runs WAL with `synchronous=FULL`, so an
+//! attempt recorded before a crash is on disk after it. Times are unix milliseconds; durations carry
 //! their unit in the name.
 
 use super::{Result, Store, StoreError, clock};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
@@ -172,16 +173,8 @@ fn checked_run((mut run, phase): (Run, String)) -> Result<Run> {
 impl Store {
     /// Starts the next run of `workload` (1 for the first) as `Running` and returns its number.
     pub fn start_run(&mut self, workload: &str, generation: i64) -> Result<i64> {
-        let path = self.path.clone();
-        let sq = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
         // IMMEDIATE: two engines racing for the same workload cannot both read the same MAX.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sq)?;
+        let (tx, sq) = self.immediate()?;
         let run: i64 = tx
             .query_row(
                 "SELECT COALESCE(MAX(run), 0) + 1 FROM runs WHERE workload = ?1",
@@ -289,35 +282,23 @@ impl Store {
     /// Records one attempt in its own committed transaction. The run must exist; recording
     /// the same (invocation, attempt) twice is an error.
     pub fn record_attempt(&mut self, a: &Attempt) -> Result<()> {
-        self.conn
-            .execute(
-                &format!(
-                    "INSERT INTO invocations ({ATTEMPT_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-                ),
-                params![
-                    a.invocation_id,
-                    a.workload,
-                    a.run,
-                    a.generation,
-                    a.seq,
-                    a.function,
-                    a.worker,
-                    a.attempt,
-                    a.queued_ms,
-                    a.dispatched_ms,
-                    a.finished_ms,
-                    a.exec_us,
-                    a.rtt_us,
-                    a.cold_start_ms,
-                    a.status.as_str(),
-                    a.error,
-                    a.output_size,
-                    a.output_sha256,
-                ],
-            )
-            .map_err(self.sq())?;
-        Ok(())
+        insert_attempt(&self.conn, a).map_err(self.sq())
+    }
+
+    /// Records attempts in one IMMEDIATE transaction (one fsync): the group commit of
+    /// [`super::committer`]. Each record gets its own outcome (a duplicate or one naming no run
+    /// fails alone: SQLite undoes only that statement); an error of the transaction itself —
+    /// nothing was committed — is the outer error.
+    pub fn record_attempts(&mut self, attempts: &[&Attempt]) -> Result<Vec<Result<()>>> {
+        // IMMEDIATE: take the write lock up front (waiting out other connections within the
+        // busy timeout) rather than fail on upgrading a read to a write mid-batch.
+        let (tx, sq) = self.immediate()?;
+        let rows = attempts
+            .iter()
+            .map(|a| insert_attempt(&tx, a).map_err(&sq))
+            .collect();
+        tx.commit().map_err(&sq)?;
+        Ok(rows)
     }
 
     /// Every attempt of a run, by plan position then attempt number.
@@ -396,6 +377,34 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn insert_attempt(conn: &rusqlite::Connection, a: &Attempt) -> rusqlite::Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO invocations ({ATTEMPT_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+    ))?
+    .execute(params![
+        a.invocation_id,
+        a.workload,
+        a.run,
+        a.generation,
+        a.seq,
+        a.function,
+        a.worker,
+        a.attempt,
+        a.queued_ms,
+        a.dispatched_ms,
+        a.finished_ms,
+        a.exec_us,
+        a.rtt_us,
+        a.cold_start_ms,
+        a.status.as_str(),
+        a.error,
+        a.output_size,
+        a.output_sha256,
+    ])?;
+    Ok(())
 }
 
 fn found(updated: usize, workload: &str, run: i64) -> Result<()> {
@@ -495,6 +504,26 @@ mod tests {
         let s = Store::open(dir.path()).expect("reopen");
         assert_eq!(s.attempts("wl", 1).expect("attempts"), vec![first, second]);
         assert!(s.attempts("wl", 2).expect("attempts").is_empty());
+    }
+
+    /// A batch commits together; a bad record in it fails alone and the rest stay.
+    #[test]
+    fn a_batch_commits_its_good_records_and_refuses_its_bad_ones() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = Store::open(dir.path()).expect("open");
+        s.start_run("wl", 3).expect("start");
+        let a = attempt("a", 1, AttemptStatus::Succeeded);
+        let mut orphan = attempt("b", 1, AttemptStatus::Failed);
+        orphan.run = 5;
+        let c = attempt("c", 1, AttemptStatus::Lost);
+        let rows = s
+            .record_attempts(&[&a, &orphan, &c, &a])
+            .expect("transaction");
+        let ok: Vec<bool> = rows.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [true, false, true, false]);
+        drop(s);
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.attempts("wl", 1).expect("attempts"), vec![a, c]);
     }
 
     #[test]

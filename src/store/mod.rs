@@ -3,6 +3,7 @@
 //! attempt, power meter samples and worker phase history.
 
 pub mod clock;
+pub mod committer;
 pub mod energy;
 mod events;
 pub mod gateway;
@@ -113,6 +114,26 @@ impl Store {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// Begins an IMMEDIATE transaction (the write lock taken up front, waiting out other
+    /// connections within the busy timeout), with the error mapping to use inside it.
+    pub(crate) fn immediate(
+        &mut self,
+    ) -> Result<(
+        rusqlite::Transaction<'_>,
+        impl Fn(rusqlite::Error) -> StoreError + use<>,
+    )> {
+        let path = self.path.clone();
+        let sq = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&sq)?;
+        Ok((tx, sq))
     }
 
     /// Runs a write of observations (status, events) without waiting for fsync. They are
