@@ -112,7 +112,7 @@ pub async fn send<D: VmDriver>(
     session: &SessionHandle,
     call: &Call,
 ) -> Answer {
-    engine.set_busy(worker, true);
+    engine.set_busy(worker, Some(&call.function));
     let dispatched_ms = clock::now_millis();
     let invoke = Invoke {
         id: call.invocation_id.clone(),
@@ -126,7 +126,7 @@ pub async fn send<D: VmDriver>(
     let result = session
         .invoke(invoke, call.deadline + Duration::from_secs(10))
         .await;
-    engine.set_busy(worker, false);
+    engine.set_busy(worker, None);
     classify(result, dispatched_ms)
 }
 
