@@ -2,7 +2,7 @@
 # Installs what microfaas's tests and its main job need on a Debian 12 machine, idempotently:
 # QEMU from bookworm-backports (the default suite's qemu-system conflicts with the image's
 # qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents (net-snmp and
-# an snmpsim venv), and the static-agent Rust target.
+# an snmpsim venv), Chromium and its WebDriver, and the static-agent Rust target.
 set -euo pipefail
 
 need_apt=()
@@ -23,9 +23,10 @@ if ! grep -qs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d
 fi
 
 # make/gcc/binutils/xz-utils/patch: hack/build-kernel.sh and readelf in the image tests; python3:
-# hack/test-artifacts.sh and the function reference vectors.
+# hack/test-artifacts.sh and the function reference vectors. chromium/chromium-driver: the web
+# view's browser test (tests/ui_browser.rs) drives headless Chromium over WebDriver.
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
-         make gcc binutils xz-utils patch python3; do
+         make gcc binutils xz-utils patch python3 chromium chromium-driver; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1
