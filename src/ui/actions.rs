@@ -24,9 +24,10 @@ pub const CSRF_HEADER: &str = "x-microfaas-ui";
 /// How long the view keeps a power request stored against racing status writes.
 const REQUEST_PATIENCE: Duration = Duration::from_secs(300);
 
-fn same_origin(h: &HeaderMap) -> Result<(), Response> {
+/// A 403 for a request that does not come from the view's own page; None when it does.
+fn refused(h: &HeaderMap) -> Option<Response> {
     if h.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) != Some("1") {
-        return Err(text(
+        return Some(text(
             StatusCode::FORBIDDEN,
             format!(
                 "missing {CSRF_HEADER}: 1 (actions are accepted from the web view's own page only)"
@@ -41,10 +42,10 @@ fn same_origin(h: &HeaderMap) -> Result<(), Response> {
             .and_then(|o| o.split_once("://"))
             .map(|(_, rest)| rest.trim_end_matches('/'));
         if host.is_none() || origin_host != host {
-            return Err(text(StatusCode::FORBIDDEN, "cross-origin request refused"));
+            return Some(text(StatusCode::FORBIDDEN, "cross-origin request refused"));
         }
     }
-    Ok(())
+    None
 }
 
 fn store_failure(what: &str, e: StoreError) -> Response {
@@ -70,7 +71,7 @@ pub async fn power<D: VmDriver>(
     headers: HeaderMap,
     Json(body): Json<PowerBody>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers) {
+    if let Some(r) = refused(&headers) {
         return r;
     }
     if !operator::POWER_ACTIONS.contains(&body.action.as_str()) {
@@ -140,7 +141,7 @@ pub async fn health<D: VmDriver>(
     headers: HeaderMap,
     Json(body): Json<HealthBody>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers) {
+    if let Some(r) = refused(&headers) {
         return r;
     }
     if body.health != "Maintenance" && body.health != "Good" {
@@ -170,7 +171,7 @@ pub async fn rerun<D: VmDriver>(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = same_origin(&headers) {
+    if let Some(r) = refused(&headers) {
         return r;
     }
     match ui.engine.with_store(|s| operator::request_rerun(s, &name)) {
