@@ -127,6 +127,16 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER} (hack/install-deps.sh installs chromium-driver): {e}"));
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        // Owned from here on: a failure below still stops chromedriver (Drop).
+        let mut b = Browser {
+            driver,
+            port,
+            session: String::new(),
+            _profile: profile,
+        };
         let started = Instant::now();
         while !http(port, "GET", "/status", None)
             .ok()
@@ -139,15 +149,6 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let profile = tempfile::tempdir().expect("profile dir");
-        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
-        args.push(format!("--user-data-dir={}", profile.path().display()));
-        let mut b = Browser {
-            driver,
-            port,
-            session: String::new(),
-            _profile: profile,
-        };
         let v = b.call(
             "POST",
             "/session",
@@ -165,11 +166,20 @@ impl Browser {
 
     /// One command; panics on a WebDriver error (the test cannot go on without it).
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, raw) = http(self.port, method, path, body.as_ref())
-            .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"));
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"))
+    }
+
+    /// One command; the WebDriver error (`value.error`, e.g. `stale element reference`).
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let (status, raw) =
+            http(self.port, method, path, body.as_ref()).map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        assert!(status == 200, "webdriver {method} {path}: {status} {v}");
-        v["value"].clone()
+        if status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err(format!("{status} {v}"))
+        }
     }
 
     fn session_path(&self, rest: &str) -> String {
@@ -193,24 +203,33 @@ impl Browser {
         )
     }
 
-    /// Clicks the first element matching the CSS `selector`.
+    /// Clicks the first element matching the CSS `selector`. A live page may replace the
+    /// element between finding and clicking it (a stale reference): find it again.
     pub fn click(&self, selector: &str) {
-        let e = self.call(
-            "POST",
-            &self.session_path("/element"),
-            Some(json!({"using": "css selector", "value": selector})),
-        );
-        let id = e
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {selector}: {e}"))
-            .to_string();
-        self.call(
-            "POST",
-            &self.session_path(&format!("/element/{id}/click")),
-            Some(json!({})),
-        );
+        let mut last = String::new();
+        for _ in 0..20 {
+            let e = self.call(
+                "POST",
+                &self.session_path("/element"),
+                Some(json!({"using": "css selector", "value": selector})),
+            );
+            let id = e
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("no element {selector}: {e}"))
+                .to_string();
+            match self.try_call(
+                "POST",
+                &self.session_path(&format!("/element/{id}/click")),
+                Some(json!({})),
+            ) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") => last = e,
+                Err(e) => panic!("click {selector}: {e}"),
+            }
+        }
+        panic!("click {selector}: the element kept going stale: {last}");
     }
 
     /// The text of the open alert or confirm dialog, if one is open.
