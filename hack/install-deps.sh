@@ -3,8 +3,9 @@
 # QEMU from bookworm-backports (the default suite's qemu-system conflicts with the image's
 # qemu-utils 10), the kernel source and tools for hack/build-kernel.sh, SNMP agents (net-snmp and
 # an snmpsim venv), the servers the service-backed functions are tested against (Redis,
-# PostgreSQL, mosquitto, and moto's S3 server in a venv), the static-agent and wasm32-wasip1
-# Rust targets, and the ARMv7 toolchain, qemu-system-arm and card tools for the BeagleBone image.
+# PostgreSQL, mosquitto, and moto's S3 server in a venv), Chromium and its WebDriver, the
+# static-agent and wasm32-wasip1 Rust targets, and the ARMv7 toolchain, qemu-system-arm and
+# card tools for the BeagleBone image.
 set -euo pipefail
 
 need_apt=()
@@ -36,12 +37,13 @@ fi
 # make/gcc/binutils/xz-utils/patch: hack/build-kernel.sh and readelf in the image tests; python3:
 # hack/test-artifacts.sh and the function reference vectors; dosfstools/mtools/fdisk: the
 # BeagleBone card (hack/flash-beaglebone.sh); u-boot-tools: `mkimage -l` checks boot.scr;
-# u-boot-qemu: a real U-Boot boots the card image under qemu-system-arm in the image tests.
+# u-boot-qemu: a real U-Boot boots the card image under qemu-system-arm in the image tests;
+# chromium/chromium-driver: the web view's browser test (tests/ui_browser.rs).
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
          make gcc binutils xz-utils patch python3 \
          redis-server postgresql mosquitto mosquitto-clients \
          rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
-         dosfstools mtools fdisk u-boot-tools u-boot-qemu; do
+         dosfstools mtools fdisk u-boot-tools u-boot-qemu chromium chromium-driver; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1

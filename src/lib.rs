@@ -30,4 +30,6 @@ pub mod orchestrator;
 #[cfg(feature = "controller")]
 pub mod store;
 #[cfg(feature = "controller")]
+pub mod ui;
+#[cfg(feature = "controller")]
 pub mod workload;

@@ -3,10 +3,9 @@
 //! generation, converged like `apply`: in this process, or by the daemon holding the state dir).
 
 use super::{CmdResult, Failure};
-use crate::engine::status::{CondStatus, Status};
+use crate::engine::operator;
 use crate::manifest::Kind;
-use crate::store::{EventType, Store};
-use serde_json::json;
+use crate::store::Store;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,39 +45,10 @@ fn expect_kind(given: &str, want: Kind) -> Result<(), Failure> {
 pub fn set_health(args: WorkerArgs, state_dir: &Path, health: &str) -> CmdResult {
     expect_kind(&args.kind, Kind::Worker)?;
     let mut store = Store::open(state_dir)?;
-    let obj = store
-        .get(Kind::Worker, &args.name)?
-        .ok_or_else(|| Failure::invalid(format!("worker/{} not found", args.name)))?;
-    let mut st = Status::from_value(&obj.status);
-    st.set("health", json!(health));
-    if health == "Good" {
-        st.set("failedBoots", serde_json::Value::Null).condition(
-            "Healthy",
-            CondStatus::True,
-            "Uncordoned",
-            "returned to service by an operator",
-        );
-    } else {
-        st.condition(
-            "Healthy",
-            CondStatus::False,
-            "Cordoned",
-            "set to Maintenance by an operator",
-        );
+    if store.get(Kind::Worker, &args.name)?.is_none() {
+        return Err(Failure::invalid(format!("worker/{} not found", args.name)));
     }
-    store.set_status(Kind::Worker, &args.name, &st.into_value())?;
-    let reason = if health == "Good" {
-        "Uncordoned"
-    } else {
-        "Cordoned"
-    };
-    store.record_event(
-        Kind::Worker,
-        &args.name,
-        EventType::Normal,
-        reason,
-        &format!("health set to {health}"),
-    )?;
+    let reason = operator::set_health(&mut store, &args.name, health)?;
     println!("worker/{} {}", args.name, reason.to_lowercase());
     Ok(ExitCode::SUCCESS)
 }
@@ -87,12 +57,10 @@ pub fn rerun(args: RerunArgs, state_dir: &Path) -> CmdResult {
     expect_kind(&args.kind, Kind::Workload)?;
     let mut store = Store::open(state_dir)?;
     let claim = super::apply::Claim::take(state_dir)?;
-    let obj = store
+    store
         .get(Kind::Workload, &args.name)?
         .ok_or_else(|| Failure::invalid(format!("workload/{} not found", args.name)))?;
-    let mut st = Status::from_value(&obj.status);
-    st.set(crate::engine::RERUN, json!(true));
-    store.set_status(Kind::Workload, &args.name, &st.into_value())?;
+    operator::request_rerun(&mut store, &args.name)?;
     println!("workload/{} rerun requested", args.name);
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);

@@ -7,13 +7,12 @@ use super::{CmdResult, Failure};
 use crate::drivers::gpio::{
     Button, CdevLine, DEFAULT_FORCE_OFF, DEFAULT_PULSE, GpioError, LineSpec,
 };
-use crate::engine::board::{POWER_REQUEST, POWER_RESULT};
-use crate::engine::status::Status;
+use crate::engine::operator;
 use crate::manifest::Kind;
 use crate::manifest::quantity::parse_duration;
 use crate::manifest::types::WorkerSpec;
 use crate::store::{EventType, LockError, StateLock, Store, StoredObject};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -205,28 +204,24 @@ fn board(store: &Store, worker: &str) -> Result<(StoredObject, WorkerSpec), Fail
     Ok((obj, spec))
 }
 
-/// Stores the request on the worker; the engine (this process's, or a daemon's) carries it out.
 fn store_request(store: &mut Store, worker: &str, req: &Value) -> Result<(), Failure> {
-    let obj = store
-        .get(Kind::Worker, worker)?
-        .ok_or_else(|| Failure::invalid(format!("worker/{worker} is gone")))?;
-    let mut st = Status::from_value(&obj.status);
-    st.set(POWER_REQUEST, req.clone());
-    store.set_status(Kind::Worker, worker, &st.into_value())?;
-    Ok(())
+    match operator::store_power_request(store, worker, req) {
+        Err(crate::store::StoreError::NotFound(_)) => {
+            Err(Failure::invalid(format!("worker/{worker} is gone")))
+        }
+        r => Ok(r?),
+    }
 }
 
 fn result_of(store: &Store, worker: &str, id: &str) -> Option<Value> {
-    let obj = store.get(Kind::Worker, worker).ok()??;
-    let r = obj.status.get(POWER_RESULT)?;
-    (r.get("id").and_then(Value::as_str) == Some(id)).then(|| r.clone())
+    operator::power_result(store, worker, id)
 }
 
 fn request(args: RequestArgs, action: &str, state_dir: &Path) -> CmdResult {
     let mut store = Store::open(state_dir)?;
     let (_, spec) = board(&store, &args.worker)?;
-    let id = crate::orchestrator::endpoint::random_token()[..12].to_string();
-    let req = json!({"id": id, "action": action, "force": args.force});
+    let req = operator::power_request(action, args.force);
+    let id = req["id"].as_str().unwrap_or_default().to_string();
     let by = if args.force { " (--force)" } else { "" };
     store.record_event(
         Kind::Worker,
@@ -262,9 +257,7 @@ fn request(args: RequestArgs, action: &str, state_dir: &Path) -> CmdResult {
             let deadline = Instant::now() + args.timeout;
             while result_of(&store, &args.worker, &id).is_none() && Instant::now() < deadline {
                 // A status write of the engine racing ours may drop the request: put it back.
-                let pending = store
-                    .get(Kind::Worker, &args.worker)?
-                    .is_some_and(|o| o.status.get(POWER_REQUEST).is_some());
+                let pending = operator::power_request_pending(&store, &args.worker)?;
                 if !pending && result_of(&store, &args.worker, &id).is_none() {
                     store_request(&mut store, &args.worker, &req)?;
                 }

@@ -90,16 +90,28 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
             Err(DaemonError::Store(e)) => return Err(e.into()),
             Err(DaemonError::Start(e)) => return Err(Failure::invalid(e)),
         };
-        // The HTTP gateway on Cluster.spec.gateway.listen shares the engine. It is started
-        // here so a bad address or password stops `serve` at once instead of only being logged.
+        // The HTTP gateway on Cluster.spec.gateway.listen and the web view share the engine.
+        // They are started here so a bad address or password stops `serve` at once instead of
+        // only being logged.
         let ctx = daemon.host().context();
-        if let Some(spec) = ctx.cluster.as_ref().and_then(|c| c.gateway.clone()) {
-            let opts = crate::gateway::Options::from_spec(&spec, &ctx.state_dir)
+        let cluster = ctx.cluster.clone().unwrap_or_default();
+        let ui = if cluster.gateway.is_some() || cluster.ui.is_some() {
+            Some(
+                crate::ui::Ui::start(ctx.engine.clone(), &ctx.state_dir, ctx.stop.clone())
+                    .map_err(|e| Failure::invalid(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        if let Some(spec) = &cluster.gateway {
+            let mut opts = crate::gateway::Options::from_spec(spec, &ctx.state_dir)
                 .map_err(|e| Failure::invalid(e.to_string()))?;
+            opts.extra = ui.clone().map(|u| crate::ui::router(u, "/ui"));
             let running = crate::gateway::start(ctx.engine.clone(), ctx.agent_events.clone(), opts)
                 .await
                 .map_err(|e| Failure::invalid(e.to_string()))?;
             eprintln!("gateway listening on http://{}", running.addr);
+            eprintln!("web view on http://{}/ui/", running.addr);
             daemon
                 .host_mut()
                 .spawn_service("gateway", move |mut ctx| async move {
@@ -111,6 +123,17 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
                     running.stop().await;
                     Ok(())
                 });
+        }
+        if let (Some(spec), Some(ui)) = (&cluster.ui, ui) {
+            let running =
+                crate::ui::listen(&spec.listen, crate::ui::router(ui, ""), ctx.stop.clone())
+                    .await
+                    .map_err(|e| Failure::invalid(e.to_string()))?;
+            eprintln!("web view on http://{}/", running.addr);
+            daemon.host_mut().spawn_service("ui", move |_| async move {
+                running.stopped().await;
+                Ok(())
+            });
         }
         daemon.run().await.map_err(Failure::invalid)?;
         Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod board;
 mod lifecycle;
+pub mod operator;
 pub mod queue;
 pub mod status;
 mod switch;

@@ -28,17 +28,31 @@ pub struct WorkerRuntime {
     /// When the VM last stopped, for the power-on holdoff.
     pub stopped_at: Option<Instant>,
     pub busy: bool,
+    /// The function it runs while busy (shown as the worker's `function`).
+    pub function: Option<String>,
     /// The agent connected since the last launch: later disconnects are not boot failures.
     pub was_ready: bool,
 }
 
 impl<D: VmDriver, P: Presence> Engine<D, P> {
-    pub fn set_busy(&self, worker: &str, busy: bool) {
-        lock(&self.runtime)
-            .entry(worker.to_string())
-            .or_default()
-            .busy = busy;
+    /// Marks the worker busy running `function`, or idle with `None`.
+    pub fn set_busy(&self, worker: &str, function: Option<&str>) {
+        {
+            let mut rt = lock(&self.runtime);
+            let r = rt.entry(worker.to_string()).or_default();
+            r.busy = function.is_some();
+            r.function = function.map(str::to_string);
+        }
         self.queue.add((Kind::Worker, worker.to_string()));
+    }
+
+    /// The function a busy worker runs (null when idle), for its status.
+    pub(super) fn current_function(&self, worker: &str) -> serde_json::Value {
+        json!(
+            lock(&self.runtime)
+                .get(worker)
+                .and_then(|r| r.function.clone())
+        )
     }
 
     fn launch_spec(
@@ -220,7 +234,23 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let quarantine_after = u32::try_from(defaults.quarantine_after).unwrap_or(3);
         let running = self.driver.is_running(name);
         let connected = running && self.presence.is_connected(name);
-        let want_on = self.wants_on(name, &spec) && health == "Good";
+        // An operator's request (`microfaasctl power`, the web view) wins over the policy until
+        // it is done; what it leaves holds until the spec changes, as on boards.
+        let request = super::board::request_of(&st);
+        let cycling_on = request.as_ref().is_some_and(|r| r.action == "cycle")
+            && st
+                .get(super::board::POWER_REQUEST)
+                .and_then(|r| r.get("stage"))
+                .and_then(|s| s.as_str())
+                == Some("on");
+        let want_on = match &request {
+            Some(r) => r.action == "on" || cycling_on,
+            None => {
+                super::board::override_of(&st, obj.generation)
+                    .unwrap_or_else(|| self.wants_on(name, &spec))
+                    && health == "Good"
+            }
+        };
         let mut next = Next::Done;
 
         if running && want_on && running_hash.as_deref().is_some_and(|h| h != want_hash) {
@@ -334,10 +364,21 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     json!({"uuid": uuid, "specHash": running_hash.unwrap_or(want_hash)}),
                 )
                 .set_phase(if busy { "Busy" } else { "Ready" })
+                .set("function", self.current_function(name))
                 .condition("PoweredOn", CondStatus::True, "Running", "")
                 .condition("AgentConnected", CondStatus::True, "Connected", "")
                 .condition("Ready", CondStatus::True, "AgentConnected", "")
                 .condition("Healthy", CondStatus::True, "Good", "");
+                if let Some(req) = &request {
+                    self.request_done(
+                        name,
+                        obj.generation,
+                        &mut st,
+                        req,
+                        (true, "the VM is on and its agent connected"),
+                        Some(true),
+                    );
+                }
             } else {
                 let (started, was_ready) = {
                     let rt = lock(&self.runtime);
@@ -389,6 +430,24 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 .condition("PoweredOn", CondStatus::False, "PoweredOff", "")
                 .condition("AgentConnected", CondStatus::False, "PoweredOff", "")
                 .condition("Ready", CondStatus::False, "PoweredOff", "");
+            match &request {
+                Some(req) if req.action == "cycle" => {
+                    st.set(
+                        super::board::POWER_REQUEST,
+                        json!({"id": req.id, "action": "cycle", "stage": "on"}),
+                    );
+                    next = Next::RequeueAfter(Duration::ZERO);
+                }
+                Some(req) => self.request_done(
+                    name,
+                    obj.generation,
+                    &mut st,
+                    req,
+                    (true, "the VM is off"),
+                    Some(false),
+                ),
+                None => {}
+            }
         }
         st.observed(obj.generation);
         self.write_status(Kind::Worker, name, st.into_value());

@@ -169,7 +169,7 @@ async fn follow<D: VmDriver>(
 
 /// A response body of the lines a follower sends; dropping it (hyper does when the client
 /// disconnects) closes the channel, which ends the follower.
-struct Lines(mpsc::Receiver<Bytes>);
+pub(crate) struct Lines(pub(crate) mpsc::Receiver<Bytes>);
 
 impl http_body::Body for Lines {
     type Data = Bytes;

@@ -8,7 +8,7 @@ mod auth;
 pub mod client;
 mod deploy;
 mod invoke;
-mod logs;
+pub(crate) mod logs;
 mod metrics;
 mod queue;
 mod secrets;
@@ -48,6 +48,8 @@ pub struct Options {
     pub credentials: Option<Credentials>,
     /// Where secrets are kept (0700 folder, 0600 files).
     pub secrets_dir: PathBuf,
+    /// More routes served behind the gateway's basic auth (the web view under `/ui/`).
+    pub extra: Option<axum::Router>,
 }
 
 impl Options {
@@ -64,6 +66,7 @@ impl Options {
                 .map(Credentials::from_spec)
                 .transpose()?,
             secrets_dir: state_dir.join("secrets"),
+            extra: None,
         })
     }
 }
@@ -149,7 +152,7 @@ pub async fn start<D: VmDriver>(
     if opts.credentials.is_none() && !addr.ip().is_loopback() {
         return Err(GatewayError::OpenListen(addr.to_string()));
     }
-    let (stop, mut stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(false);
     let gateway = Arc::new(Gateway {
         engine: engine.clone(),
         events,
@@ -175,11 +178,30 @@ pub async fn start<D: VmDriver>(
         )
     });
     gateway.restore_warm();
-    let app = system::router(gateway.clone());
-    let serve = tokio::spawn(async move {
+    let app = system::router(gateway.clone(), opts.extra);
+    let serve = serve_until(listener, app, stop_rx, "gateway");
+    let q = tokio::spawn(queue::run(gateway.clone()));
+    tracing::info!(%addr, auth = gateway.credentials.is_some(), "gateway listening");
+    Ok(Running {
+        addr,
+        gateway,
+        stop,
+        tasks: vec![serve, q],
+    })
+}
+
+/// Serves `app` on `listener` until `stop` turns true (or its sender goes); requests in
+/// progress finish first. Shared by the gateway and the web view's own listener.
+pub(crate) fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let shutdown = async move {
-            while !*stop_rx.borrow() {
-                if stop_rx.changed().await.is_err() {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
                     break;
                 }
             }
@@ -188,16 +210,8 @@ pub async fn start<D: VmDriver>(
             .with_graceful_shutdown(shutdown)
             .await
         {
-            tracing::error!("gateway stopped: {e}");
+            tracing::error!("{what} stopped: {e}");
         }
-    });
-    let q = tokio::spawn(queue::run(gateway.clone()));
-    tracing::info!(%addr, auth = gateway.credentials.is_some(), "gateway listening");
-    Ok(Running {
-        addr,
-        gateway,
-        stop,
-        tasks: vec![serve, q],
     })
 }
 

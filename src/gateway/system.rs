@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 type Gw<D> = State<Arc<Gateway<D>>>;
 
-pub fn router<D: VmDriver>(gw: Arc<Gateway<D>>) -> Router {
+pub fn router<D: VmDriver>(gw: Arc<Gateway<D>>, extra: Option<Router>) -> Router {
     let authed = Router::new()
         .route(
             "/system/functions",
@@ -51,11 +51,21 @@ pub fn router<D: VmDriver>(gw: Arc<Gateway<D>>) -> Router {
             gw.clone(),
             auth::require::<D>,
         ));
-    Router::new()
+    let extra = extra.map(|r| {
+        r.route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            auth::require::<D>,
+        ))
+    });
+    let app = Router::new()
         .route("/healthz", get(|| async { "OK\n" }))
         .route("/metrics", get(metrics::<D>))
         .merge(authed)
-        .with_state(gw)
+        .with_state(gw);
+    match extra {
+        Some(r) => app.merge(r),
+        None => app,
+    }
 }
 
 pub(super) fn text(code: StatusCode, msg: impl Into<String>) -> Response {

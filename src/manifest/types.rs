@@ -53,6 +53,10 @@ pub struct ClusterSpec {
     pub auth: Option<AuthSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewaySpec>,
+    /// The live web view of the rack. With a `gateway` it is also served there under `/ui/`,
+    /// behind the gateway's basic auth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ui: Option<UiSpec>,
     #[serde(default)]
     pub defaults: Defaults,
     #[serde(default)]
@@ -168,6 +172,15 @@ pub struct GatewaySpec {
     pub listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+}
+
+/// The web view's own listener: it has no authentication, so only loopback addresses are
+/// accepted (served remotely, it goes through the gateway and its basic auth).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UiSpec {
+    /// `127.0.0.1:PORT`, `[::1]:PORT` or `localhost:PORT`.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

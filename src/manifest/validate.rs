@@ -224,6 +224,31 @@ fn cluster(cx: &mut Ctx<'_>, s: &ClusterSpec) {
             );
         }
     }
+    if let Some(u) = &s.ui {
+        let path = [spec, Key("ui"), Key("listen")];
+        match u.listen.parse::<std::net::SocketAddr>() {
+            Ok(a) if !a.ip().is_loopback() => {
+                cx.error(
+                    &path,
+                    format!(
+                        "the web view has no authentication of its own, so `{}` must be a loopback address (127.0.0.1, [::1], localhost); serve it remotely through `gateway` with `basicAuth`",
+                        u.listen
+                    ),
+                );
+            }
+            Ok(_) => {}
+            Err(_)
+                if u.listen
+                    .strip_prefix("localhost:")
+                    .is_some_and(|p| p.parse::<u16>().is_ok()) => {}
+            Err(_) => {
+                cx.error(
+                    &path,
+                    format!("invalid address `{}`: expected a loopback HOST:PORT, e.g. `127.0.0.1:8081`", u.listen),
+                );
+            }
+        }
+    }
     let d = &s.defaults;
     let p = |f: &'static str| [spec, Key("defaults"), Key(f)];
     cx.duration(&p("bootTimeout"), &d.boot_timeout);

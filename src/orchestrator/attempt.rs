@@ -122,7 +122,7 @@ pub async fn send<D: VmDriver>(
         Ok(s) => s,
         Err(e) => return refused(e, dispatched_ms),
     };
-    engine.set_busy(worker, true);
+    engine.set_busy(worker, Some(&call.function));
     let invoke = Invoke {
         id: call.invocation_id.clone(),
         function: call.function.clone(),
@@ -137,7 +137,7 @@ pub async fn send<D: VmDriver>(
     let result = session
         .invoke(invoke, call.deadline + Duration::from_secs(10))
         .await;
-    engine.set_busy(worker, false);
+    engine.set_busy(worker, None);
     classify(result, dispatched_ms)
 }
 

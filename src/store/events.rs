@@ -106,4 +106,44 @@ impl Store {
         out.reverse();
         Ok(out)
     }
+
+    /// The most recent `limit` events of every object, newest first (the web view's feed).
+    pub fn recent_events(&self, limit: usize) -> Result<Vec<Event>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT kind, name, type, reason, message, count, first_time, last_time FROM events
+                 ORDER BY last_time DESC, id DESC LIMIT ?1",
+            )
+            .map_err(self.sq())?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                let kind: String = r.get(0)?;
+                Ok((
+                    kind,
+                    Event {
+                        kind: Kind::Cluster,
+                        name: r.get(1)?,
+                        event_type: r.get(2)?,
+                        reason: r.get(3)?,
+                        message: r.get(4)?,
+                        count: r.get(5)?,
+                        first_time: r.get(6)?,
+                        last_time: r.get(7)?,
+                    },
+                ))
+            })
+            .map_err(self.sq())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, mut e) = row.map_err(self.sq())?;
+            // Rows of a kind this build does not know are skipped rather than failing the feed.
+            let Ok(k) = kind.parse::<Kind>() else {
+                continue;
+            };
+            e.kind = k;
+            out.push(e);
+        }
+        Ok(out)
+    }
 }

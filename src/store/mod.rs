@@ -1,11 +1,13 @@
 //! The durable store: desired objects with generations, their status, and events, in SQLite
 //! (WAL, `synchronous=FULL`) under the state directory, plus workload runs and every invocation
-//! attempt, power meter samples and worker phase history.
+//! attempt, power meter samples and worker phase history. Committed writes are announced on
+//! an in-process change feed (`feed`).
 
 pub mod clock;
 pub mod committer;
 pub mod energy;
 mod events;
+pub mod feed;
 pub mod gateway;
 pub mod invocations;
 pub mod lock;
@@ -106,6 +108,7 @@ impl Store {
             .map_err(sq)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
         migrations::run(&mut conn, &path)?;
+        feed::install(&mut conn, &path).map_err(sq)?;
         Ok(Store { conn, path })
     }
 

@@ -194,6 +194,17 @@ impl<D: VmDriver> Host<D> {
         o: &HostOptions,
         setup: impl FnOnce(&Arc<Engine<D, Sessions>>, &Endpoint),
     ) -> Host<D> {
+        Self::start_full(state, driver, o, setup, false).await
+    }
+
+    /// Like `start_with`; with `ui` the web view is served on the gateway under `/ui/`.
+    pub async fn start_full(
+        state: &Path,
+        driver: Arc<D>,
+        o: &HostOptions,
+        setup: impl FnOnce(&Arc<Engine<D, Sessions>>, &Endpoint),
+        ui: bool,
+    ) -> Host<D> {
         let store = Store::open(state).expect("store");
         // A previous host's listener on the same address goes when its aborted task is dropped,
         // which the runtime does shortly after.
@@ -230,6 +241,11 @@ impl<D: VmDriver> Host<D> {
         let (stop, rx) = watch::channel(false);
         let runner = tokio::spawn(engine.clone().run(rx, Some(endpoint.subscribe())));
         engine.enqueue_all();
+        let extra = ui.then(|| {
+            let view = microfaas::ui::Ui::start(engine.clone(), state, stop.subscribe())
+                .expect("web view");
+            microfaas::ui::router(view, "/ui")
+        });
         let gateway = gateway::start(
             engine.clone(),
             events,
@@ -237,6 +253,7 @@ impl<D: VmDriver> Host<D> {
                 listen: "127.0.0.1:0".into(),
                 credentials: o.credentials.clone(),
                 secrets_dir: state.join("secrets"),
+                extra,
             },
         )
         .await

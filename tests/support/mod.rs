@@ -15,6 +15,9 @@ pub mod wasm_fn;
 // Needs the CLI binary, which only test targets are given.
 #[cfg(test)]
 pub mod testbed;
+// Drives a real chromedriver; only the browser tests use it.
+#[cfg(test)]
+pub mod webdriver;
 
 use std::path::PathBuf;
 

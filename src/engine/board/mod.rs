@@ -118,13 +118,13 @@ impl Default for Boards {
 
 /// An operator's request, from the status.
 #[derive(Debug, Clone, PartialEq)]
-struct Request {
-    id: String,
-    action: String,
+pub(super) struct Request {
+    pub(super) id: String,
+    pub(super) action: String,
     force: bool,
 }
 
-fn request_of(st: &Status) -> Option<Request> {
+pub(super) fn request_of(st: &Status) -> Option<Request> {
     let r = st.get(POWER_REQUEST)?;
     Some(Request {
         id: r.get("id")?.as_str()?.to_string(),
@@ -134,7 +134,7 @@ fn request_of(st: &Status) -> Option<Request> {
 }
 
 /// The desired state an operator's finished request left, while the spec is unchanged.
-fn override_of(st: &Status, generation: i64) -> Option<bool> {
+pub(super) fn override_of(st: &Status, generation: i64) -> Option<bool> {
     let o = st.get(POWER_OVERRIDE)?;
     if o.get("generation")?.as_i64()? != generation {
         return None;
@@ -266,7 +266,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         }
     }
 
-    fn request_done(
+    pub(super) fn request_done(
         &self,
         name: &str,
         generation: i64,
@@ -429,6 +429,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 self.event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
             }
             st.set_phase(if busy { "Busy" } else { "Ready" })
+                .set("function", self.current_function(name))
                 .set("failedBoots", Value::Null)
                 .condition("PoweredOn", CondStatus::True, "AgentConnected", "")
                 .condition("AgentConnected", CondStatus::True, "Connected", "")
