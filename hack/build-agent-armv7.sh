@@ -35,6 +35,10 @@ export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=$cc
 # Static glibc: the agent is PID 1 of an initramfs with no libraries. Without NSS modules it
 # resolves numeric addresses only, which is all the kernel command line carries.
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C target-feature=+crt-static"
+# Optimised for size, not speed ("s" is the release profile's): with the wasm interpreter and
+# the service clients, static glibc puts the ARM agent at 2,125,296 bytes with "s" and
+# 2,018,792 with "z", inside the 2 MiB budget only with "z".
+export CARGO_PROFILE_RELEASE_OPT_LEVEL=z
 # A different rustc than the x86 builds: keep rustup's wrapper from overriding it.
 unset RUSTC_WRAPPER
 
