@@ -1,7 +1,7 @@
-//! All 17 MicroFaaS functions on QEMU workers through `microfaasctl apply`
-//! (examples/ci-services.yaml), the eight service-backed ones against real servers started
-//! here, which the guests reach only through their per-service guestfwd. Afterwards the data is
-//! read back with each server's own client.
+//! All 17 MicroFaaS functions and one user function (WebAssembly, examples/wasm-fn) on QEMU
+//! workers through `microfaasctl apply` (examples/ci-services.yaml), the eight service-backed
+//! ones against real servers started here, which the guests reach only through their
+//! per-service guestfwd. Afterwards the data is read back with each server's own client.
 //!
 //! Artefacts as for tests/e2e_qemu.rs (`eval "$(hack/test-artifacts.sh)"`); servers from
 //! hack/install-deps.sh. Nothing is skipped when something is missing: the test fails saying so.
@@ -10,9 +10,10 @@ mod support;
 
 use support::services::*;
 use support::testbed::{Env, ok};
+use support::wasm_fn;
 
 #[test]
-fn all_seventeen_functions_run_on_qemu_workers_with_real_services() {
+fn all_seventeen_functions_and_a_user_function_run_on_qemu_workers_with_real_services() {
     let redis = start_redis();
     let pg = start_postgres();
     let s3 = start_s3();
@@ -57,16 +58,30 @@ fn all_seventeen_functions_run_on_qemu_workers_with_real_services() {
     .replace("127.0.0.1:6379", &redis.addr())
     .replace("127.0.0.1:5432", &pg.addr())
     .replace("127.0.0.1:9000", &s3.addr())
-    .replace("127.0.0.1:1883", &mq.addr());
+    .replace("127.0.0.1:1883", &mq.addr())
+    .replace(
+        "wasm-fn/target/wasm32-wasip1/release/wordfreq.wasm",
+        &wasm_fn::wordfreq().display().to_string(),
+    );
     let f = env.write("services.yaml", &text);
     ok(&env.ctl(&["apply", "-f", &f, "--timeout", "8m"]));
 
     let report = env.json(&["report", "services", "--format", "json"]);
     let csv = env.ctl(&["report", "services", "--format", "csv"]);
     let csv = String::from_utf8_lossy(&csv.stdout);
-    assert_eq!(report["total"], 17, "{report}\n{csv}");
-    assert_eq!(report["succeeded"], 17, "{report}\n{csv}");
-    assert_eq!(report["functions"].as_object().map(|f| f.len()), Some(17));
+    assert_eq!(report["total"], 18, "{report}\n{csv}");
+    assert_eq!(report["succeeded"], 18, "{report}\n{csv}");
+    assert_eq!(report["functions"].as_object().map(|f| f.len()), Some(18));
+    // The user function's recorded output is what wordfreq computes for its input.
+    let want = serde_json::json!({"function": "wordfreq", "greeting": "hello from microfaas",
+        "words": 8, "chars": 31, "top": [["the", 3], ["and", 2]]});
+    let want =
+        microfaas::store::invocations::output_digest(&serde_json::to_vec(&want).expect("json")).1;
+    assert!(
+        csv.lines()
+            .any(|row| row.contains(",wordfreq,") && row.contains(&want)),
+        "no wordfreq row with output digest {want}:\n{csv}"
+    );
     assert!(env.qemus().is_empty(), "QEMU left running");
 
     // Redis: redis_insert's 7-digit account and redis_modify's spend are there.
