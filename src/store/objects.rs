@@ -182,15 +182,7 @@ impl Store {
         dry_run: bool,
     ) -> Result<Vec<(Kind, String, ApplyOutcome)>> {
         let now = clock::now();
-        let path = self.path.clone();
-        let sq = move |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(IMMEDIATE)
-            .map_err(&sq)?;
+        let (tx, sq) = self.immediate()?;
         let mut outcomes = Vec::new();
         let set_id = applyset.map(|(id, _)| id);
         for obj in objects {
@@ -292,15 +284,7 @@ impl Store {
 
     /// Removes an object and, for a WorkerSet, the workers it made. Returns what was removed.
     pub fn delete(&mut self, kind: Kind, name: &str) -> Result<Vec<(Kind, String)>> {
-        let path = self.path.clone();
-        let sq = move |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(IMMEDIATE)
-            .map_err(&sq)?;
+        let (tx, sq) = self.immediate()?;
         let n = tx
             .execute(
                 "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
