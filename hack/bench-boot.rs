@@ -249,7 +249,7 @@ fn prepare(work: &Path, only: &[String]) -> Result<Vec<Config>, String> {
                     cmdline: img.cmdline.clone(),
                     bios: None,
                     machine: Some((
-                        "microvm,pcie=on,acpi=on".into(),
+                        "microvm,pcie=on,acpi=on,pic=off".into(),
                         format!("tsc_early_khz={khz} tsc=reliable"),
                     )),
                 });

@@ -22,7 +22,7 @@ pub struct BootSpec {
     pub extra_cmdline: String,
     /// `-bios` (e.g. /usr/share/qemu/qboot.rom); SeaBIOS when `None`.
     pub bios: Option<PathBuf>,
-    /// `-machine` (e.g. `microvm,pcie=on,acpi=on`); QEMU's default (`pc`) when `None`.
+    /// `-machine` (e.g. `microvm,pcie=on,acpi=on,pic=off`); QEMU's default (`pc`) when `None`.
     pub machine: Option<String>,
     pub memory_mib: u32,
     /// Scheduling niceness for QEMU; the benchmark lowers it to keep concurrent builds on a
