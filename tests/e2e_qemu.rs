@@ -499,51 +499,83 @@ spec:
     assert!(env.qemus().is_empty(), "{:?}", env.qemus());
 }
 
-/// The example user function (Rust → wasm32-wasip1, built from examples/wasm-fn) on a Warm VM
-/// worker through `apply`: every invocation succeeds, `report` lists the function, and each
-/// recorded output is exactly what `wordfreq` answers for its input (by the stored digest).
+/// The example user function on a Warm VM worker through `apply`, twice: as a WebAssembly
+/// module (Rust → wasm32-wasip1, built from examples/wasm-fn) and as the same source built as a
+/// static x86-64 executable (`exec`). Every invocation succeeds, `report` lists both functions,
+/// and each recorded output is exactly what `wordfreq` answers for one of the inputs (by the
+/// stored digest), whichever runtime ran it.
 #[test]
-fn wasm_user_function_runs_on_a_vm_worker() {
+fn user_functions_run_on_a_vm_worker() {
     let env = Env::new();
     let module = wasm_fn::wordfreq();
+    let native = wasm_fn::wordfreq_static();
     let text = example(&env, "wasm-qemu.yaml")
         .replace(
             "wasm-fn/target/wasm32-wasip1/release/wordfreq.wasm",
             &module.display().to_string(),
+        )
+        .replace(
+            "wasm-fn/target/x86_64-unknown-linux-musl/release/wordfreq",
+            &native.display().to_string(),
         )
         .replace("127.0.0.1:0", &format!("127.0.0.1:{}", env.port));
     let f = env.write("wasm.yaml", &text);
     ok(&env.ctl(&["apply", "-f", &f, "--timeout", "5m"]));
 
     let report = env.json(&["report", "wasm", "--format", "json"]);
-    assert_eq!(report["total"], 3, "{report}");
-    assert_eq!(report["succeeded"], 3, "{report}");
-    assert!(report["functions"]["wordfreq"].is_object(), "{report}");
+    assert_eq!(report["total"], 6, "{report}");
+    assert_eq!(report["succeeded"], 6, "{report}");
+    for function in ["wordfreq", "wordfreq-native"] {
+        assert!(report["functions"][function].is_object(), "{report}");
+    }
 
-    let outputs = [
-        serde_json::json!({"function": "wordfreq", "greeting": "hello from microfaas",
-            "words": 8, "chars": 31, "top": [["the", 3], ["and", 2]]}),
-        serde_json::json!({"function": "wordfreq", "greeting": "hello from microfaas",
-            "words": 10, "chars": 41, "top": [["be", 2], ["to", 2], ["is", 1]]}),
-    ];
-    let digests: Vec<String> = outputs
+    // argv[0] is the Function's name in both runtimes, and wordfreq echoes it.
+    let digests = |function: &str| -> Vec<String> {
+        [
+            serde_json::json!({"function": function, "greeting": "hello from microfaas",
+                "words": 8, "chars": 31, "top": [["the", 3], ["and", 2]]}),
+            serde_json::json!({"function": function, "greeting": "hello from microfaas",
+                "words": 10, "chars": 41, "top": [["be", 2], ["to", 2], ["is", 1]]}),
+        ]
         .iter()
         .map(|o| {
             let bytes = serde_json::to_vec(o).expect("json");
             microfaas::store::invocations::output_digest(&bytes).1
         })
-        .collect();
+        .collect()
+    };
     let csv = env.ctl(&["report", "wasm", "--format", "csv"]);
     ok(&csv);
     let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
-    let rows: Vec<&str> = csv.lines().skip(1).collect();
-    assert_eq!(rows.len(), 3, "{csv}");
-    // Inputs are drawn in turn: the first and third invocations got the first input.
-    for (row, want) in rows.iter().zip([&digests[0], &digests[1], &digests[0]]) {
-        assert!(
-            row.contains(want.as_str()),
-            "expected output digest {want} in {row}"
-        );
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("csv header").split(',').collect();
+    let function_col = header
+        .iter()
+        .position(|h| *h == "function_id")
+        .unwrap_or_else(|| panic!("no function_id column in {header:?}"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 6, "{csv}");
+    for function in ["wordfreq", "wordfreq-native"] {
+        let mine: Vec<String> = rows
+            .iter()
+            .filter(|r| r.get(function_col) == Some(&function))
+            .map(|r| r.join(","))
+            .collect();
+        assert_eq!(mine.len(), 3, "{function}:\n{csv}");
+        // Each output is one of the two inputs' answers and both inputs were used.
+        let digests = digests(function);
+        for row in &mine {
+            assert!(
+                digests.iter().any(|d| row.contains(d.as_str())),
+                "{function}: no expected output digest in {row}"
+            );
+        }
+        for d in &digests {
+            assert!(
+                mine.iter().any(|r| r.contains(d.as_str())),
+                "{function}: no invocation answered with {d}:\n{csv}"
+            );
+        }
     }
     assert!(
         env.qemus().is_empty(),
