@@ -488,15 +488,67 @@ spec:
     }
     let d = String::from_utf8_lossy(&env.ctl(&["describe", "worker", &victim]).stdout).into_owned();
     // The killed VM was started again for the work still queued on it: PoweredOn twice or more.
-    let launches: u32 = d
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.len() > 3 && w[0] == "Normal" && w[1] == "PoweredOn")
-        .and_then(|w| w.get(3).copied())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let launches = powered_on(&d);
     assert!(launches >= 2, "the killed VM was not relaunched:\n{d}");
     assert!(env.qemus().is_empty(), "{:?}", env.qemus());
+}
+
+/// How many times `describe worker` says the worker was powered on (cold or from a standby:
+/// one event row each).
+fn powered_on(describe: &str) -> u32 {
+    describe
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() > 3 && w[0] == "Normal" && w[1] == "PoweredOn")
+        .filter_map(|w| w.get(3).and_then(|n| n.parse::<u32>().ok()))
+        .sum()
+}
+
+/// Standbys in `apply`: a OneShot worker powered off between calls 10 s apart gets its next
+/// QEMU ready, paused, and the next power-on resumes it (an event says so); at the end `apply`
+/// leaves no QEMU behind, standbys included.
+#[test]
+fn oneshot_worker_boots_again_from_its_standby() {
+    let env = Env::new();
+    let text = example(&env, "ci-qemu.yaml");
+    let cut = text
+        .find("---\napiVersion: microfaas.dev/v1alpha1\nkind: PowerMeter")
+        .expect("ci-qemu.yaml has a PowerMeter after its WorkerSet");
+    let manifest = format!(
+        "{}---
+apiVersion: microfaas.dev/v1alpha1
+kind: Function
+metadata: {{name: float-operations}}
+spec: {{runtime: builtin, handler: float_operations, timeout: 30s}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Workload
+metadata: {{name: spaced}}
+spec:
+  functions: [{{function: float-operations, count: 3}}]
+  arrival: {{pattern: fixed, rate: 6/m}}
+  workers: {{matchLabels: {{pool: ci}}}}
+",
+        text[..cut].replace("replicas: 2", "replicas: 1")
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{}", env.port));
+    let f = env.write("spaced.yaml", &manifest);
+    ok(&env.ctl(&["apply", "-f", &f, "--timeout", "5m"]));
+
+    let report = env.json(&["report", "spaced", "--format", "json"]);
+    assert_eq!(report["succeeded"], 3, "{report}");
+    let workers = env.json(&["get", "workers", "-o", "json"]);
+    let name = workers["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("one worker")
+        .to_string();
+    let d = String::from_utf8_lossy(&env.ctl(&["describe", "worker", &name]).stdout).into_owned();
+    assert_eq!(powered_on(&d), 3, "one boot per call:\n{d}");
+    assert!(
+        d.contains("VM started (standby resumed)"),
+        "no power-on resumed a standby:\n{d}"
+    );
+    assert!(env.qemus().is_empty(), "left running: {:?}", env.qemus());
 }
 
 /// The example user function on a Warm VM worker through `apply`, twice: as a WebAssembly

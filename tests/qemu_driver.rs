@@ -20,6 +20,8 @@ use microfaas::drivers::qemu::{
     Accel, Machine, QemuError, RunState, Vm, VmConfig, VmNet, probe_accel,
 };
 use microfaas::drivers::qmp::{Qmp, QmpError, QmpEvent};
+use microfaas::drivers::vms::QemuVms;
+use microfaas::engine::vm::{Launched, StopHow, VmDriver};
 use microfaas::image::{BuildOptions, KernelSource, build};
 use microfaas::orchestrator::{AgentEvent, Endpoint};
 use serde_json::{Value, json};
@@ -617,4 +619,155 @@ async fn qmp_tolerates_a_newer_qemu() {
         Err(QmpError::Closed)
     ));
     peer.await.expect("peer task").expect("peer");
+}
+
+fn pid_of(cfg: &VmConfig) -> Option<i32> {
+    std::fs::read_to_string(cfg.run_dir.join("qemu.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z"))
+}
+
+/// Waits until the driver holds a standby for `name`; its pid.
+async fn standby_ready(driver: &QemuVms, name: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pid) = driver.standby_pid(name) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no standby for {name} within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Standbys through the engine's driver: `prepare` launches the worker's VM paused (the guest
+/// does not run: no agent, an empty console of its own, the last boot's console untouched);
+/// `launch` resumes that very QEMU and its agent connects; a new driver (an engine restarted
+/// after a crash) finds a standby again and keeps it as one; a launch with another config
+/// (here: memory) drops it for a cold start; `close` leaves no QEMU behind.
+#[tokio::test]
+async fn standby_is_prepared_resumed_adopted_and_closed() {
+    let _one = VM_TESTS.lock().await;
+    let fx = fixture();
+    let token = "standbytoken";
+    let endpoint = Endpoint::bind("127.0.0.1:0", token.as_bytes().to_vec())
+        .await
+        .expect("bind endpoint");
+    let mut agents = endpoint.subscribe();
+    let mut cfg = fx.config("vm-standby", Some(&endpoint), token);
+    cfg.kernel = fx.vmlinux.clone();
+    let _reaper = reaper(&cfg);
+    std::fs::create_dir_all(&cfg.run_dir).expect("run dir");
+    std::fs::write(cfg.run_dir.join("console.log"), "the last boot\n").expect("console");
+
+    let driver = QemuVms::new().with_standby();
+    driver.prepare(&cfg);
+    let standby = standby_ready(&driver, &cfg.name).await;
+    assert_eq!(
+        pid_of(&cfg),
+        Some(standby),
+        "the standby is the worker's own VM"
+    );
+    assert!(
+        !driver.is_running(&cfg.name),
+        "a standby is not a running VM"
+    );
+    let quiet = tokio::time::timeout(Duration::from_secs(2), agents.recv()).await;
+    assert!(quiet.is_err(), "the paused guest said something: {quiet:?}");
+    assert_eq!(
+        std::fs::read_to_string(cfg.run_dir.join("console.log")).expect("console"),
+        "the last boot\n",
+        "a standby must not touch the last boot's console"
+    );
+
+    let t = Instant::now();
+    assert_eq!(
+        driver.launch(&cfg).await.expect("launch from standby"),
+        Launched::FromStandby
+    );
+    assert!(driver.is_running(&cfg.name));
+    assert_eq!(pid_of(&cfg), Some(standby), "launch resumed the standby");
+    let hello = tokio::time::timeout(BOOT_TIMEOUT, async {
+        loop {
+            if let Ok(AgentEvent::Connected {
+                worker, boot_ms, ..
+            }) = agents.recv().await
+                && worker == cfg.name
+            {
+                return boot_ms;
+            }
+        }
+    })
+    .await;
+    assert!(
+        hello.is_ok(),
+        "no agent after resume\n--- console ---\n{}",
+        console(&cfg)
+    );
+    eprintln!(
+        "standby resumed → agent hello in {:?} (guest uptime {} ms)",
+        t.elapsed(),
+        hello.unwrap_or_default()
+    );
+    assert!(
+        !console(&cfg).contains("the last boot"),
+        "the resumed boot's console replaced the last one"
+    );
+
+    assert!(
+        driver
+            .stop(&cfg.name, StopHow::Kill, EXIT_TIMEOUT)
+            .await
+            .expect("stop"),
+        "killed"
+    );
+    driver.prepare(&cfg);
+    let second = standby_ready(&driver, &cfg.name).await;
+    assert_ne!(second, standby);
+    // The engine dies (nothing is stopped) and a new one starts.
+    drop(driver);
+    let driver = QemuVms::new().with_standby();
+    assert!(
+        !driver.adopt(&cfg).await.expect("adopt"),
+        "a standby is adopted as a standby, not as a running VM"
+    );
+    assert_eq!(driver.standby_pid(&cfg.name), Some(second));
+
+    let mut bigger = cfg.clone();
+    bigger.memory_mib += 64;
+    assert_eq!(
+        driver.launch(&bigger).await.expect("cold launch"),
+        Launched::Cold
+    );
+    let cold = pid_of(&cfg).expect("pidfile");
+    assert_ne!(cold, second, "a standby with another config is not used");
+    assert!(!alive(second), "the unfit standby was killed");
+    driver
+        .stop(&cfg.name, StopHow::Kill, EXIT_TIMEOUT)
+        .await
+        .expect("stop");
+
+    driver.prepare(&cfg);
+    let third = standby_ready(&driver, &cfg.name).await;
+    driver.close().await;
+    assert!(!alive(third), "close killed the standby");
+    assert_eq!(driver.standby_pid(&cfg.name), None);
+    assert!(!cfg.run_dir.join("qemu.pid").exists());
+    driver.prepare(&cfg);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        driver.standby_pid(&cfg.name),
+        None,
+        "a closed driver prepares nothing"
+    );
 }

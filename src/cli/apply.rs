@@ -104,7 +104,7 @@ pub fn converge_and_report(
     let outcome = match &claim {
         Claim::Here { .. } => super::blocking::block_on(converge::converge(
             store,
-            std::sync::Arc::new(crate::drivers::vms::QemuVms::new()),
+            std::sync::Arc::new(crate::drivers::vms::QemuVms::new().with_standby()),
             state_dir,
             touched,
             timeout,

@@ -47,9 +47,22 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(250));
-        // A relaunched VM truncates the log: start again from its beginning.
+        // A resumed standby's console is renamed over the log: follow the new file. A cold
+        // relaunch truncates it: start again from its beginning.
+        use std::os::unix::fs::MetadataExt;
+        let current = std::fs::metadata(&path).ok();
+        let replaced = current
+            .as_ref()
+            .zip(file.metadata().ok())
+            .is_some_and(|(now, open)| now.ino() != open.ino() || now.dev() != open.dev());
+        if replaced {
+            if let Ok(f) = std::fs::File::open(&path) {
+                file = f;
+            }
+            continue;
+        }
         let pos = file.stream_position().unwrap_or(0);
-        if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < pos {
+        if current.map(|m| m.len()).unwrap_or(0) < pos {
             let _ = file.seek(SeekFrom::Start(0));
         }
     }

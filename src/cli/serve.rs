@@ -72,7 +72,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     };
     let dir = state_dir.to_path_buf();
     super::blocking::block_on(async move {
-        let driver = std::sync::Arc::new(crate::drivers::vms::QemuVms::new());
+        let driver = std::sync::Arc::new(crate::drivers::vms::QemuVms::new().with_standby());
         let mut daemon = match Daemon::start(&dir, driver, opts).await {
             Ok(d) => d,
             Err(DaemonError::Invalid(rendered)) => {

@@ -211,9 +211,11 @@ impl<D: VmDriver> Host<D> {
 
     /// Services first (no new requests), then the reconcile workers, then the endpoint.
     /// Workers (VMs) are left as they are: callers decide what happens to them before this.
+    /// Standby VMs (paused, never booted) are not workers' state: they go.
     pub async fn shutdown(mut self) {
         self.stop_services().await;
         self.stop_engine().await;
+        self.engine.driver.close().await;
     }
 }
 

@@ -1,12 +1,20 @@
 //! The engine's `VmDriver` over real QEMU: one `Vm` per worker, QMP events turned into
-//! "this worker's VM exited" triggers for the reconcile loop.
+//! "this worker's VM exited" triggers for the reconcile loop, and standbys: a QEMU launched
+//! paused for a worker that is off, so that powering it on only starts the guest.
+//!
+//! Why standbys: under TCG about half of a cold start (power-on → agent hello) is QEMU setting
+//! itself up before the guest runs its first instruction; a paused QEMU has paid that already.
+//! A standby is the worker's own VM (same uuid, pidfile and QMP socket; the guest never ran), so
+//! adoption finds it like any VM and tells it apart by its run state, `prelaunch`.
 
 use super::qemu::{Vm, VmConfig, emulator_for};
 use super::qmp::QmpEvent;
-use crate::engine::vm::{StopHow, VmDriver};
-use std::collections::HashMap;
+use crate::engine::vm::{Launched, StopHow, VmDriver};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -14,18 +22,44 @@ use tokio::sync::broadcast;
 /// Where guests on user networking reach the orchestrator (forwarded to the host endpoint).
 pub const GUEST_ORCHESTRATOR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 
+/// Beside a standby's pidfile: the key of the config it was launched with, so an engine that
+/// adopts it knows whether it still fits the worker's spec.
+const STANDBY_KEY_FILE: &str = "standby.key";
+
+type Shared<T> = Arc<tokio::sync::Mutex<T>>;
+
 pub struct QemuVms {
-    vms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vm>>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    vms: Mutex<HashMap<String, Shared<Vm>>>,
+    standbys: Mutex<HashMap<String, Standby>>,
+    /// Workers with a standby launch queued or under way (one at a time per worker).
+    preparing: Mutex<HashSet<String>>,
+    /// One launch, adoption or standby change at a time per worker.
+    gates: Mutex<HashMap<String, Shared<()>>>,
     exits: broadcast::Sender<String>,
     binary: PathBuf,
     arm_binary: PathBuf,
     relay: Option<String>,
+    standby: bool,
+    closing: AtomicBool,
+}
+
+struct Standby {
+    vm: Vm,
+    key: String,
 }
 
 impl Default for QemuVms {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl QemuVms {
@@ -35,39 +69,69 @@ impl QemuVms {
         let arm_binary = std::env::var_os("MICROFAAS_QEMU_ARM")
             .map_or_else(|| PathBuf::from("qemu-system-arm"), PathBuf::from);
         QemuVms {
-            arm_binary,
-            vms: Mutex::new(HashMap::new()),
-            exits: broadcast::channel(1024).0,
-            binary,
-            // This very program relays guest connections (`microfaasctl relay`); QEMU runs the
-            // command through a shell, so the path is quoted.
-            relay: std::env::current_exe()
-                .ok()
-                .filter(|p| p.file_name().is_some_and(|n| n == "microfaasctl"))
-                .map(|p| format!("'{}' relay", p.display().to_string().replace('\'', "'\\''"))),
+            inner: Arc::new(Inner {
+                arm_binary,
+                vms: Mutex::new(HashMap::new()),
+                standbys: Mutex::new(HashMap::new()),
+                preparing: Mutex::new(HashSet::new()),
+                gates: Mutex::new(HashMap::new()),
+                exits: broadcast::channel(1024).0,
+                binary,
+                // This very program relays guest connections (`microfaasctl relay`); QEMU runs
+                // the command through a shell, so the path is quoted.
+                relay: std::env::current_exe()
+                    .ok()
+                    .filter(|p| p.file_name().is_some_and(|n| n == "microfaasctl"))
+                    .map(|p| format!("'{}' relay", p.display().to_string().replace('\'', "'\\''"))),
+                standby: false,
+                closing: AtomicBool::new(false),
+            }),
         }
     }
 
     /// Guest connections relayed by `command` (a shell command taking `HOST:PORT`), for hosts
     /// of the engine that are not `microfaasctl` itself (tests).
     pub fn with_relay(mut self, command: String) -> Self {
-        self.relay = Some(command);
+        self.inner_mut().relay = Some(command);
         self
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Vm>>>> {
-        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    /// Keep a paused QEMU ready for each OnDemand worker that is off (see the module doc).
+    /// For engines that run a while (`apply`, `serve`), which call [`VmDriver::close`] when
+    /// they stop; one-off commands leave it off.
+    pub fn with_standby(mut self) -> Self {
+        self.inner_mut().standby = true;
+        self
     }
 
-    fn get(&self, name: &str) -> Option<Arc<tokio::sync::Mutex<Vm>>> {
-        self.lock().get(name).cloned()
+    fn inner_mut(&mut self) -> &mut Inner {
+        // Only the builder methods call this, before the driver is shared.
+        Arc::get_mut(&mut self.inner).unwrap_or_else(|| unreachable!("configured after sharing"))
+    }
+
+    /// The worker whose standby is ready now, if any (for tests and diagnostics).
+    pub fn standby_pid(&self, name: &str) -> Option<i32> {
+        lock(&self.inner.standbys).get(name).map(|s| s.vm.pid())
+    }
+}
+
+impl Inner {
+    fn get(&self, name: &str) -> Option<Shared<Vm>> {
+        lock(&self.vms).get(name).cloned()
+    }
+
+    fn gate(&self, name: &str) -> Shared<()> {
+        lock(&self.gates)
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Keeps a VM and forwards its exit to the engine.
     fn track(&self, name: &str, vm: Vm) {
         let mut events = vm.events();
         let vm = Arc::new(tokio::sync::Mutex::new(vm));
-        self.lock().insert(name.to_string(), vm);
+        lock(&self.vms).insert(name.to_string(), vm);
         let exits = self.exits.clone();
         let name = name.to_string();
         tokio::spawn(async move {
@@ -91,21 +155,160 @@ impl QemuVms {
             ..spec.clone()
         }
     }
+
+    /// Whether a VM of this worker runs (dead ones are forgotten on the way).
+    fn running(&self, name: &str) -> bool {
+        let Some(vm) = self.get(name) else {
+            return false;
+        };
+        let alive = vm.try_lock().map_or(true, |v| v.is_alive());
+        if !alive {
+            lock(&self.vms).remove(name);
+        }
+        alive
+    }
+
+    /// Launches a standby for `cfg` unless one that fits is there; the caller holds the gate.
+    async fn prepare_gated(&self, cfg: &VmConfig) {
+        let name = &cfg.name;
+        if self.closing.load(Ordering::SeqCst) || self.running(name) {
+            return;
+        }
+        let key = standby_key(cfg);
+        let current = lock(&self.standbys).remove(name);
+        if let Some(sb) = current {
+            if sb.key == key && sb.vm.is_alive() {
+                lock(&self.standbys).insert(name.clone(), sb);
+                return;
+            }
+            drop_standby(sb).await;
+        }
+        match Vm::launch_paused(cfg).await {
+            Ok(vm) => {
+                let key_file = cfg.run_dir.join(STANDBY_KEY_FILE);
+                if let Err(e) = std::fs::write(&key_file, &key) {
+                    tracing::warn!("{}: {e}", key_file.display());
+                }
+                let sb = Standby { vm, key };
+                if self.closing.load(Ordering::SeqCst) {
+                    drop_standby(sb).await;
+                } else {
+                    lock(&self.standbys).insert(name.clone(), sb);
+                }
+            }
+            // The next launch is a cold one and reports whatever is wrong.
+            Err(e) => tracing::debug!("no standby for {name}: {e}"),
+        }
+    }
+
+    async fn discard_gated(&self, name: &str) {
+        let sb = lock(&self.standbys).remove(name);
+        if let Some(sb) = sb {
+            drop_standby(sb).await;
+        }
+    }
+}
+
+/// Kills a standby (its guest never ran: nothing to shut down) and tidies its run directory.
+async fn drop_standby(mut sb: Standby) {
+    let name = sb.vm.name().to_string();
+    if let Err(e) = sb.vm.kill() {
+        tracing::warn!("standby of {name}: {e}");
+    }
+    if !sb
+        .vm
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .unwrap_or(false)
+    {
+        tracing::warn!("standby of {name} (pid {}) did not exit", sb.vm.pid());
+    }
+    let files = sb.vm.files();
+    for f in [files.console_next.clone(), files.dir.join(STANDBY_KEY_FILE)] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// What a standby must have been launched with to stand in for `cfg`: everything on QEMU's
+/// command line, plus the size and mtime of the kernel and initrd (a standby holds the files
+/// as they were when it started; a rebuilt image must not boot the old one).
+fn standby_key(cfg: &VmConfig) -> String {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
+        cfg.kernel,
+        stamp(&cfg.kernel),
+        cfg.initrd,
+        cfg.initrd.as_deref().map(stamp),
+        cfg.cmdline,
+        cfg.memory_mib,
+        cfg.cpus,
+        cfg.machine,
+        cfg.accel,
+        cfg.network,
+        cfg.service_forwards,
+        cfg.uuid,
+        cfg.qemu_binary,
+        cfg.relay,
+    );
+    crate::functions::hex(&Sha256::digest(text.as_bytes())[..16])
 }
 
 impl VmDriver for QemuVms {
-    async fn launch(&self, spec: &VmConfig) -> Result<(), String> {
-        let vm = Vm::launch(&self.config(spec))
-            .await
-            .map_err(|e| e.to_string())?;
-        self.track(&spec.name, vm);
-        Ok(())
+    async fn launch(&self, spec: &VmConfig) -> Result<Launched, String> {
+        let inner = &self.inner;
+        let cfg = inner.config(spec);
+        let gate = inner.gate(&spec.name);
+        let _one = gate.lock().await;
+        let standby = lock(&inner.standbys).remove(&spec.name);
+        if let Some(mut sb) = standby {
+            if sb.key == standby_key(&cfg) && sb.vm.is_alive() {
+                match sb.vm.resume().await {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(spec.run_dir.join(STANDBY_KEY_FILE));
+                        tracing::info!("{}: resumed the standby (pid {})", spec.name, sb.vm.pid());
+                        inner.track(&spec.name, sb.vm);
+                        return Ok(Launched::FromStandby);
+                    }
+                    Err(e) => tracing::warn!("{}: standby did not resume: {e}", spec.name),
+                }
+            }
+            drop_standby(sb).await;
+        }
+        let vm = Vm::launch(&cfg).await.map_err(|e| e.to_string())?;
+        inner.track(&spec.name, vm);
+        Ok(Launched::Cold)
     }
 
     async fn adopt(&self, spec: &VmConfig) -> Result<bool, String> {
+        let inner = &self.inner;
+        let gate = inner.gate(&spec.name);
+        let _one = gate.lock().await;
+        if inner.running(&spec.name) {
+            return Ok(true);
+        }
+        if lock(&inner.standbys).contains_key(&spec.name) {
+            return Ok(false);
+        }
         match Vm::adopt(&spec.run_dir, &spec.name, &spec.uuid).await {
-            Ok(Some(vm)) => {
-                self.track(&spec.name, vm);
+            Ok(Some(mut vm)) => {
+                // A previous engine's standby: still one (nothing runs), kept if it fits.
+                if vm
+                    .query_status()
+                    .await
+                    .is_ok_and(|s| s.as_str() == "prelaunch")
+                {
+                    let key = std::fs::read_to_string(spec.run_dir.join(STANDBY_KEY_FILE))
+                        .unwrap_or_default();
+                    tracing::info!("{}: adopted a standby (pid {})", spec.name, vm.pid());
+                    lock(&inner.standbys).insert(spec.name.clone(), Standby { vm, key });
+                    return Ok(false);
+                }
+                inner.track(&spec.name, vm);
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -114,24 +317,18 @@ impl VmDriver for QemuVms {
     }
 
     fn is_running(&self, name: &str) -> bool {
-        let Some(vm) = self.get(name) else {
-            return false;
-        };
-        let alive = vm.try_lock().map_or(true, |v| v.is_alive());
-        if !alive {
-            self.lock().remove(name);
-        }
-        alive
+        self.inner.running(name)
     }
 
     async fn stop(&self, name: &str, how: StopHow, wait: Duration) -> Result<bool, String> {
-        let Some(vm) = self.get(name) else {
+        let inner = &self.inner;
+        let Some(vm) = inner.get(name) else {
             return Ok(true);
         };
         let mut vm = vm.lock().await;
         if !vm.is_alive() {
             drop(vm);
-            self.lock().remove(name);
+            lock(&inner.vms).remove(name);
             return Ok(true);
         }
         let sent = match how {
@@ -150,12 +347,47 @@ impl VmDriver for QemuVms {
         };
         drop(vm);
         if gone {
-            self.lock().remove(name);
+            lock(&inner.vms).remove(name);
         }
         Ok(gone)
     }
 
     fn exits(&self) -> broadcast::Receiver<String> {
-        self.exits.subscribe()
+        self.inner.exits.subscribe()
+    }
+
+    fn prepare(&self, spec: &VmConfig) {
+        let inner = self.inner.clone();
+        if !inner.standby || inner.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        if !lock(&inner.preparing).insert(spec.name.clone()) {
+            return;
+        }
+        let cfg = inner.config(spec);
+        tokio::spawn(async move {
+            let gate = inner.gate(&cfg.name);
+            {
+                let _one = gate.lock().await;
+                inner.prepare_gated(&cfg).await;
+            }
+            lock(&inner.preparing).remove(&cfg.name);
+        });
+    }
+
+    async fn discard(&self, name: &str) {
+        let gate = self.inner.gate(name);
+        let _one = gate.lock().await;
+        self.inner.discard_gated(name).await;
+    }
+
+    async fn close(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        // Every worker that has or may be getting a standby; taking each gate waits out a
+        // launch under way, which then sees `closing`.
+        let names: Vec<String> = lock(&self.inner.gates).keys().cloned().collect();
+        for name in names {
+            self.discard(&name).await;
+        }
     }
 }

@@ -18,10 +18,19 @@ pub enum StopHow {
     Kill,
 }
 
+/// How a launched VM came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launched {
+    /// A new VM process.
+    Cold,
+    /// The standby `prepare` got ready was resumed.
+    FromStandby,
+}
+
 pub trait VmDriver: Send + Sync + 'static {
     /// Starts the VM detached, so it survives the engine's process. The engine decides
     /// everything in `spec` but the QEMU binary and the relay command, which are the driver's.
-    fn launch(&self, spec: &VmConfig) -> impl Future<Output = Result<(), String>> + Send;
+    fn launch(&self, spec: &VmConfig) -> impl Future<Output = Result<Launched, String>> + Send;
     /// Re-attaches to a VM a previous engine started; `Ok(false)` when there is none alive.
     fn adopt(&self, spec: &VmConfig) -> impl Future<Output = Result<bool, String>> + Send;
     fn is_running(&self, name: &str) -> bool;
@@ -35,6 +44,18 @@ pub trait VmDriver: Send + Sync + 'static {
     /// Names of workers whose VM exited or whose control connection closed (the fake also
     /// uses it for its agents connecting).
     fn exits(&self) -> broadcast::Receiver<String>;
+    /// The worker is off and will likely be powered on again: the driver may get a VM for
+    /// `spec` ready in the background, so the next `launch` only has to start the guest.
+    /// Returns at once; a driver without standbys ignores it.
+    fn prepare(&self, _spec: &VmConfig) {}
+    /// Drops what `prepare` got ready for this worker (it is being deleted).
+    fn discard(&self, _name: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// The engine is stopping: drop every standby and prepare no more.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Whether a worker's agent is connected and authenticated.
@@ -104,12 +125,12 @@ impl FakeDriver {
 }
 
 impl VmDriver for FakeDriver {
-    async fn launch(&self, spec: &VmConfig) -> Result<(), String> {
+    async fn launch(&self, spec: &VmConfig) -> Result<Launched, String> {
         lock(&self.launches).push(spec.name.clone());
         lock(&self.running).insert(spec.name.clone());
         // The real world's "agent connected" trigger: the instantly booted agent says hello.
         let _ = self.exits.send(spec.name.clone());
-        Ok(())
+        Ok(Launched::Cold)
     }
 
     async fn adopt(&self, spec: &VmConfig) -> Result<bool, String> {

@@ -3,7 +3,7 @@
 //! QMP quit → SIGKILL). Board workers go to `board.rs`.
 
 use super::status::{CondStatus, Status};
-use super::vm::{Presence, StopHow, VmDriver};
+use super::vm::{Launched, Presence, StopHow, VmDriver};
 use super::{Engine, Next, lock};
 use crate::drivers::qemu::{VmConfig, VmNet};
 use crate::manifest::Kind;
@@ -170,7 +170,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .and_then(|u| u.as_str())
         {
             Some(u) => u.to_string(),
-            None => new_uuid(),
+            None => crate::drivers::qemu::new_uuid(),
         };
         let launch = self.launch_spec(name, &spec, vm, &uuid)?;
         let want_hash = launch_hash(&launch);
@@ -304,18 +304,21 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 st.set_phase("PoweringOn")
                     .set("vm", json!({"uuid": uuid, "specHash": want_hash}));
                 self.write_status(Kind::Worker, name, st.clone().into_value());
-                if let Err(e) = self.driver.launch(&launch).await {
-                    self.event(Kind::Worker, name, EventType::Warning, "LaunchFailed", &e);
-                    return self
-                        .boot_failed(
-                            name,
-                            st,
-                            obj.generation,
-                            quarantine_after,
-                            &format!("launch failed: {e}"),
-                        )
-                        .await;
-                }
+                let how = match self.driver.launch(&launch).await {
+                    Ok(how) => how,
+                    Err(e) => {
+                        self.event(Kind::Worker, name, EventType::Warning, "LaunchFailed", &e);
+                        return self
+                            .boot_failed(
+                                name,
+                                st,
+                                obj.generation,
+                                quarantine_after,
+                                &format!("launch failed: {e}"),
+                            )
+                            .await;
+                    }
+                };
                 {
                     let mut rt = lock(&self.runtime);
                     let r = rt.entry(name.to_string()).or_default();
@@ -327,7 +330,10 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     name,
                     EventType::Normal,
                     "PoweredOn",
-                    "VM started",
+                    match how {
+                        Launched::Cold => "VM started",
+                        Launched::FromStandby => "VM started (standby resumed)",
+                    },
                 );
                 st.set("vm", json!({"uuid": uuid, "specHash": want_hash}))
                     .set_phase("Booting")
@@ -426,6 +432,15 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 self.power_off(name, connected).await;
             }
             let phase = if health == "Good" { "Off" } else { "Failed" };
+            // Likely wanted again soon: let the driver get a VM ready for that (a standby).
+            // Only with a uuid in the status: a standby must be adoptable after a crash.
+            if spec.power == PowerPolicy::OnDemand
+                && health == "Good"
+                && request.is_none()
+                && running_hash.is_some()
+            {
+                self.driver.prepare(&launch);
+            }
             st.set_phase(phase)
                 .condition("PoweredOn", CondStatus::False, "PoweredOff", "")
                 .condition("AgentConnected", CondStatus::False, "PoweredOff", "")
@@ -569,21 +584,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 self.power_off(name, false).await;
             }
         }
+        self.driver.discard(name).await;
         lock(&self.runtime).remove(name);
     }
-}
-
-/// A random (version 4) UUID in the 8-4-4-4-12 form QEMU's `-uuid` takes.
-fn new_uuid() -> String {
-    let h = crate::orchestrator::endpoint::random_token();
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
 }
 
 /// Identity of what a VM was started with: a change means a new VM. The endpoint's port is

@@ -3,7 +3,7 @@
 //! `microfaas-agent` processes dialling the endpoint (booting in milliseconds, exiting on
 //! poweroff), so power-on, cold starts and power-off happen for real without QEMU.
 
-use microfaas::engine::vm::{StopHow, VmConfig, VmDriver};
+use microfaas::engine::vm::{Launched, StopHow, VmConfig, VmDriver};
 use microfaas::engine::{Config, Engine};
 use microfaas::gateway::client::{self, Response};
 use microfaas::gateway::{self, Credentials, Running};
@@ -93,7 +93,7 @@ impl Drop for AgentProcs {
 }
 
 impl VmDriver for AgentProcs {
-    async fn launch(&self, spec: &VmConfig) -> Result<(), String> {
+    async fn launch(&self, spec: &VmConfig) -> Result<Launched, String> {
         let delay = *lock(&self.delay);
         // A slow boot: a shell that sleeps, then becomes the agent (same PID).
         let mut cmd = match delay {
@@ -129,7 +129,7 @@ impl VmDriver for AgentProcs {
             .map_err(|e| format!("agent: {e}"))?;
         lock(&self.launches).push(spec.name.clone());
         lock(&self.children).insert(spec.name.clone(), child);
-        Ok(())
+        Ok(Launched::Cold)
     }
 
     async fn adopt(&self, spec: &VmConfig) -> Result<bool, String> {

@@ -14,12 +14,14 @@ pub(crate) fn escape_opt(p: &Path) -> String {
 }
 
 /// `accel` must already be resolved (never `Auto`). `host_tsc_khz` is what a `microvm` guest
-/// under TCG is told its TSC runs at (see `tsc.rs`).
+/// under TCG is told its TSC runs at (see `tsc.rs`). `paused`: a standby, whose guest waits for
+/// QMP `cont` and whose console goes to `console.next.log` meanwhile.
 pub(crate) fn build(
     cfg: &VmConfig,
     files: &RunFiles,
     accel: Accel,
     host_tsc_khz: Option<u32>,
+    paused: bool,
 ) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut arg = |s: &dyn AsRef<std::ffi::OsStr>| a.push(s.as_ref().to_owned());
@@ -74,10 +76,17 @@ pub(crate) fn build(
     }
     arg(&"-append");
     arg(&kernel_cmdline(cfg, accel, host_tsc_khz));
+    if paused {
+        arg(&"-S");
+    }
     arg(&"-chardev");
     arg(&format!(
         "file,id=console,path={}",
-        escape_opt(&files.console)
+        escape_opt(if paused {
+            &files.console_next
+        } else {
+            &files.console
+        })
     ));
     arg(&"-serial");
     arg(&"chardev:console");
@@ -201,7 +210,13 @@ mod tests {
                 SocketAddr::from(([127, 0, 0, 1], 7001)),
             )),
         };
-        let args = strings(build(&c, &RunFiles::new(&c.run_dir), Accel::Tcg, None));
+        let args = strings(build(
+            &c,
+            &RunFiles::new(&c.run_dir),
+            Accel::Tcg,
+            None,
+            false,
+        ));
         assert_eq!(
             after(&args, "-netdev"),
             ["user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:7000-tcp:127.0.0.1:7001"]
@@ -237,6 +252,7 @@ mod tests {
             &RunFiles::new(&c.run_dir),
             Accel::Kvm,
             Some(2_300_000),
+            false,
         ));
         assert_eq!(after(&args, "-accel"), ["kvm"]);
         assert_eq!(after(&args, "-cpu"), ["host"]);
@@ -250,6 +266,28 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_waits_for_cont_and_keeps_the_last_console() {
+        let c = cfg();
+        let files = RunFiles::new(&c.run_dir);
+        let cold = strings(build(&c, &files, Accel::Tcg, None, false));
+        let paused = strings(build(&c, &files, Accel::Tcg, None, true));
+        assert!(!cold.iter().any(|a| a == "-S"));
+        assert!(paused.iter().any(|a| a == "-S"));
+        assert!(
+            after(&paused, "-chardev")
+                .contains(&"file,id=console,path=/state/vms/vm-0/console.next.log")
+        );
+        // Everything else is the same VM: same pidfile, QMP socket, uuid, devices.
+        let rest = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .filter(|a| *a != "-S" && !a.contains("console"))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(rest(&cold), rest(&paused));
+    }
+
+    #[test]
     fn arm_virt_uses_mmio_virtio_and_no_tsc() {
         let mut c = cfg();
         c.machine = Machine::Virt;
@@ -258,6 +296,7 @@ mod tests {
             &RunFiles::new(&c.run_dir),
             Accel::Tcg,
             Some(2_299_966),
+            false,
         ));
         assert_eq!(after(&args, "-machine"), ["virt"]);
         assert_eq!(after(&args, "-device"), ["virtio-net-device,netdev=net0"]);
@@ -281,19 +320,19 @@ mod tests {
         let mut c = cfg();
         c.machine = Machine::Microvm;
         let files = RunFiles::new(&c.run_dir);
-        let tcg = strings(build(&c, &files, Accel::Tcg, Some(2_299_966)));
+        let tcg = strings(build(&c, &files, Accel::Tcg, Some(2_299_966), false));
         assert_eq!(
             after(&tcg, "-append"),
             ["console=ttyS0 microfaas.worker=vm-0 tsc_early_khz=2299966 tsc=reliable"]
         );
         // KVM gives the guest kvmclock; other machines have HPET and the ACPI PM timer.
-        let kvm = strings(build(&c, &files, Accel::Kvm, Some(2_299_966)));
+        let kvm = strings(build(&c, &files, Accel::Kvm, Some(2_299_966), false));
         assert_eq!(
             after(&kvm, "-append"),
             ["console=ttyS0 microfaas.worker=vm-0"]
         );
         c.machine = Machine::Pc;
-        let pc = strings(build(&c, &files, Accel::Tcg, Some(2_299_966)));
+        let pc = strings(build(&c, &files, Accel::Tcg, Some(2_299_966), false));
         assert_eq!(
             after(&pc, "-append"),
             ["console=ttyS0 microfaas.worker=vm-0"]

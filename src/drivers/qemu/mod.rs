@@ -7,6 +7,8 @@
 //! pub enum VmNet { User { guestfwd: Option<(Ipv4Addr, u16, SocketAddr)> }, Tap { bridge, mac } }
 //! impl Vm {
 //!     pub async fn launch(cfg: &VmConfig) -> Result<Vm, QemuError>;
+//!     pub async fn launch_paused(cfg: &VmConfig) -> Result<Vm, QemuError>; // -S: a standby
+//!     pub async fn resume(&mut self) -> Result<(), QemuError>;      // standby → running
 //!     pub async fn adopt(run_dir: &Path, name: &str, uuid: &str) -> Result<Option<Vm>, QemuError>;
 //!     pub fn pid(&self) -> i32;  pub fn name(&self) -> &str;  pub fn uuid(&self) -> &str;
 //!     pub fn files(&self) -> &RunFiles;
@@ -26,7 +28,9 @@
 //! - A launched QEMU is detached (`-daemonize`: forked, new session, parent exits once set
 //!   up), so it survives the engine; everything about it lives in `run_dir`: `qemu.pid`,
 //!   `qmp.sock`, `console.log` (the serial console) and `qemu.stderr` (QEMU's own messages
-//!   until it detached).
+//!   until it detached). A standby (launched paused, guest not started) writes its console to
+//!   `console.next.log`, renamed over `console.log` when it is resumed: the previous boot's
+//!   console stays readable until the next boot begins.
 //! - Identity is checked, never assumed: a PID is only signalled after /proc shows it alive
 //!   with our `-uuid` and our `-pidfile`; adoption additionally asks QMP for name and uuid.
 //!   Nothing is ever looked up or killed by process name.
@@ -136,6 +140,8 @@ pub struct RunFiles {
     pub pidfile: PathBuf,
     pub qmp: PathBuf,
     pub console: PathBuf,
+    /// The console of a standby, until it is resumed.
+    pub console_next: PathBuf,
     pub stderr: PathBuf,
 }
 
@@ -146,6 +152,7 @@ impl RunFiles {
             pidfile: run_dir.join("qemu.pid"),
             qmp: run_dir.join("qmp.sock"),
             console: run_dir.join("console.log"),
+            console_next: run_dir.join("console.next.log"),
             stderr: run_dir.join("qemu.stderr"),
         }
     }
@@ -251,6 +258,19 @@ pub enum QemuError {
     Qmp(#[from] QmpError),
 }
 
+/// A random (version 4) UUID in the 8-4-4-4-12 form QEMU's `-uuid` takes.
+pub fn new_uuid() -> String {
+    let h = crate::orchestrator::endpoint::random_token();
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
 /// A live QEMU that we launched or adopted.
 pub struct Vm {
     pid: i32,
@@ -276,6 +296,35 @@ impl Vm {
     /// The guest is running by then; whether it boots is for the engine to observe (agent
     /// connection, boot timeout).
     pub async fn launch(cfg: &VmConfig) -> Result<Vm, QemuError> {
+        Self::start(cfg, false).await
+    }
+
+    /// Like [`Vm::launch`], but the guest does not start (`-S`, run state `prelaunch`): QEMU's
+    /// own start-up is paid now, and [`Vm::resume`] later boots the guest at once.
+    pub async fn launch_paused(cfg: &VmConfig) -> Result<Vm, QemuError> {
+        Self::start(cfg, true).await
+    }
+
+    /// Starts the guest of a VM from [`Vm::launch_paused`]; its console becomes `console.log`.
+    pub async fn resume(&mut self) -> Result<(), QemuError> {
+        match std::fs::rename(&self.files.console_next, &self.files.console) {
+            Ok(()) => {}
+            // Adopted from an engine that renamed it already, or never paused.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(QemuError::RunDir {
+                    path: self.files.console_next.clone(),
+                    source,
+                });
+            }
+        }
+        self.qmp
+            .execute_typed_within(&qapi::qmp::cont {}, QMP_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    async fn start(cfg: &VmConfig, paused: bool) -> Result<Vm, QemuError> {
         let binary = resolve_binary(&cfg.qemu_binary)?;
         if !cfg.kernel.is_file() {
             return Err(QemuError::KernelNotFound(cfg.kernel.clone()));
@@ -313,7 +362,7 @@ impl Vm {
             path: files.stderr.clone(),
             source,
         })?;
-        let argv = args::build(cfg, &files, accel, tsc::host_tsc_khz());
+        let argv = args::build(cfg, &files, accel, tsc::host_tsc_khz(), paused);
         tracing::debug!(
             "launching {} for {} ({accel:?}): {argv:?}",
             binary.display(),
@@ -373,7 +422,11 @@ impl Vm {
                 "the QMP socket belongs to pid {peer}, the pidfile says {pid}"
             )));
         }
-        tracing::info!("launched QEMU pid {pid} for {}", cfg.name);
+        if paused {
+            tracing::info!("launched QEMU pid {pid} for {}, paused (standby)", cfg.name);
+        } else {
+            tracing::info!("launched QEMU pid {pid} for {}", cfg.name);
+        }
         Ok(Vm {
             pid,
             name: cfg.name.clone(),
