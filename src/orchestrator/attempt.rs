@@ -138,7 +138,31 @@ pub async fn send<D: VmDriver>(
         .invoke(invoke, call.deadline + Duration::from_secs(10))
         .await;
     engine.set_busy(worker, None);
+    if let Err(e) = &result
+        && let Some(reason) = fault_reason(e)
+    {
+        // The session is gone with the call: the worker's own record says why, so `describe`
+        // tells a hung agent from a dead or a babbling one.
+        engine.event(
+            Kind::Worker,
+            worker,
+            crate::store::EventType::Warning,
+            reason,
+            &format!("invocation {}: {e}", call.invocation_id),
+        );
+    }
     classify(result, dispatched_ms)
+}
+
+/// The worker event naming how an agent failed a call it had been sent; `None` for a call
+/// that was never sent.
+pub fn fault_reason(e: &SessionError) -> Option<&'static str> {
+    match e {
+        SessionError::Timeout(_) => Some("AgentUnresponsive"),
+        SessionError::Closed => Some("AgentLost"),
+        SessionError::Protocol(_) => Some("AgentProtocolError"),
+        SessionError::Retiring => None,
+    }
 }
 
 /// The function's services as `worker` reaches them, with their credentials.

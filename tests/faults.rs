@@ -1,0 +1,207 @@
+//! Fault injection at the agent: a worker whose agent hangs on a call, drops the connection
+//! mid-call, or answers garbage. Each ends in a named Warning on the worker (`AgentUnresponsive`,
+//! `AgentLost`, `AgentProtocolError`), the attempt recorded with its status and reason, the
+//! worker's "VM" stopped and booted again, and the invocation retried to success on the
+//! recovered worker. The faulty agents speak the real protocol on loopback
+//! (tests/support/faulty.rs); every other boot is a real `microfaas-agent` process.
+
+mod support;
+
+use microfaas::manifest::Kind;
+use microfaas::store::{AttemptStatus, RunPhase, Store};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::faulty::{Fault, FaultyDriver};
+use support::host::{AgentProcs, Host, HostOptions, objects};
+
+const T: Duration = Duration::from_secs(90);
+
+fn agent() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_microfaas-agent"))
+}
+
+/// One OnDemand Warm worker and a workload of two calls, each allowed two attempts; the
+/// function's deadline is 1 s, so a hung agent is given up on after 11 s (deadline + 10 s).
+fn declare(state: &Path) {
+    let yaml = "apiVersion: microfaas.dev/v1alpha1
+kind: Cluster
+metadata: {name: c}
+spec:
+  defaults: {bootTimeout: 20s, powerOnHoldoff: 0s, jobTimeout: 30s}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Worker
+metadata: {name: vm-0, labels: {pool: f}}
+spec: {power: OnDemand, lifecycle: {mode: Warm}, vm: {kernel: /k}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Function
+metadata: {name: fl}
+spec: {runtime: builtin, handler: float_operations, timeout: 1s}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Workload
+metadata: {name: w}
+spec:
+  functions: [{function: fl, count: 2, inputs: [{n: 100}]}]
+  workers: {matchLabels: {pool: f}}
+  maxAttempts: 2
+";
+    Store::open(state)
+        .expect("store")
+        .apply(&objects(yaml), None, false, false)
+        .expect("apply");
+}
+
+/// Runs the workload with vm-0's first boot doing `fault`; returns the finished run's
+/// attempts (status, worker, error) and vm-0's Warning events (reason, message).
+async fn run_with(fault: Fault) -> (Vec<(AttemptStatus, String, String)>, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    declare(&state);
+    let driver = FaultyDriver::new(AgentProcs::new(agent()));
+    driver.arm("vm-0", fault);
+    let h = Host::start(
+        &state,
+        driver.clone(),
+        &HostOptions {
+            agent_listen: "127.0.0.1:0".into(),
+            token: "fault-token".into(),
+            credentials: None,
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let run = loop {
+        let run = h
+            .engine
+            .with_store(|s| s.latest_run("w"))
+            .expect("latest run");
+        if let Some(r) = run.filter(|r| r.phase != RunPhase::Running) {
+            break r;
+        }
+        assert!(started.elapsed() < T, "the run did not finish: {fault:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let attempts = h
+        .engine
+        .with_store(|s| s.attempts("w", run.run))
+        .expect("attempts");
+    let events = h
+        .engine
+        .with_store(|s| s.events(Kind::Worker, "vm-0", 100))
+        .expect("events");
+    let launches = driver.launches.lock().expect("lock").clone();
+    h.stop().await;
+    driver.real.kill_all();
+
+    assert_eq!(run.phase, RunPhase::Succeeded, "{fault:?}: {run:?}");
+    assert_eq!(
+        (run.counts.succeeded, run.counts.failed, run.counts.retried),
+        (2, 0, 1),
+        "{fault:?}: {run:?}"
+    );
+    // The faulty boot, then real agents: the worker was stopped and booted again (and, being
+    // OnDemand without an idle timeout, powered off and on between the two calls).
+    assert_eq!(launches.first(), Some(&("vm-0".to_string(), Some(fault))));
+    assert!(
+        launches.len() >= 2
+            && launches[1..]
+                .iter()
+                .all(|l| l == &("vm-0".to_string(), None)),
+        "{fault:?}: {launches:?}"
+    );
+    (
+        attempts
+            .into_iter()
+            .map(|a| {
+                (
+                    a.status,
+                    a.worker.unwrap_or_default(),
+                    a.error.unwrap_or_default(),
+                )
+            })
+            .collect(),
+        events
+            .into_iter()
+            .filter(|e| e.event_type == "Warning")
+            .map(|e| (e.reason, e.message))
+            .collect(),
+    )
+}
+
+/// Checks the one failed attempt (first of three) and that the worker's Warnings name it.
+fn check(
+    fault: Fault,
+    attempts: &[(AttemptStatus, String, String)],
+    warnings: &[(String, String)],
+    status: AttemptStatus,
+    error: &str,
+    reason: &str,
+) {
+    assert_eq!(attempts.len(), 3, "{fault:?}: {attempts:?}");
+    let failed: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.0 != AttemptStatus::Succeeded)
+        .collect();
+    assert_eq!(failed.len(), 1, "{fault:?}: {attempts:?}");
+    assert_eq!(failed[0].0, status, "{fault:?}: {attempts:?}");
+    assert_eq!(failed[0].1, "vm-0");
+    assert!(
+        failed[0].2.contains(error),
+        "{fault:?}: error {:?} should say {error:?}",
+        failed[0].2
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|(r, m)| r == reason && m.contains("w-1-")),
+        "{fault:?}: no `{reason}` naming the invocation among {warnings:?}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .filter(|a| a.0 == AttemptStatus::Succeeded)
+            .all(|a| a.1 == "vm-0"),
+        "{attempts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_hangs_is_given_up_on_and_its_worker_rebooted() {
+    let (attempts, warnings) = run_with(Fault::Hang).await;
+    check(
+        Fault::Hang,
+        &attempts,
+        &warnings,
+        AttemptStatus::Timeout,
+        "no result within 11s",
+        "AgentUnresponsive",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_drops_the_connection_mid_call_is_lost_and_retried() {
+    let (attempts, warnings) = run_with(Fault::Drop).await;
+    check(
+        Fault::Drop,
+        &attempts,
+        &warnings,
+        AttemptStatus::Lost,
+        "the agent connection is closed",
+        "AgentLost",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_answers_garbage_is_cut_off_and_retried() {
+    let (attempts, warnings) = run_with(Fault::Garbage).await;
+    check(
+        Fault::Garbage,
+        &attempts,
+        &warnings,
+        AttemptStatus::Lost,
+        "protocol error from the agent",
+        "AgentProtocolError",
+    );
+}
