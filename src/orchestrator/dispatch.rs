@@ -40,6 +40,8 @@ struct Shared {
     remaining: usize,
     counts: RunCounts,
     gave_up: Vec<String>,
+    /// Why each given-up worker was, for the invocations that end with no worker left.
+    unavailable: Vec<String>,
 }
 
 struct Run<D: VmDriver> {
@@ -220,6 +222,7 @@ async fn run_workload<D: VmDriver>(
                 ..RunCounts::default()
             },
             gave_up: Vec::new(),
+            unavailable: Vec::new(),
         }),
         wake: Notify::new(),
         permits: Semaphore::new(usize::try_from(spec.concurrency).unwrap_or(1).max(1)),
@@ -352,7 +355,11 @@ impl<D: VmDriver> Run<D> {
     /// it yet (any worker when all have).
     async fn enqueue(&self, job: Job, target: Option<String>) {
         if let Some(job) = self.place(job, target) {
-            let err = "no healthy worker is left to run it".to_string();
+            let mut err = "no healthy worker is left to run it".to_string();
+            let why = lock(&self.shared).unavailable.join("; ");
+            if !why.is_empty() {
+                err = format!("{err} ({why})");
+            }
             self.finalize(&job, None, None, Some(err), None).await;
         }
     }
@@ -471,16 +478,17 @@ impl<D: VmDriver> Run<D> {
     }
 
     /// Gives up on a worker: its queued jobs go to the others.
-    async fn abandon(&self, worker: &str) {
+    async fn abandon(&self, worker: &str, why: &attempt::NoSession) {
         let jobs: Vec<Job> = {
             let mut sh = lock(&self.shared);
             sh.gave_up.push(worker.to_string());
+            sh.unavailable.push(format!("`{worker}`: {why}"));
             sh.queues
                 .get_mut(worker)
                 .map(|q| q.drain(..).collect())
                 .unwrap_or_default()
         };
-        self.engine.event(Kind::Workload, &self.workload, EventType::Warning, "WorkerUnavailable", &format!("worker `{worker}` could not be made ready; its {} queued invocations move to other workers", jobs.len()));
+        self.engine.event(Kind::Workload, &self.workload, EventType::Warning, "WorkerUnavailable", &format!("worker `{worker}` could not be made ready ({why}); its {} queued invocations move to other workers", jobs.len()));
         for mut j in jobs {
             j.tried.push(worker.to_string());
             self.enqueue(j, None).await;
@@ -550,15 +558,18 @@ impl<D: VmDriver> Run<D> {
                 let session =
                     attempt::fresh_session(&self.engine, worker, stale, &mut events, ready_limit)
                         .await;
-                let Some((session, cold)) = session else {
-                    let mut job = job;
-                    job.tried.push(worker.to_string());
-                    self.abandon(worker).await;
-                    self.enqueue(job, None).await;
-                    if holding {
-                        self.engine.release(worker);
+                let (session, cold) = match session {
+                    Ok(s) => s,
+                    Err(why) => {
+                        let mut job = job;
+                        job.tried.push(worker.to_string());
+                        self.abandon(worker, &why).await;
+                        self.enqueue(job, None).await;
+                        if holding {
+                            self.engine.release(worker);
+                        }
+                        return;
                     }
-                    return;
                 };
                 let cold_start_ms = attempt::cold_start_ms(
                     cold || passed_over,

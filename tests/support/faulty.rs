@@ -160,7 +160,7 @@ fn serve(
     let mut stream = TcpStream::connect(addr)?;
     *lock(socket) = Some(stream.try_clone()?);
     let mut reader = FrameReader::new(stream.try_clone()?);
-    let mut send = |s: &mut TcpStream, m: &Message| s.write_all(&encode(m));
+    let send = |s: &mut TcpStream, m: &Message| s.write_all(&encode(m));
     send(
         &mut stream,
         &Message::Hello(Hello {

@@ -383,6 +383,17 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 _ => "Unknown",
             };
             st.set_phase(phase).observed(generation);
+            if t.ev.agent {
+                st.condition("Ready", CondStatus::True, "AgentConnected", "");
+            } else if want_on && t.observed != Power::On {
+                // Named, so work waiting for this board fails now rather than at its timeout.
+                st.condition(
+                    "Ready",
+                    CondStatus::False,
+                    "NoPowerControl",
+                    &format!("cannot press its power button: {e}"),
+                );
+            }
             self.finish_request(&t, &mut st, false, &format!("no power control: {e}"), None);
             self.write_status(Kind::Worker, name, st.into_value());
             return Ok(Next::Done);

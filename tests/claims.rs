@@ -1,0 +1,155 @@
+//! README claims that had no test: a board the engine will never press (power Unknown, or no
+//! GPIO line) fails the work waiting for it at once with a named reason instead of holding
+//! the queue for its whole boot ladder (about 13 minutes with the default timings).
+
+mod support;
+
+use microfaas::engine::vm::FakeDriver;
+use microfaas::manifest::Kind;
+use microfaas::store::{AttemptStatus, DesiredObject, RunPhase, Store};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::boards::BoardHost;
+use support::host::{Host, HostOptions};
+
+/// Far below the ~13 minutes a board's ladder takes with these defaults, far above the
+/// couple of seconds the named failure takes.
+const T: Duration = Duration::from_secs(90);
+
+fn opts() -> HostOptions {
+    HostOptions {
+        agent_listen: "127.0.0.1:0".into(),
+        token: "claims-token".into(),
+        credentials: None,
+    }
+}
+
+/// Defaults under which waiting out a board's recovery ladder takes 4 × (3 × 60 s + …) + 40 s.
+fn slow_defaults() -> serde_json::Value {
+    json!({"bootTimeout": "60s", "powerOnHoldoff": "0s", "quarantineAfter": 3})
+}
+
+/// A Function and a Workload of `count` calls on the workers labelled `pool: b`.
+fn work(count: u32) -> Vec<DesiredObject> {
+    vec![
+        DesiredObject::new(
+            Kind::Function,
+            "fl",
+            json!({"runtime": "builtin", "handler": "float_operations"}),
+        ),
+        DesiredObject::new(
+            Kind::Workload,
+            "w",
+            json!({"functions": [{"function": "fl", "count": count}],
+                   "workers": {"matchLabels": {"pool": "b"}}}),
+        ),
+    ]
+}
+
+fn board(name: &str, button: serde_json::Value) -> DesiredObject {
+    let mut o = DesiredObject::new(
+        Kind::Worker,
+        name,
+        json!({"power": "OnDemand", "lifecycle": {"mode": "Warm"},
+               "board": {"powerButton": button}}),
+    );
+    o.labels.insert("pool".into(), "b".into());
+    o
+}
+
+/// Waits for workload `w`'s run to end; its attempts' (status, worker, error).
+async fn finished<D: microfaas::engine::vm::VmDriver>(
+    engine: &microfaas::engine::Engine<D, microfaas::orchestrator::Sessions>,
+) -> (
+    microfaas::store::Run,
+    Vec<(AttemptStatus, Option<String>, String)>,
+) {
+    let started = Instant::now();
+    loop {
+        let run = engine.with_store(|s| s.latest_run("w")).expect("run");
+        if let Some(r) = run.filter(|r| r.phase != RunPhase::Running) {
+            let attempts = engine
+                .with_store(|s| s.attempts("w", r.run))
+                .expect("attempts")
+                .into_iter()
+                .map(|a| (a.status, a.worker, a.error.unwrap_or_default()))
+                .collect();
+            return (r, attempts);
+        }
+        assert!(
+            started.elapsed() < T,
+            "the run still waits for a board that will never be pressed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A board on no switch port has no evidence of its power: Unknown, so it is never pressed,
+/// and its invocations fail naming `PowerUnknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_on_unknown_power_fails_its_work_at_once_with_the_reason() {
+    let mut objects = vec![board(
+        "bbb-0",
+        json!({"chip": "sim", "line": 1, "pulse": "200ms", "forceOff": "1500ms"}),
+    )];
+    objects.extend(work(2));
+    let bh = BoardHost::start(slow_defaults(), objects, &[("bbb-0", 1)], &opts()).await;
+    let (run, attempts) = finished(&bh.host.engine).await;
+    let presses = bh.rack.presses("bbb-0");
+    let status = bh.status("bbb-0");
+    bh.stop().await;
+
+    assert_eq!(run.phase, RunPhase::Failed, "{run:?}");
+    assert_eq!(run.counts.failed, 2, "{run:?}");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    for (st, worker, error) in &attempts {
+        assert_eq!(*st, AttemptStatus::Lost, "{attempts:?}");
+        assert_eq!(*worker, None, "it never reached a worker: {attempts:?}");
+        assert!(
+            error.contains("`bbb-0`: the worker cannot be powered on: PowerUnknown"),
+            "{error}"
+        );
+    }
+    assert!(presses.is_empty(), "pressed on Unknown power: {presses:?}");
+    assert_eq!(status["observedPower"]["state"], "Unknown", "{status}");
+}
+
+/// A board whose button names a GPIO chip that does not exist cannot be pressed at all: its
+/// invocations fail naming `NoPowerControl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_without_a_gpio_line_fails_its_work_at_once_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let mut objects = vec![
+        DesiredObject::new(Kind::Cluster, "c", json!({ "defaults": slow_defaults() })),
+        board(
+            "bbb-1",
+            json!({"chip": "microfaas-test-no-such-chip", "line": 3}),
+        ),
+    ];
+    objects.extend(work(2));
+    Store::open(&state)
+        .expect("store")
+        .apply(&objects, None, false, false)
+        .expect("apply");
+    // The engine's own GPIO buttons: the real driver looks for the chip and finds none.
+    let h = Host::start(&state, Arc::new(FakeDriver::default()), &opts()).await;
+    let (run, attempts) = finished(&h.engine).await;
+    let status = h.engine.get(Kind::Worker, "bbb-1").expect("bbb-1").status;
+    h.stop().await;
+
+    assert_eq!(run.phase, RunPhase::Failed, "{run:?}");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    for (_, _, error) in &attempts {
+        assert!(
+            error.contains("`bbb-1`: the worker cannot be powered on: NoPowerControl"),
+            "{error}"
+        );
+    }
+    let power_control = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "PowerControl").cloned())
+        .unwrap_or_default();
+    assert_eq!(power_control["reason"], "LineUnavailable", "{status}");
+}
