@@ -205,3 +205,140 @@ async fn an_agent_that_answers_garbage_is_cut_off_and_retried() {
         "AgentProtocolError",
     );
 }
+
+/// A small tmpfs the test mounts (root, as CI runs) over the state dir, so the disk really
+/// fills; lazily unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem of `file` until a write fails with "no space".
+fn fill(file: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return,
+            Err(e) => panic!("filling {}: {e}", file.display()),
+        }
+    }
+}
+
+fn attempts_so_far<D: microfaas::engine::vm::VmDriver>(h: &Host<D>) -> usize {
+    h.engine
+        .with_store(|s| {
+            let run = s.latest_run("w")?.map_or(0, |r| r.run);
+            s.attempts("w", run)
+        })
+        .map_or(0, |a| a.len())
+}
+
+/// The disk fills in the middle of a workload: the engine names the failure, takes no more
+/// work (not even once space is back), and the store passes SQLite's integrity check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_engine_taking_work_and_leaves_the_store_intact() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let disk = Tmpfs::mount(&state, "8m");
+    let yaml = "apiVersion: microfaas.dev/v1alpha1
+kind: Cluster
+metadata: {name: c}
+spec:
+  defaults: {bootTimeout: 20s, powerOnHoldoff: 0s, jobTimeout: 30s}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Worker
+metadata: {name: vm-0, labels: {pool: f}}
+spec: {power: On, lifecycle: {mode: Warm}, vm: {kernel: /k}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Function
+metadata: {name: fl}
+spec: {runtime: builtin, handler: float_operations}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Workload
+metadata: {name: w}
+spec:
+  functions: [{function: fl, count: 400, inputs: [{n: 100}]}]
+  workers: {matchLabels: {pool: f}}
+  arrival: {pattern: fixed, rate: 40/s}
+";
+    Store::open(&state)
+        .expect("store")
+        .apply(&objects(yaml), None, false, false)
+        .expect("apply");
+    let driver = AgentProcs::new(agent());
+    let h = Host::start(
+        &state,
+        driver.clone(),
+        &HostOptions {
+            agent_listen: "127.0.0.1:0".into(),
+            token: "fault-token".into(),
+            credentials: None,
+        },
+    )
+    .await;
+    let started = Instant::now();
+    while attempts_so_far(&h) < 5 {
+        assert!(started.elapsed() < T, "no invocations recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let filler = state.join("filler");
+    fill(&filler);
+    let fault = loop {
+        if let Some(f) = h.engine.storage_fault() {
+            break f;
+        }
+        assert!(started.elapsed() < T, "the full disk went unnoticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(fault.contains("full"), "{fault}");
+    // Space is back: still no new work, since the run that lost records cannot go on honestly.
+    std::fs::remove_file(&filler).expect("free space");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recorded = attempts_so_far(&h);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        attempts_so_far(&h),
+        recorded,
+        "work was taken after the fault"
+    );
+    assert!(recorded < 400, "the whole workload ran: {recorded}");
+    h.stop().await;
+    driver.kill_all();
+
+    let db = rusqlite::Connection::open(state.join("state.db")).expect("open the store");
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    drop(db);
+    drop(disk);
+}

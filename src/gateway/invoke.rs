@@ -208,6 +208,13 @@ impl<D: VmDriver> Gateway<D> {
         call_id: &str,
         started: Instant,
     ) -> Reply {
+        if let Some(why) = self.engine.storage_fault() {
+            return Reply::error(
+                503,
+                call_id,
+                format!("cannot record invocations ({why}); taking no work"),
+            );
+        }
         let (spec, code) = match self.runnable(function, call_id) {
             Ok(s) => s,
             Err(r) => return r,

@@ -361,6 +361,7 @@ pub async fn record<D: VmDriver>(engine: &Engine<D, Sessions>, attempt: &Attempt
                 attempt.invocation_id,
                 attempt.attempt
             );
+            engine.storage_failed(&e.to_string());
             false
         }
     }

@@ -459,7 +459,8 @@ impl<D: VmDriver> Run<D> {
 
     fn take_job(&self, worker: &str) -> Option<Option<Job>> {
         let mut sh = lock(&self.shared);
-        if sh.remaining == 0 {
+        // Work whose outcome cannot be recorded is not started (the next engine's run redoes it).
+        if sh.remaining == 0 || self.engine.storage_fault().is_some() {
             return None;
         }
         let job = sh.queues.get_mut(worker).and_then(VecDeque::pop_front);
