@@ -153,3 +153,145 @@ async fn a_board_without_a_gpio_line_fails_its_work_at_once_with_the_reason() {
         .unwrap_or_default();
     assert_eq!(power_control["reason"], "LineUnavailable", "{status}");
 }
+
+fn ctl(state: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+        .args(args)
+        .env("MICROFAAS_STATE_DIR", state)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run microfaasctl")
+}
+
+/// `microfaasctl logs worker NAME -f` prints the console as it grows, and starts over when a
+/// relaunched VM truncates it.
+#[test]
+fn logs_follow_prints_what_the_console_writes_and_restarts_on_truncation() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let vm_dir = state.join("vms").join("vm-0");
+    std::fs::create_dir_all(&vm_dir).expect("vm dir");
+    let console = vm_dir.join("console.log");
+    std::fs::write(&console, "boot 1\n").expect("console");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+        .args(["logs", "worker", "vm-0", "-f"])
+        .env("MICROFAAS_STATE_DIR", &state)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(20)).expect("a line");
+    assert_eq!(next(), "boot 1");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&console)
+        .expect("append");
+    f.write_all(b"agent up\n").expect("write");
+    drop(f);
+    assert_eq!(next(), "agent up");
+    // A relaunch truncates the log and writes it again from the start.
+    std::fs::write(&console, "boot 2\n").expect("truncate");
+    assert_eq!(next(), "boot 2");
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "-f must keep following"
+    );
+    // SAFETY: signalling the child this test started (and has not reaped).
+    unsafe {
+        libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM);
+    }
+    let _ = child.wait();
+}
+
+/// `rerun` against the daemon: it stores the request and waits while `serve`'s engine runs the
+/// workload again (run 2); no second engine is started.
+#[test]
+fn rerun_against_the_daemon_is_run_by_the_daemon() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let manifest = dir.path().join("m.yaml");
+    // A workload no worker matches: each run fails at once (Unschedulable), no VM needed.
+    std::fs::write(
+        &manifest,
+        "apiVersion: microfaas.dev/v1alpha1
+kind: Cluster
+metadata: {name: t}
+spec:
+  orchestrator: {listen: 127.0.0.1:0}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Function
+metadata: {name: sha}
+spec: {runtime: builtin, handler: cascading_sha256}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Workload
+metadata: {name: w}
+spec:
+  functions: [{function: sha, count: 1}]
+  workers: {matchLabels: {pool: none}}
+",
+    )
+    .expect("manifest");
+    let log = dir.path().join("serve.log");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+        .args(["serve", "-f"])
+        .arg(&manifest)
+        .arg("--no-fs-checks")
+        .env("MICROFAAS_STATE_DIR", &state)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("serve");
+    let run_of = || -> Option<i64> {
+        let out = ctl(&state, &["get", "workload", "w", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["status"]["phase"] == "Failed")
+            .then(|| v["status"]["run"].as_i64())
+            .flatten()
+    };
+    let started = Instant::now();
+    while run_of() != Some(1) {
+        assert!(
+            started.elapsed() < T,
+            "run 1 did not end: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = ctl(&state, &["rerun", "workload", "w", "--timeout", "60s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        serve.try_wait().expect("try_wait").is_none(),
+        "the daemon died: {stderr}"
+    );
+    assert_eq!(run_of(), Some(2), "rerun: {stderr}");
+    assert!(stderr.contains("workload/w: failed"), "{stderr}");
+    // Both runs were the daemon's: its log has the engine's decision for each.
+    // SAFETY: signalling the child this test started (and has not reaped).
+    unsafe {
+        libc::kill(i32::try_from(serve.id()).expect("pid"), libc::SIGTERM);
+    }
+    let status = serve.wait().expect("wait");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("Unschedulable")).count(),
+        2,
+        "{text}"
+    );
+}
