@@ -295,3 +295,81 @@ spec:
         "{text}"
     );
 }
+
+/// Warm `idleTimeout`: an OnDemand worker stays on that long after its last invocation (ready
+/// for the next call), then is powered off through its agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_worker_powers_off_after_its_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let yaml = "apiVersion: microfaas.dev/v1alpha1
+kind: Cluster
+metadata: {name: c}
+spec:
+  defaults: {bootTimeout: 20s, powerOnHoldoff: 0s}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Worker
+metadata: {name: vm-0, labels: {pool: b}}
+spec: {power: OnDemand, lifecycle: {mode: Warm, idleTimeout: 4s}, vm: {kernel: /k}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Function
+metadata: {name: fl}
+spec: {runtime: builtin, handler: float_operations}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Workload
+metadata: {name: w}
+spec:
+  functions: [{function: fl, count: 1}]
+  workers: {matchLabels: {pool: b}}
+";
+    Store::open(&state)
+        .expect("store")
+        .apply(&support::host::objects(yaml), None, false, false)
+        .expect("apply");
+    let driver = support::host::AgentProcs::new(std::path::PathBuf::from(env!(
+        "CARGO_BIN_EXE_microfaas-agent"
+    )));
+    let h = Host::start(&state, driver.clone(), &opts()).await;
+    let (run, _) = finished(&h.engine).await;
+    assert_eq!(run.phase, RunPhase::Succeeded, "{run:?}");
+    let finished_at = Instant::now();
+    // Well inside the idle timeout: still on, its agent connected.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let on_while_idle = driver.is_running_now("vm-0");
+    let phase = h.engine.get(Kind::Worker, "vm-0").expect("vm-0").status["phase"].clone();
+    while driver.is_running_now("vm-0") {
+        assert!(
+            finished_at.elapsed() < T,
+            "never powered off after its idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let off_after = finished_at.elapsed();
+    let events = h
+        .engine
+        .with_store(|s| s.events(Kind::Worker, "vm-0", 50))
+        .expect("events");
+    h.stop().await;
+    driver.kill_all();
+
+    assert!(on_while_idle, "powered off before its idle timeout");
+    assert_eq!(phase, "Ready");
+    assert!(
+        off_after >= Duration::from_secs(3),
+        "off after {off_after:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "PowerOff" && e.message == "asked the agent to power off"),
+        "{events:?}"
+    );
+    assert_eq!(
+        driver.launches.lock().expect("lock").len(),
+        1,
+        "booted once"
+    );
+}

@@ -518,6 +518,12 @@ impl<D: VmDriver> Run<D> {
             &self.engine.defaults(),
             self.engine.board_timing(),
         );
+        // A Warm worker stays on this long without work (also after the run's last call).
+        let idle = if oneshot {
+            Duration::ZERO
+        } else {
+            idle_timeout
+        };
         let mut holding = false;
         let mut stale: Option<u64> = None;
         loop {
@@ -528,19 +534,7 @@ impl<D: VmDriver> Run<D> {
                 Some(None) => {
                     if holding && !self.has_work(worker) {
                         holding = false;
-                        let (e, w, idle) = (
-                            self.engine.clone(),
-                            worker.to_string(),
-                            if oneshot {
-                                Duration::ZERO
-                            } else {
-                                idle_timeout
-                            },
-                        );
-                        tokio::spawn(async move {
-                            tokio::time::sleep(idle).await;
-                            e.release(&w);
-                        });
+                        self.release_after(worker, idle);
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
                     continue;
@@ -621,8 +615,21 @@ impl<D: VmDriver> Run<D> {
             }
         }
         if holding {
-            self.engine.release(worker);
+            self.release_after(worker, idle);
         }
+    }
+
+    /// Drops this run's hold on `worker` after `idle` (a Warm worker's `idleTimeout`).
+    fn release_after(&self, worker: &str, idle: Duration) {
+        if idle.is_zero() {
+            self.engine.release(worker);
+            return;
+        }
+        let (e, w) = (self.engine.clone(), worker.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(idle).await;
+            e.release(&w);
+        });
     }
 }
 

@@ -78,6 +78,11 @@ impl AgentProcs {
 impl AgentProcs {
     /// Kills every agent this driver started (by its own PID). The engine's tasks may keep the
     /// driver alive until the process ends, so tests call this rather than rely on `Drop`.
+    /// Whether `name`'s agent process still runs (the engine's view, through the driver).
+    pub fn is_running_now(&self, name: &str) -> bool {
+        self.is_running(name)
+    }
+
     pub fn kill_all(&self) {
         for (_, mut c) in lock(&self.children).drain() {
             let _ = c.kill();
