@@ -21,8 +21,10 @@ fn work(count: u32, n: u64, rate: &str) -> String {
     )
 }
 
+/// The object's status, or null while it is not stored yet.
 fn status(env: &Env, kind: &str, name: &str) -> Value {
-    env.json(&["get", kind, name, "-o", "json"])["status"].clone()
+    let out = env.ctl(&["get", kind, name, "-o", "json"]);
+    serde_json::from_slice::<Value>(&out.stdout).map_or(Value::Null, |v| v["status"].clone())
 }
 
 /// The latest run's attempts as `report --format csv` gives them (cells split on commas:
@@ -56,7 +58,7 @@ fn a_qemu_killed_mid_call_is_relaunched_and_the_call_retried() {
             "{}{}{}",
             env.cluster(", jobTimeout: 300s"),
             env.vm("vm-0", "On", "128Mi", &initrd),
-            work(1, 30_000_000, "1/s")
+            work(1, 2_000_000, "1/s")
         ),
     );
     let mut apply = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
@@ -67,7 +69,9 @@ fn a_qemu_killed_mid_call_is_relaunched_and_the_call_retried() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("apply");
-    wait_for("vm-0 busy", || status(&env, "worker", "vm-0")["phase"] == "Busy");
+    wait_for("vm-0 busy", || {
+        status(&env, "worker", "vm-0")["phase"] == "Busy"
+    });
     let first = env.qemus();
     assert_eq!(first.len(), 1, "{first:?}");
     // SAFETY: signalling the QEMU this test's state dir started (found in /proc).
@@ -86,8 +90,8 @@ fn a_qemu_killed_mid_call_is_relaunched_and_the_call_retried() {
     assert_eq!(
         summary,
         vec![
-            ("1".to_string(), "Lost".to_string()),
-            ("2".to_string(), "Succeeded".to_string())
+            ("1".to_string(), "lost".to_string()),
+            ("2".to_string(), "succeeded".to_string())
         ],
         "{rows:?}"
     );
@@ -99,7 +103,10 @@ fn a_qemu_killed_mid_call_is_relaunched_and_the_call_retried() {
     assert!(d.contains("AgentLost"), "{d}");
     let now = env.qemus();
     assert_eq!(now.len(), 1, "one QEMU, relaunched: {now:?}");
-    assert_ne!(now[0].1, first[0].1, "the killed QEMU is not the one running");
+    assert_ne!(
+        now[0].1, first[0].1,
+        "the killed QEMU is not the one running"
+    );
     ok(&env.ctl(&["delete", "-f", &f]));
     assert!(env.qemus().is_empty());
 }
@@ -141,8 +148,14 @@ fn sigterm_during_apply_leaves_the_vm_for_the_next_apply_to_adopt() {
     }
     let out = apply.wait_with_output().expect("apply");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "an interrupted apply is not a success");
-    assert!(stderr.contains("workload/w"), "says what had not converged: {stderr}");
+    assert!(
+        !out.status.success(),
+        "an interrupted apply is not a success"
+    );
+    assert!(
+        stderr.contains("workload/w"),
+        "says what had not converged: {stderr}"
+    );
     assert_eq!(env.qemus(), before, "the VM must be left running as it was");
 
     // The next apply adopts the VM and closes the interrupted run.
