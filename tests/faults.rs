@@ -342,3 +342,61 @@ spec:
     drop(db);
     drop(disk);
 }
+
+/// A board's switch port goes down after its link came up and before its agent connected:
+/// `LinkLost` on the worker, then its boot ladder (the link never comes back, so no agent),
+/// ending in quarantine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_goes_down_mid_boot_is_named_and_the_board_quarantined() {
+    use support::boards::{Behaviour, BoardHost, board_spec, event_count, lock};
+    let mut worker = microfaas::store::DesiredObject::new(
+        Kind::Worker,
+        "bbb-0",
+        board_spec("OnDemand", 1, "tor", "Gi1/0/5", false),
+    );
+    worker.labels.insert("pool".into(), "b".into());
+    let bh = BoardHost::start(
+        serde_json::json!({"bootTimeout": "3s", "powerOnHoldoff": "0s", "quarantineAfter": 2}),
+        vec![worker],
+        &[("bbb-0", 10105)],
+        &HostOptions {
+            agent_listen: "127.0.0.1:0".into(),
+            token: "fault-token".into(),
+            credentials: None,
+        },
+    )
+    .await;
+    bh.until_off("bbb-0", "seen off before the test").await;
+    // Its PHY will come up, its agent never.
+    if let Some(b) = lock(&bh.rack.boards).get_mut("bbb-0") {
+        b.behaviour = Behaviour::NoAgent;
+    }
+    let engine = bh.host.engine.clone();
+    engine.want("bbb-0");
+    let started = Instant::now();
+    while bh.status("bbb-0")["phase"] != "Booting" {
+        assert!(
+            started.elapsed() < T,
+            "never booting: {}",
+            bh.status("bbb-0")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bh.rack.set_oper(10105, false);
+    while bh.status("bbb-0")["health"] != "Bad" {
+        assert!(
+            started.elapsed() < T,
+            "not quarantined: {}",
+            bh.status("bbb-0")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lost = event_count(&engine, "bbb-0", "LinkLost");
+    let quarantined = event_count(&engine, "bbb-0", "Quarantined");
+    let status = bh.status("bbb-0");
+    engine.release("bbb-0");
+    bh.stop().await;
+    assert_eq!(lost, 1, "{status}");
+    assert_eq!(quarantined, 1, "{status}");
+    assert_eq!(status["phase"], "Failed", "{status}");
+}
