@@ -18,11 +18,7 @@ use support::host::{Host, HostOptions};
 const T: Duration = Duration::from_secs(90);
 
 fn opts() -> HostOptions {
-    HostOptions {
-        agent_listen: "127.0.0.1:0".into(),
-        token: "claims-token".into(),
-        credentials: None,
-    }
+    support::host::loopback("claims-token")
 }
 
 /// Defaults under which waiting out a board's recovery ladder takes 4 × (3 × 60 s + …) + 40 s.
@@ -302,33 +298,12 @@ spec:
 async fn a_warm_worker_powers_off_after_its_idle_timeout() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
-    let yaml = "apiVersion: microfaas.dev/v1alpha1
-kind: Cluster
-metadata: {name: c}
-spec:
-  defaults: {bootTimeout: 20s, powerOnHoldoff: 0s}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Worker
-metadata: {name: vm-0, labels: {pool: b}}
-spec: {power: OnDemand, lifecycle: {mode: Warm, idleTimeout: 4s}, vm: {kernel: /k}}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Function
-metadata: {name: fl}
-spec: {runtime: builtin, handler: float_operations}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Workload
-metadata: {name: w}
-spec:
-  functions: [{function: fl, count: 1}]
-  workers: {matchLabels: {pool: b}}
-";
-    Store::open(&state)
-        .expect("store")
-        .apply(&support::host::objects(yaml), None, false, false)
-        .expect("apply");
+    support::host::declare_one_worker(
+        &state,
+        "{power: OnDemand, lifecycle: {mode: Warm, idleTimeout: 4s}, vm: {kernel: /k}}",
+        "{runtime: builtin, handler: float_operations}",
+        "  functions: [{function: fl, count: 1}]\n",
+    );
     let driver = support::host::AgentProcs::new(std::path::PathBuf::from(env!(
         "CARGO_BIN_EXE_microfaas-agent"
     )));

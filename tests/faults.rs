@@ -8,11 +8,11 @@
 mod support;
 
 use microfaas::manifest::Kind;
-use microfaas::store::{AttemptStatus, RunPhase, Store};
+use microfaas::store::{AttemptStatus, RunPhase};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::faulty::{Fault, FaultyDriver};
-use support::host::{AgentProcs, Host, HostOptions, objects};
+use support::host::{AgentProcs, Host, declare_one_worker, loopback};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -23,34 +23,12 @@ fn agent() -> PathBuf {
 /// One OnDemand Warm worker and a workload of two calls, each allowed two attempts; the
 /// function's deadline is 1 s, so a hung agent is given up on after 11 s (deadline + 10 s).
 fn declare(state: &Path) {
-    let yaml = "apiVersion: microfaas.dev/v1alpha1
-kind: Cluster
-metadata: {name: c}
-spec:
-  defaults: {bootTimeout: 20s, powerOnHoldoff: 0s, jobTimeout: 30s}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Worker
-metadata: {name: vm-0, labels: {pool: f}}
-spec: {power: OnDemand, lifecycle: {mode: Warm}, vm: {kernel: /k}}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Function
-metadata: {name: fl}
-spec: {runtime: builtin, handler: float_operations, timeout: 1s}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Workload
-metadata: {name: w}
-spec:
-  functions: [{function: fl, count: 2, inputs: [{n: 100}]}]
-  workers: {matchLabels: {pool: f}}
-  maxAttempts: 2
-";
-    Store::open(state)
-        .expect("store")
-        .apply(&objects(yaml), None, false, false)
-        .expect("apply");
+    declare_one_worker(
+        state,
+        "{power: OnDemand, lifecycle: {mode: Warm}, vm: {kernel: /k}}",
+        "{runtime: builtin, handler: float_operations, timeout: 1s}",
+        "  functions: [{function: fl, count: 2, inputs: [{n: 100}]}]\n  maxAttempts: 2\n",
+    );
 }
 
 /// Runs the workload with vm-0's first boot doing `fault`; returns the finished run's
@@ -61,16 +39,7 @@ async fn run_with(fault: Fault) -> (Vec<(AttemptStatus, String, String)>, Vec<(S
     declare(&state);
     let driver = FaultyDriver::new(AgentProcs::new(agent()));
     driver.arm("vm-0", fault);
-    let h = Host::start(
-        &state,
-        driver.clone(),
-        &HostOptions {
-            agent_listen: "127.0.0.1:0".into(),
-            token: "fault-token".into(),
-            credentials: None,
-        },
-    )
-    .await;
+    let h = Host::start(&state, driver.clone(), &loopback("fault-token")).await;
     let started = Instant::now();
     let run = loop {
         let run = h
@@ -266,45 +235,14 @@ async fn a_full_disk_stops_the_engine_taking_work_and_leaves_the_store_intact() 
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
     let disk = Tmpfs::mount(&state, "8m");
-    let yaml = "apiVersion: microfaas.dev/v1alpha1
-kind: Cluster
-metadata: {name: c}
-spec:
-  defaults: {bootTimeout: 20s, powerOnHoldoff: 0s, jobTimeout: 30s}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Worker
-metadata: {name: vm-0, labels: {pool: f}}
-spec: {power: On, lifecycle: {mode: Warm}, vm: {kernel: /k}}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Function
-metadata: {name: fl}
-spec: {runtime: builtin, handler: float_operations}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Workload
-metadata: {name: w}
-spec:
-  functions: [{function: fl, count: 400, inputs: [{n: 100}]}]
-  workers: {matchLabels: {pool: f}}
-  arrival: {pattern: fixed, rate: 40/s}
-";
-    Store::open(&state)
-        .expect("store")
-        .apply(&objects(yaml), None, false, false)
-        .expect("apply");
-    let driver = AgentProcs::new(agent());
-    let h = Host::start(
+    declare_one_worker(
         &state,
-        driver.clone(),
-        &HostOptions {
-            agent_listen: "127.0.0.1:0".into(),
-            token: "fault-token".into(),
-            credentials: None,
-        },
-    )
-    .await;
+        "{power: On, lifecycle: {mode: Warm}, vm: {kernel: /k}}",
+        "{runtime: builtin, handler: float_operations}",
+        "  functions: [{function: fl, count: 400, inputs: [{n: 100}]}]\n  arrival: {pattern: fixed, rate: 40/s}\n",
+    );
+    let driver = AgentProcs::new(agent());
+    let h = Host::start(&state, driver.clone(), &loopback("fault-token")).await;
     let started = Instant::now();
     while attempts_so_far(&h) < 5 {
         assert!(started.elapsed() < T, "no invocations recorded");
@@ -359,11 +297,7 @@ async fn a_port_that_goes_down_mid_boot_is_named_and_the_board_quarantined() {
         serde_json::json!({"bootTimeout": "3s", "powerOnHoldoff": "0s", "quarantineAfter": 2}),
         vec![worker],
         &[("bbb-0", 10105)],
-        &HostOptions {
-            agent_listen: "127.0.0.1:0".into(),
-            token: "fault-token".into(),
-            credentials: None,
-        },
+        &loopback("fault-token"),
     )
     .await;
     bh.until_off("bbb-0", "seen off before the test").await;

@@ -38,6 +38,18 @@ fn attempts(env: &Env) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `apply -f FILE` in the background, its stderr captured.
+fn spawn_apply(env: &Env, file: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+        .args(["apply", "-f", file, "--timeout", "10m"])
+        .env("MICROFAAS_STATE_DIR", &env.state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply")
+}
+
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();
     while !cond() {
@@ -61,14 +73,7 @@ fn a_qemu_killed_mid_call_is_relaunched_and_the_call_retried() {
             work(1, 2_000_000, "1/s")
         ),
     );
-    let mut apply = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
-        .args(["apply", "-f", &f, "--timeout", "10m"])
-        .env("MICROFAAS_STATE_DIR", &env.state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("apply");
+    let apply = spawn_apply(&env, &f);
     wait_for("vm-0 busy", || {
         status(&env, "worker", "vm-0")["phase"] == "Busy"
     });
@@ -127,14 +132,7 @@ fn sigterm_during_apply_leaves_the_vm_for_the_next_apply_to_adopt() {
             work(60, 1000, "2/s")
         ),
     );
-    let mut apply = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
-        .args(["apply", "-f", &f])
-        .env("MICROFAAS_STATE_DIR", &env.state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("apply");
+    let apply = spawn_apply(&env, &f);
     wait_for("a few invocations", || {
         status(&env, "workload", "w")["succeeded"]
             .as_u64()

@@ -289,6 +289,28 @@ impl<D: VmDriver> Host<D> {
 
 pub const AUTH: &str = "Basic YWRtaW46cHc="; // admin:pw
 
+/// Options for a host on a fresh loopback port with `token` and no gateway credentials.
+pub fn loopback(token: &str) -> HostOptions {
+    HostOptions {
+        agent_listen: "127.0.0.1:0".into(),
+        token: token.into(),
+        credentials: None,
+    }
+}
+
+/// Stores, as `apply` would, a Cluster, one worker `vm-0` labelled `pool: p` with spec
+/// `worker`, a Function `fl` with spec `function`, and a Workload `w` on `pool: p` whose other
+/// spec lines (indented two spaces) are `workload`.
+pub fn declare_one_worker(state: &Path, worker: &str, function: &str, workload: &str) {
+    let yaml = format!(
+        "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: c}}\nspec:\n  defaults: {{bootTimeout: 20s, powerOnHoldoff: 0s, jobTimeout: 30s}}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {{name: vm-0, labels: {{pool: p}}}}\nspec: {worker}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Function\nmetadata: {{name: fl}}\nspec: {function}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Workload\nmetadata: {{name: w}}\nspec:\n  workers: {{matchLabels: {{pool: p}}}}\n{workload}"
+    );
+    microfaas::store::Store::open(state)
+        .expect("store")
+        .apply(&objects(&yaml), None, false, false)
+        .expect("apply");
+}
+
 pub fn objects(yaml: &str) -> Vec<DesiredObject> {
     let dir = tempfile::tempdir().expect("tmp");
     let f = dir.path().join("m.yaml");
