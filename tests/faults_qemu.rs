@@ -38,6 +38,18 @@ fn attempts(env: &Env) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Writes the manifest: the Cluster (with `defaults` added to its defaults), the Warm VM
+/// `vm-0` (power On) and `work`; returns its path.
+fn one_vm(env: &Env, defaults: &str, work: &str) -> String {
+    let initrd = env.initrd.clone();
+    let text = format!(
+        "{}{}{work}",
+        env.cluster(defaults),
+        env.vm("vm-0", "On", "128Mi", &initrd)
+    );
+    env.write("m.yaml", &text)
+}
+
 /// `apply -f FILE` in the background, its stderr captured.
 fn spawn_apply(env: &Env, file: &str) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
@@ -63,16 +75,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn a_qemu_killed_mid_call_is_relaunched_and_the_call_retried() {
     let env = Env::new();
-    let initrd = env.initrd.clone();
-    let f = env.write(
-        "m.yaml",
-        &format!(
-            "{}{}{}",
-            env.cluster(", jobTimeout: 300s"),
-            env.vm("vm-0", "On", "128Mi", &initrd),
-            work(1, 2_000_000, "1/s")
-        ),
-    );
+    let f = one_vm(&env, ", jobTimeout: 300s", &work(1, 2_000_000, "1/s"));
     let apply = spawn_apply(&env, &f);
     wait_for("vm-0 busy", || {
         status(&env, "worker", "vm-0")["phase"] == "Busy"
@@ -122,16 +125,7 @@ fn a_qemu_killed_mid_call_is_relaunched_and_the_call_retried() {
 #[test]
 fn sigterm_during_apply_leaves_the_vm_for_the_next_apply_to_adopt() {
     let env = Env::new();
-    let initrd = env.initrd.clone();
-    let f = env.write(
-        "m.yaml",
-        &format!(
-            "{}{}{}",
-            env.cluster(""),
-            env.vm("vm-0", "On", "128Mi", &initrd),
-            work(60, 1000, "2/s")
-        ),
-    );
+    let f = one_vm(&env, "", &work(60, 1000, "2/s"));
     let apply = spawn_apply(&env, &f);
     wait_for("a few invocations", || {
         status(&env, "workload", "w")["succeeded"]

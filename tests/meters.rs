@@ -171,19 +171,25 @@ fn relink(link: &Path, target: &Path) {
     std::fs::rename(&tmp, link).expect("rename link");
 }
 
+/// A pty behind `link` and the meter `strip` on it (WattsUp, 1 s), sampled: the master side
+/// and the running sampler.
+fn wattsup_meter(state: &Path, link: &Path) -> (std::fs::File, Sampler) {
+    let (master, slave) = pty();
+    relink(link, &slave);
+    drop(store_with_meter(
+        state,
+        "strip",
+        serde_json::json!({"wattsup": {"device": link.display().to_string(), "interval": "1s"}, "covers": {"matchLabels": {}}}),
+    ));
+    (master, Sampler::start(state))
+}
+
 #[test]
 fn wattsup_session_over_a_pty_with_corruption_and_a_reconnect() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
     let link = dir.path().join("wattsup");
-    let (mut master, slave) = pty();
-    relink(&link, &slave);
-    let _store = store_with_meter(
-        &state,
-        "strip",
-        serde_json::json!({"wattsup": {"device": link.display().to_string(), "interval": "1s"}, "covers": {"matchLabels": {}}}),
-    );
-    let sampler = Sampler::start(&state);
+    let (mut master, sampler) = wattsup_meter(&state, &link);
 
     let session = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -353,14 +359,7 @@ fn a_wattsup_that_falls_silent_is_named_disconnected_and_reopened() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
     let link = dir.path().join("wattsup");
-    let (mut master, slave) = pty();
-    relink(&link, &slave);
-    let _store = store_with_meter(
-        &state,
-        "strip",
-        serde_json::json!({"wattsup": {"device": link.display().to_string(), "interval": "1s"}, "covers": {"matchLabels": {}}}),
-    );
-    let sampler = Sampler::start(&state);
+    let (mut master, sampler) = wattsup_meter(&state, &link);
     let record = |watts: u32| {
         format!("#d,-,18,{watts},1203,172,3,0,0,0,1031,1205,175,1019,1201,170,49,0,0,600,2070;\r\n")
     };
