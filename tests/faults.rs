@@ -334,3 +334,95 @@ async fn a_port_that_goes_down_mid_boot_is_named_and_the_board_quarantined() {
     assert_eq!(quarantined, 1, "{status}");
     assert_eq!(status["phase"], "Failed", "{status}");
 }
+
+/// The condition `kind` of a stored status (null when absent).
+fn condition(status: &serde_json::Value, kind: &str) -> serde_json::Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind).cloned())
+        .unwrap_or_default()
+}
+
+type Pred<'a> = &'a dyn Fn(&serde_json::Value, &serde_json::Value) -> bool;
+
+/// Waits until `pred(switch tor's status, worker bbb-0's status)`; returns both.
+async fn until_switch<D: microfaas::engine::vm::VmDriver>(
+    engine: &microfaas::engine::Engine<D, microfaas::orchestrator::Sessions>,
+    started: Instant,
+    what: &str,
+    pred: Pred<'_>,
+) -> (serde_json::Value, serde_json::Value) {
+    loop {
+        let sw = engine
+            .get(Kind::Switch, "tor")
+            .map(|o| o.status)
+            .unwrap_or_default();
+        let w = engine
+            .get(Kind::Worker, "bbb-0")
+            .map(|o| o.status)
+            .unwrap_or_default();
+        if pred(&sw, &w) {
+            return (sw, w);
+        }
+        assert!(started.elapsed() < T, "{what}: switch {sw}\nworker {w}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The switch's SNMP agent stops answering (SIGSTOP) while a board is Ready on it: the switch
+/// is `Reachable=False` (`Timeout`) with an `Unreachable` Warning, the board's link becomes
+/// Unknown (`SwitchUnreachable`) — never "down" — and nothing is pressed; when the agent
+/// answers again (SIGCONT) the switch is reachable and the link up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_stops_answering_snmp_is_unreachable_and_nothing_is_pressed() {
+    use support::boards::{BoardHost, board_spec};
+    let bh = BoardHost::start(
+        serde_json::json!({"bootTimeout": "20s", "powerOnHoldoff": "0s"}),
+        vec![microfaas::store::DesiredObject::new(
+            Kind::Worker,
+            "bbb-0",
+            board_spec("On", 1, "tor", "Gi1/0/5", false),
+        )],
+        &[("bbb-0", 10105)],
+        &loopback("fault-token"),
+    )
+    .await;
+    let engine = bh.host.engine.clone();
+    let started = Instant::now();
+    let until = |what, pred| until_switch(&engine, started, what, pred);
+    until("bbb-0 ready, link up", &|_, w| {
+        w["phase"] == "Ready" && condition(w, "LinkUp")["status"] == "True"
+    })
+    .await;
+    let sim = bh.rack.sim.child.id() as libc::pid_t;
+    // SAFETY: signalling the snmpsim child this test's rack started (not reaped: it runs).
+    unsafe { libc::kill(sim, libc::SIGSTOP) };
+    let (sw, w) = until("switch unreachable", &|sw, w| {
+        condition(sw, "Reachable")["status"] == "False"
+            && condition(w, "LinkUp")["status"] == "Unknown"
+    })
+    .await;
+    // SAFETY: as above.
+    unsafe { libc::kill(sim, libc::SIGCONT) };
+    assert_eq!(condition(&sw, "Reachable")["reason"], "Timeout", "{sw}");
+    assert_eq!(
+        condition(&w, "LinkUp")["reason"],
+        "SwitchUnreachable",
+        "{w}"
+    );
+    assert_eq!(w["phase"], "Ready", "its agent is still connected: {w}");
+    until("switch reachable again", &|sw, w| {
+        condition(sw, "Reachable")["status"] == "True" && condition(w, "LinkUp")["status"] == "True"
+    })
+    .await;
+    let unreachable = engine
+        .with_store(|s| s.events(Kind::Switch, "tor", 50))
+        .expect("events")
+        .iter()
+        .filter(|e| e.reason == "Unreachable" && e.event_type == "Warning")
+        .count();
+    let presses = bh.rack.presses("bbb-0");
+    bh.stop().await;
+    assert_eq!(unreachable, 1);
+    assert_eq!(presses.len(), 1, "only the power-on press: {presses:?}");
+}
