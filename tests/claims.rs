@@ -65,6 +65,13 @@ async fn finished<D: microfaas::engine::vm::VmDriver>(
     loop {
         let run = engine.with_store(|s| s.latest_run("w")).expect("run");
         if let Some(r) = run.filter(|r| r.phase != RunPhase::Running) {
+            // A figure for the README, not an assertion.
+            eprintln!(
+                "run {} ended {:?} after {} ms",
+                r.run,
+                r.phase,
+                r.finished_ms.unwrap_or(r.started_ms) - r.started_ms
+            );
             let attempts = engine
                 .with_store(|s| s.attempts("w", r.run))
                 .expect("attempts")
