@@ -74,13 +74,6 @@ pub fn health_good(o: &StoredObject) -> bool {
         == "Good"
 }
 
-/// Whether the worker exists and is healthy.
-pub fn healthy<D: VmDriver>(engine: &Engine<D, Sessions>, worker: &str) -> bool {
-    engine
-        .get(Kind::Worker, worker)
-        .is_some_and(|o| health_good(&o))
-}
-
 /// Why [`fresh_session`] found no session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoSession {
