@@ -171,19 +171,25 @@ fn relink(link: &Path, target: &Path) {
     std::fs::rename(&tmp, link).expect("rename link");
 }
 
+/// A pty behind `link` and the meter `strip` on it (WattsUp, 1 s), sampled: the master side
+/// and the running sampler.
+fn wattsup_meter(state: &Path, link: &Path) -> (std::fs::File, Sampler) {
+    let (master, slave) = pty();
+    relink(link, &slave);
+    drop(store_with_meter(
+        state,
+        "strip",
+        serde_json::json!({"wattsup": {"device": link.display().to_string(), "interval": "1s"}, "covers": {"matchLabels": {}}}),
+    ));
+    (master, Sampler::start(state))
+}
+
 #[test]
 fn wattsup_session_over_a_pty_with_corruption_and_a_reconnect() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
     let link = dir.path().join("wattsup");
-    let (mut master, slave) = pty();
-    relink(&link, &slave);
-    let _store = store_with_meter(
-        &state,
-        "strip",
-        serde_json::json!({"wattsup": {"device": link.display().to_string(), "interval": "1s"}, "covers": {"matchLabels": {}}}),
-    );
-    let sampler = Sampler::start(&state);
+    let (mut master, sampler) = wattsup_meter(&state, &link);
 
     let session = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -343,4 +349,60 @@ fn command_meter_that_prints_no_number_warns_and_stores_nothing() {
         .expect("get")
         .expect("meter");
     assert_eq!(st.status["phase"], "Failing", "{}", st.status);
+}
+
+/// A WattsUp that stops sending (the port stays open, nothing arrives): after a few missed
+/// records the meter is `Disconnected` with a `Disconnected` Warning saying no reading came,
+/// the port is reopened and logging restarted, and samples resume.
+#[test]
+fn a_wattsup_that_falls_silent_is_named_disconnected_and_reopened() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let link = dir.path().join("wattsup");
+    let (mut master, sampler) = wattsup_meter(&state, &link);
+    let record = |watts: u32| {
+        format!("#d,-,18,{watts},1203,172,3,0,0,0,1031,1205,175,1019,1201,170,49,0,0,600,2070;\r\n")
+    };
+    assert_eq!(await_logging_command(&mut master), "#L,W,3,E,,1;");
+    master.write_all(record(1025).as_bytes()).expect("write");
+    assert_eq!(
+        wait_samples(&state, "strip", 1, Duration::from_secs(30)),
+        vec![102.5]
+    );
+    // Silence, with the port still open: 3 intervals + 2 s without a record.
+    let reader = Store::open(&state).expect("open");
+    let start = Instant::now();
+    let status = loop {
+        let o = reader
+            .get(Kind::PowerMeter, "strip")
+            .expect("get")
+            .expect("meter");
+        if o.status["phase"] == "Disconnected" {
+            break o.status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "silence not noticed: {}",
+            o.status
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ev = reader
+        .events(Kind::PowerMeter, "strip", 100)
+        .expect("events");
+    assert!(
+        ev.iter().any(|e| e.reason == "Disconnected"
+            && e.event_type == "Warning"
+            && e.message.contains("no reading within 5s")),
+        "{ev:?}"
+    );
+    assert_eq!(status["conditions"][0]["status"], "False", "{status}");
+    // Reopened and told to log again; records are sampled again.
+    assert_eq!(read_command(&mut master), "#L,W,3,E,,1;");
+    master.write_all(record(1030).as_bytes()).expect("write");
+    assert_eq!(
+        wait_samples(&state, "strip", 2, Duration::from_secs(30)),
+        vec![102.5, 103.0]
+    );
+    drop(sampler);
 }

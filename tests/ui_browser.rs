@@ -81,7 +81,7 @@ kind: Worker
 metadata: {{name: vm-0, labels: {{pool: t}}}}
 spec:
   power: OnDemand
-  lifecycle: {{mode: Warm, idleTimeout: 60s}}
+  lifecycle: {{mode: Warm, idleTimeout: 15s}}
   vm: {{kernel: {kernel}, initrd: {initrd}, memory: 128Mi, machine: pc, accel: tcg}}
 ---
 apiVersion: microfaas.dev/v1alpha1

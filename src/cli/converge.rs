@@ -172,11 +172,22 @@ pub async fn converge<D: VmDriver>(
             progress.show(*kind, name, obj, run.as_ref(), st);
         }
         let Outcome {
-            failed,
+            mut failed,
             waiting,
             runs,
         } = o;
-        if waiting.is_empty() || tokio::time::Instant::now() >= deadline || interrupted {
+        let storage = engine.storage_fault();
+        if let Some(why) = &storage {
+            failed.push((
+                "store".to_string(),
+                format!("cannot record invocations ({why}); no more work was taken"),
+            ));
+        }
+        if waiting.is_empty()
+            || tokio::time::Instant::now() >= deadline
+            || interrupted
+            || storage.is_some()
+        {
             break Outcome {
                 failed,
                 waiting,

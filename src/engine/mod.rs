@@ -78,6 +78,9 @@ pub struct Engine<D: VmDriver, P: Presence> {
     reconcile_errors: Mutex<HashMap<Kind, u64>>,
     /// Invocations waiting in the queues of each running workload (for metrics).
     queue_depths: Mutex<HashMap<String, usize>>,
+    /// Set when an invocation could not be recorded (disk full, I/O error): from then on no
+    /// work is taken, since nothing it does could be recorded.
+    storage_fault: Mutex<Option<String>>,
 }
 
 /// Status field set by `microfaasctl rerun` and cleared when the new run starts.
@@ -114,7 +117,26 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             boards: board::Boards::default(),
             reconcile_errors: Mutex::new(HashMap::new()),
             queue_depths: Mutex::new(HashMap::new()),
+            storage_fault: Mutex::new(None),
         })
+    }
+
+    /// Records that invocations can no longer be recorded (`why`: the store's error); the
+    /// first one is logged as an error and stops dispatch ([`Self::storage_fault`]).
+    pub fn storage_failed(&self, why: &str) {
+        let mut f = lock(&self.storage_fault);
+        if f.is_none() {
+            tracing::error!(
+                reason = "StorageFailed",
+                "cannot record invocations, taking no more work: {why}"
+            );
+            *f = Some(why.to_string());
+        }
+    }
+
+    /// Why invocations can no longer be recorded, once they cannot.
+    pub fn storage_fault(&self) -> Option<String> {
+        lock(&self.storage_fault).clone()
     }
 
     /// Failed reconciles per kind since this engine started.

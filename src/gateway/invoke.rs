@@ -208,6 +208,13 @@ impl<D: VmDriver> Gateway<D> {
         call_id: &str,
         started: Instant,
     ) -> Reply {
+        if let Some(why) = self.engine.storage_fault() {
+            return Reply::error(
+                503,
+                call_id,
+                format!("cannot record invocations ({why}); taking no work"),
+            );
+        }
         let (spec, code) = match self.runnable(function, call_id) {
             Ok(s) => s,
             Err(r) => return r,
@@ -299,8 +306,11 @@ impl<D: VmDriver> Gateway<D> {
             let session =
                 attempt::fresh_session(&self.engine, name, stale, &mut events, limit).await;
             break match session {
-                None => {
-                    let msg = format!("worker `{name}` was not ready within {left:?}");
+                Err(why) => {
+                    let msg = match why {
+                        attempt::NoSession::Unpowerable(_) => format!("worker `{name}`: {why}"),
+                        _ => format!("worker `{name}` was not ready within {left:?}"),
+                    };
                     let rec = attempt::attempt_record(
                         slot,
                         call,
@@ -312,7 +322,7 @@ impl<D: VmDriver> Gateway<D> {
                     self.record(&rec).await;
                     Err(msg)
                 }
-                Some((session, cold)) => {
+                Ok((session, cold)) => {
                     let cold = cold || passed_over;
                     let cold_ms =
                         attempt::cold_start_ms(cold, waited_from.elapsed(), slot.queued_ms);

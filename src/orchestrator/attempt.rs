@@ -74,16 +74,54 @@ pub fn health_good(o: &StoredObject) -> bool {
         == "Good"
 }
 
-/// Whether the worker exists and is healthy.
-pub fn healthy<D: VmDriver>(engine: &Engine<D, Sessions>, worker: &str) -> bool {
-    engine
-        .get(Kind::Worker, worker)
-        .is_some_and(|o| health_good(&o))
+/// Why [`fresh_session`] found no session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoSession {
+    /// Quarantined, cordoned or gone.
+    Unhealthy,
+    /// Not ready within the limit.
+    TimedOut,
+    /// Wanted on but the engine cannot power it (the reason and message of its `Ready`
+    /// condition): waiting would only hold the queue.
+    Unpowerable(String),
+}
+
+impl std::fmt::Display for NoSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoSession::Unhealthy => f.write_str("the worker is not healthy"),
+            NoSession::TimedOut => f.write_str("the worker was not ready in time"),
+            NoSession::Unpowerable(why) => write!(f, "the worker cannot be powered on: {why}"),
+        }
+    }
+}
+
+/// Reasons of a worker's `Ready` condition that mean the engine will not power it on by
+/// itself: a board on Unknown power (nothing is pressed on it) or one without a usable line.
+pub const UNPOWERABLE: &[&str] = &["PowerUnknown", "NoPowerControl"];
+
+/// How long a wanted worker's status may say it cannot be powered before the wait ends: the
+/// status read first may predate the reconcile the `want` triggered.
+const UNPOWERABLE_GRACE: Duration = Duration::from_secs(2);
+
+/// `reason: message` of a stored worker's `Ready` condition when it is one of [`UNPOWERABLE`].
+pub fn unpowerable(o: &StoredObject) -> Option<String> {
+    let ready = o
+        .status
+        .get("conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))?;
+    let reason = ready.get("reason").and_then(Value::as_str)?;
+    let message = ready.get("message").and_then(Value::as_str).unwrap_or("");
+    UNPOWERABLE
+        .contains(&reason)
+        .then(|| format!("{reason}: {message}"))
 }
 
 /// Waits until `worker` has a session other than `stale` (one that failed) and not told to
 /// power off (by anyone: the engine releasing it, or a OneShot follow-up), the worker turns
-/// unhealthy, or `limit` passes. Returns the session and
+/// unhealthy or unpowerable, or `limit` passes. Returns the session and
 /// whether it had to wait for one (a cold start). The caller holds `engine.want(worker)`.
 pub async fn fresh_session<D: VmDriver>(
     engine: &Engine<D, Sessions>,
@@ -91,19 +129,32 @@ pub async fn fresh_session<D: VmDriver>(
     stale: Option<u64>,
     events: &mut broadcast::Receiver<AgentEvent>,
     limit: Duration,
-) -> Option<(SessionHandle, bool)> {
+) -> Result<(SessionHandle, bool), NoSession> {
     let started = Instant::now();
     let mut cold = false;
+    let mut unpowerable_since: Option<Instant> = None;
     loop {
         if let Some(s) = engine.presence.get(worker)
             && Some(s.id) != stale
             && !s.is_retiring()
         {
-            return Some((s, cold));
+            return Ok((s, cold));
         }
         cold = true;
-        if !healthy(engine, worker) || started.elapsed() > limit {
-            return None;
+        let Some(obj) = engine.get(Kind::Worker, worker).filter(health_good) else {
+            return Err(NoSession::Unhealthy);
+        };
+        match unpowerable(&obj) {
+            Some(why) => {
+                let since = *unpowerable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= UNPOWERABLE_GRACE {
+                    return Err(NoSession::Unpowerable(why));
+                }
+            }
+            None => unpowerable_since = None,
+        }
+        if started.elapsed() > limit {
+            return Err(NoSession::TimedOut);
         }
         let wait = Duration::from_millis(200).min(limit.saturating_sub(started.elapsed()));
         let _ = tokio::time::timeout(wait, events.recv()).await;
@@ -138,7 +189,31 @@ pub async fn send<D: VmDriver>(
         .invoke(invoke, call.deadline + Duration::from_secs(10))
         .await;
     engine.set_busy(worker, None);
+    if let Err(e) = &result
+        && let Some(reason) = fault_reason(e)
+    {
+        // The session is gone with the call: the worker's own record says why, so `describe`
+        // tells a hung agent from a dead or a babbling one.
+        engine.event(
+            Kind::Worker,
+            worker,
+            crate::store::EventType::Warning,
+            reason,
+            &format!("invocation {}: {e}", call.invocation_id),
+        );
+    }
     classify(result, dispatched_ms)
+}
+
+/// The worker event naming how an agent failed a call it had been sent; `None` for a call
+/// that was never sent.
+pub fn fault_reason(e: &SessionError) -> Option<&'static str> {
+    match e {
+        SessionError::Timeout(_) => Some("AgentUnresponsive"),
+        SessionError::Closed => Some("AgentLost"),
+        SessionError::Protocol(_) => Some("AgentProtocolError"),
+        SessionError::Retiring => None,
+    }
 }
 
 /// The function's services as `worker` reaches them, with their credentials.
@@ -279,6 +354,7 @@ pub async fn record<D: VmDriver>(engine: &Engine<D, Sessions>, attempt: &Attempt
                 attempt.invocation_id,
                 attempt.attempt
             );
+            engine.storage_failed(&e.to_string());
             false
         }
     }

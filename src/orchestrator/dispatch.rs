@@ -40,6 +40,8 @@ struct Shared {
     remaining: usize,
     counts: RunCounts,
     gave_up: Vec<String>,
+    /// Why each given-up worker was, for the invocations that end with no worker left.
+    unavailable: Vec<String>,
 }
 
 struct Run<D: VmDriver> {
@@ -220,6 +222,7 @@ async fn run_workload<D: VmDriver>(
                 ..RunCounts::default()
             },
             gave_up: Vec::new(),
+            unavailable: Vec::new(),
         }),
         wake: Notify::new(),
         permits: Semaphore::new(usize::try_from(spec.concurrency).unwrap_or(1).max(1)),
@@ -352,7 +355,11 @@ impl<D: VmDriver> Run<D> {
     /// it yet (any worker when all have).
     async fn enqueue(&self, job: Job, target: Option<String>) {
         if let Some(job) = self.place(job, target) {
-            let err = "no healthy worker is left to run it".to_string();
+            let mut err = "no healthy worker is left to run it".to_string();
+            let why = lock(&self.shared).unavailable.join("; ");
+            if !why.is_empty() {
+                err = format!("{err} ({why})");
+            }
             self.finalize(&job, None, None, Some(err), None).await;
         }
     }
@@ -452,7 +459,8 @@ impl<D: VmDriver> Run<D> {
 
     fn take_job(&self, worker: &str) -> Option<Option<Job>> {
         let mut sh = lock(&self.shared);
-        if sh.remaining == 0 {
+        // Work whose outcome cannot be recorded is not started (the next engine's run redoes it).
+        if sh.remaining == 0 || self.engine.storage_fault().is_some() {
             return None;
         }
         let job = sh.queues.get_mut(worker).and_then(VecDeque::pop_front);
@@ -471,16 +479,17 @@ impl<D: VmDriver> Run<D> {
     }
 
     /// Gives up on a worker: its queued jobs go to the others.
-    async fn abandon(&self, worker: &str) {
+    async fn abandon(&self, worker: &str, why: &attempt::NoSession) {
         let jobs: Vec<Job> = {
             let mut sh = lock(&self.shared);
             sh.gave_up.push(worker.to_string());
+            sh.unavailable.push(format!("`{worker}`: {why}"));
             sh.queues
                 .get_mut(worker)
                 .map(|q| q.drain(..).collect())
                 .unwrap_or_default()
         };
-        self.engine.event(Kind::Workload, &self.workload, EventType::Warning, "WorkerUnavailable", &format!("worker `{worker}` could not be made ready; its {} queued invocations move to other workers", jobs.len()));
+        self.engine.event(Kind::Workload, &self.workload, EventType::Warning, "WorkerUnavailable", &format!("worker `{worker}` could not be made ready ({why}); its {} queued invocations move to other workers", jobs.len()));
         for mut j in jobs {
             j.tried.push(worker.to_string());
             self.enqueue(j, None).await;
@@ -509,6 +518,12 @@ impl<D: VmDriver> Run<D> {
             &self.engine.defaults(),
             self.engine.board_timing(),
         );
+        // A Warm worker stays on this long without work (also after the run's last call).
+        let idle = if oneshot {
+            Duration::ZERO
+        } else {
+            idle_timeout
+        };
         let mut holding = false;
         let mut stale: Option<u64> = None;
         loop {
@@ -519,19 +534,7 @@ impl<D: VmDriver> Run<D> {
                 Some(None) => {
                     if holding && !self.has_work(worker) {
                         holding = false;
-                        let (e, w, idle) = (
-                            self.engine.clone(),
-                            worker.to_string(),
-                            if oneshot {
-                                Duration::ZERO
-                            } else {
-                                idle_timeout
-                            },
-                        );
-                        tokio::spawn(async move {
-                            tokio::time::sleep(idle).await;
-                            e.release(&w);
-                        });
+                        self.release_after(worker, idle);
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
                     continue;
@@ -550,15 +553,18 @@ impl<D: VmDriver> Run<D> {
                 let session =
                     attempt::fresh_session(&self.engine, worker, stale, &mut events, ready_limit)
                         .await;
-                let Some((session, cold)) = session else {
-                    let mut job = job;
-                    job.tried.push(worker.to_string());
-                    self.abandon(worker).await;
-                    self.enqueue(job, None).await;
-                    if holding {
-                        self.engine.release(worker);
+                let (session, cold) = match session {
+                    Ok(s) => s,
+                    Err(why) => {
+                        let mut job = job;
+                        job.tried.push(worker.to_string());
+                        self.abandon(worker, &why).await;
+                        self.enqueue(job, None).await;
+                        if holding {
+                            self.engine.release(worker);
+                        }
+                        return;
                     }
-                    return;
                 };
                 let cold_start_ms = attempt::cold_start_ms(
                     cold || passed_over,
@@ -609,8 +615,21 @@ impl<D: VmDriver> Run<D> {
             }
         }
         if holding {
-            self.engine.release(worker);
+            self.release_after(worker, idle);
         }
+    }
+
+    /// Drops this run's hold on `worker` after `idle` (a Warm worker's `idleTimeout`).
+    fn release_after(&self, worker: &str, idle: Duration) {
+        if idle.is_zero() {
+            self.engine.release(worker);
+            return;
+        }
+        let (e, w) = (self.engine.clone(), worker.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(idle).await;
+            e.release(&w);
+        });
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Behaviour {
     Healthy,
     /// Hangs before its PHY comes up: no link, no agent.
     NoLink,
+    /// Its PHY comes up (link up) but its agent never starts.
+    NoAgent,
 }
 
 /// One simulated board: its switch port (ifIndex), its agent process and what it felt.
@@ -126,8 +128,10 @@ impl Rack {
             b.pulses_while_on += 1;
         } else {
             b.on = true;
-            if b.behaviour == Behaviour::Healthy {
-                b.agent = Some(self.spawn_agent(name));
+            if b.behaviour != Behaviour::NoLink {
+                if b.behaviour == Behaviour::Healthy {
+                    b.agent = Some(self.spawn_agent(name));
+                }
                 let idx = b.if_index;
                 drop(boards);
                 self.set_oper(idx, true);

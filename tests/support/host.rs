@@ -78,6 +78,11 @@ impl AgentProcs {
 impl AgentProcs {
     /// Kills every agent this driver started (by its own PID). The engine's tasks may keep the
     /// driver alive until the process ends, so tests call this rather than rely on `Drop`.
+    /// Whether `name`'s agent process still runs (the engine's view, through the driver).
+    pub fn is_running_now(&self, name: &str) -> bool {
+        self.is_running(name)
+    }
+
     pub fn kill_all(&self) {
         for (_, mut c) in lock(&self.children).drain() {
             let _ = c.kill();
@@ -283,6 +288,28 @@ impl<D: VmDriver> Host<D> {
 // ---------------------------------------------------------------- HTTP helpers
 
 pub const AUTH: &str = "Basic YWRtaW46cHc="; // admin:pw
+
+/// Options for a host on a fresh loopback port with `token` and no gateway credentials.
+pub fn loopback(token: &str) -> HostOptions {
+    HostOptions {
+        agent_listen: "127.0.0.1:0".into(),
+        token: token.into(),
+        credentials: None,
+    }
+}
+
+/// Stores, as `apply` would, a Cluster, one worker `vm-0` labelled `pool: p` with spec
+/// `worker`, a Function `fl` with spec `function`, and a Workload `w` on `pool: p` whose other
+/// spec lines (indented two spaces) are `workload`.
+pub fn declare_one_worker(state: &Path, worker: &str, function: &str, workload: &str) {
+    let yaml = format!(
+        "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: c}}\nspec:\n  defaults: {{bootTimeout: 20s, powerOnHoldoff: 0s, jobTimeout: 30s}}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {{name: vm-0, labels: {{pool: p}}}}\nspec: {worker}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Function\nmetadata: {{name: fl}}\nspec: {function}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Workload\nmetadata: {{name: w}}\nspec:\n  workers: {{matchLabels: {{pool: p}}}}\n{workload}"
+    );
+    microfaas::store::Store::open(state)
+        .expect("store")
+        .apply(&objects(&yaml), None, false, false)
+        .expect("apply");
+}
 
 pub fn objects(yaml: &str) -> Vec<DesiredObject> {
     let dir = tempfile::tempdir().expect("tmp");

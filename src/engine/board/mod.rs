@@ -383,6 +383,17 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 _ => "Unknown",
             };
             st.set_phase(phase).observed(generation);
+            if t.ev.agent {
+                st.condition("Ready", CondStatus::True, "AgentConnected", "");
+            } else if want_on && t.observed != Power::On {
+                // Named, so work waiting for this board fails now rather than at its timeout.
+                st.condition(
+                    "Ready",
+                    CondStatus::False,
+                    "NoPowerControl",
+                    &format!("cannot press its power button: {e}"),
+                );
+            }
             self.finish_request(&t, &mut st, false, &format!("no power control: {e}"), None);
             self.write_status(Kind::Worker, name, st.into_value());
             return Ok(Next::Done);
@@ -586,6 +597,21 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     ) -> Result<Next, String> {
         let (name, boot_timeout) = (t.name, t.boot_timeout);
         let link = t.ev.link.as_ref().map(|l| l.0);
+        if link == Some(CondStatus::False) && attempt.link_up.is_some() {
+            // Up, then down before the agent came: named, then waited for like a first link.
+            self.event(
+                Kind::Worker,
+                name,
+                EventType::Warning,
+                "LinkLost",
+                "the switch port's link went down while the board was booting",
+            );
+            self.board_rt(name, |r| {
+                if let Some(a) = &mut r.on {
+                    a.link_up = None;
+                }
+            });
+        }
         let waiting_link = link == Some(CondStatus::False)
             || (link == Some(CondStatus::Unknown) && attempt.link_up.is_none());
         if waiting_link {
