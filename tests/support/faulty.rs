@@ -4,7 +4,7 @@
 //! `microfaas-agent` process ([`super::host::AgentProcs`]), so recovery runs real code.
 
 use super::host::AgentProcs;
-use microfaas::engine::vm::{StopHow, VmConfig, VmDriver};
+use microfaas::engine::vm::{Launched, StopHow, VmConfig, VmDriver};
 use microfaas::protocol::{
     Auth, Capabilities, FrameReader, Hello, Lifecycle, Message, PROTOCOL_VERSION, auth, encode,
 };
@@ -94,7 +94,7 @@ impl FaultyDriver {
 }
 
 impl VmDriver for FaultyDriver {
-    async fn launch(&self, spec: &VmConfig) -> Result<(), String> {
+    async fn launch(&self, spec: &VmConfig) -> Result<Launched, String> {
         let fault = lock(&self.armed).remove(&spec.name);
         lock(&self.launches).push((spec.name.clone(), fault));
         let Some(fault) = fault else {
@@ -113,7 +113,7 @@ impl VmDriver for FaultyDriver {
             let _ = serve(&format!("127.0.0.1:{port}"), &name, &token, fault, &s2);
         });
         lock(&self.faulty).insert(spec.name.clone(), Faulty { thread, socket });
-        Ok(())
+        Ok(Launched::Cold)
     }
 
     async fn adopt(&self, spec: &VmConfig) -> Result<bool, String> {
