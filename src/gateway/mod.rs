@@ -17,6 +17,7 @@ mod warm;
 
 pub use auth::Credentials;
 pub use deploy::{FunctionDeployment, to_desired};
+pub use system::router;
 
 use crate::engine::Engine;
 use crate::engine::vm::VmDriver;

@@ -26,11 +26,11 @@ pub use config::{
 };
 pub use error::SnmpError;
 pub use resolve::{Interface, PortMap};
-pub use session::TransportStats;
+pub use session::{Reply, TransportStats, Val, decode_reply, decode_reply_v3, dotted};
 
 use poll::oids;
 use serde::Serialize;
-use session::{Transport, Val};
+use session::Transport;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
