@@ -65,8 +65,14 @@ fn fuzz() -> ExitCode {
             continue;
         }
         if let Some(i) = only_input {
-            let data = fuzz_support::input(&target.seeds(), target.max_len(), seed, target.name(), i);
-            println!("{} input {i} ({} bytes): {:?}", target.name(), data.len(), String::from_utf8_lossy(&data));
+            let data =
+                fuzz_support::input(&target.seeds(), target.max_len(), seed, target.name(), i);
+            println!(
+                "{} input {i} ({} bytes): {:?}",
+                target.name(),
+                data.len(),
+                String::from_utf8_lossy(&data)
+            );
             let r = fuzz_support::run(target.as_mut(), seed, i, 1);
             failed |= r.failed > 0;
             print!("{}", r.describe_failures(seed));

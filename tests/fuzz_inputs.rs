@@ -81,5 +81,9 @@ fn inputs_are_reproducible_and_capped() {
     assert!(a.iter().all(|x| x.len() <= 4096));
     assert!(a.iter().any(|x| x.len() > 1000), "no long inputs generated");
     let distinct: std::collections::HashSet<_> = a.iter().collect();
-    assert!(distinct.len() > 150, "only {} distinct inputs", distinct.len());
+    assert!(
+        distinct.len() > 150,
+        "only {} distinct inputs",
+        distinct.len()
+    );
 }

@@ -85,7 +85,8 @@ fn deep_nesting_is_a_diagnostic_not_a_stack_overflow() {
     for opener in ["{a: ", "[", "- "] {
         for depth in [33usize, 64, 200, 10_000] {
             let text = if opener == "- " {
-                let mut s = String::from("apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nspec:\n");
+                let mut s =
+                    String::from("apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nspec:\n");
                 for i in 0..depth {
                     s.push_str(&" ".repeat(2 * i + 2));
                     s.push_str("-\n");
@@ -101,14 +102,20 @@ fn deep_nesting_is_a_diagnostic_not_a_stack_overflow() {
                 .stack_size(2 << 20)
                 .spawn(move || {
                     let loaded = run(text);
-                    loaded.diagnostics.first().map(|d| (d.pos.line, d.message.clone()))
+                    loaded
+                        .diagnostics
+                        .first()
+                        .map(|d| (d.pos.line, d.message.clone()))
                 })
                 .expect("thread")
                 .join()
                 .expect("no panic");
             let (line, message) = first.expect("a diagnostic");
             assert!(line >= 1, "{opener:?} x{depth}");
-            assert!(message.starts_with("invalid YAML"), "{opener:?} x{depth}: {message}");
+            assert!(
+                message.starts_with("invalid YAML"),
+                "{opener:?} x{depth}: {message}"
+            );
         }
     }
 }

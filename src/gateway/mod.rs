@@ -11,6 +11,7 @@ mod invoke;
 pub(crate) mod logs;
 mod metrics;
 mod queue;
+mod refused;
 mod secrets;
 mod system;
 mod warm;

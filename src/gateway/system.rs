@@ -62,10 +62,11 @@ pub fn router<D: VmDriver>(gw: Arc<Gateway<D>>, extra: Option<Router>) -> Router
         .route("/metrics", get(metrics::<D>))
         .merge(authed)
         .with_state(gw);
-    match extra {
+    let app = match extra {
         Some(r) => app.merge(r),
         None => app,
-    }
+    };
+    app.layer(axum::middleware::from_fn(super::refused::log))
 }
 
 pub(super) fn text(code: StatusCode, msg: impl Into<String>) -> Response {

@@ -118,7 +118,11 @@ fn range(rng: &mut Rng, len: usize) -> (usize, usize) {
         return (0, 0);
     }
     let at = rng.below(len);
-    let span = if rng.chance(4) { len - at } else { 16.min(len - at) };
+    let span = if rng.chance(4) {
+        len - at
+    } else {
+        16.min(len - at)
+    };
     let n = 1 + rng.below(span);
     (at, at + n)
 }
@@ -199,7 +203,12 @@ pub fn mutate(b: &mut Vec<u8>, seeds: &[Vec<u8>], rng: &mut Rng, max_len: usize)
             let many = if rng.chance(4) { 4096 } else { 32 };
             let times = 2 + rng.below(many);
             let at = rng.below(len + 1);
-            let piece: Vec<u8> = copy.iter().copied().cycle().take(copy.len() * times).collect();
+            let piece: Vec<u8> = copy
+                .iter()
+                .copied()
+                .cycle()
+                .take(copy.len() * times)
+                .collect();
             b.splice(at..at, piece);
         }
         10 if len > 0 => {

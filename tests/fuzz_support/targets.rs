@@ -25,8 +25,9 @@ pub fn all() -> Vec<Box<dyn Target>> {
 
 /// A cheap hash of the input, to derive read-chunk sizes that differ per input.
 fn hash(b: &[u8]) -> u64 {
-    b.iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x1000_0000_01b3))
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x1000_0000_01b3)
+    })
 }
 
 // ---------------------------------------------------------------- manifests
@@ -87,7 +88,10 @@ struct Chunked<'a> {
 
 impl Read for Chunked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.state = self.state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        self.state = self
+            .state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
         let want = 1 + (self.state >> 33) as usize % 97;
         let n = want.min(buf.len()).min(self.data.len());
         buf[..n].copy_from_slice(&self.data[..n]);
@@ -128,9 +132,11 @@ fn check_decoded(line: &[u8]) -> Result<(), String> {
                 other => Err(format!("{msg:?} re-encoded decodes as {other:?}")),
             }
         }
-        Err(ProtocolError::FrameTooLarge { .. } | ProtocolError::Truncated(_) | ProtocolError::Io(_)) => {
-            Err("decode of an in-memory line gave a stream error".into())
-        }
+        Err(
+            ProtocolError::FrameTooLarge { .. }
+            | ProtocolError::Truncated(_)
+            | ProtocolError::Io(_),
+        ) => Err("decode of an in-memory line gave a stream error".into()),
         Err(_) => Ok(()),
     }
 }
@@ -209,7 +215,9 @@ impl Target for AgentFrames {
                 (Err(ProtocolError::Truncated(n)), len) if n == len && len <= FRAME_CAP => {}
                 (Err(ProtocolError::FrameTooLarge { .. }), len) if len > FRAME_CAP => {}
                 (other, len) => {
-                    return Err(format!("FrameReader: {len} bytes after the last newline gave {other:?}"));
+                    return Err(format!(
+                        "FrameReader: {len} bytes after the last newline gave {other:?}"
+                    ));
                 }
             }
         }
@@ -350,7 +358,11 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     if n < 128 {
         out.push(n as u8);
     } else {
-        let bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }
@@ -391,7 +403,10 @@ fn snmp_response(req_id: i64, error_status: i64, error_index: i64) -> Vec<u8> {
         (vec![1, 3, 6, 1, 2, 1, 1, 5, 0], tlv(0x04, b"tor-1")),
         (vec![1, 3, 6, 1, 2, 1, 1, 3, 0], ber_int(0x43, 123_456)),
         (ifc(7, 2), ber_int(0x02, 1)),
-        (vec![1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 15, 2], ber_int(0x42, 1000)),
+        (
+            vec![1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 15, 2],
+            ber_int(0x42, 1000),
+        ),
         (ifc(5, 2), ber_int(0x46, 10_000_000_000)),
         (ifc(2, 2), ber_oid(&[1, 3, 6, 1, 4, 1, 8072, 3, 2, 10])),
         (ifc(8, 2), tlv(0x05, b"")),
@@ -436,7 +451,11 @@ impl Target for SnmpReplies {
     fn run(&mut self, input: &[u8]) -> Result<(), String> {
         let check = |r: &snmp::Reply| -> Result<(), String> {
             if r.varbinds.len() > input.len() {
-                return Err(format!("{} varbinds from {} bytes", r.varbinds.len(), input.len()));
+                return Err(format!(
+                    "{} varbinds from {} bytes",
+                    r.varbinds.len(),
+                    input.len()
+                ));
             }
             for (oid, v) in &r.varbinds {
                 let _ = (snmp::dotted(oid), v.as_text(), v.as_u64());
@@ -468,7 +487,8 @@ impl Target for WattsUpFrames {
             b"#d,-,18,1234,1201,102,5678,0,0,0,2000,1210,150,1000,1190,90,95,100,0,600,1300;\r\n\
               #d,-,18,17,1199,_,_,_,_,_,_,_,_,_,_,_,_,_,_,_,_;\r\n"
                 .to_vec(),
-            b"noise#l,-,1,0;\r\n#d,-,18,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0;\r\n#s,-,3,1,2,3;".to_vec(),
+            b"noise#l,-,1,0;\r\n#d,-,18,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0;\r\n#s,-,3,1,2,3;"
+                .to_vec(),
         ]
     }
 
@@ -488,10 +508,10 @@ impl Target for WattsUpFrames {
             if !p.starts_with('#') || !p.ends_with(';') || p.chars().count() > 513 {
                 return Err(format!("bad packet boundaries: {p:?}"));
             }
-            if let Ok(r) = parse_record(p) {
-                if !r.watts.is_finite() {
-                    return Err(format!("non-finite watts from {p:?}"));
-                }
+            if let Ok(r) = parse_record(p)
+                && !r.watts.is_finite()
+            {
+                return Err(format!("non-finite watts from {p:?}"));
             }
         }
         Ok(())

@@ -372,7 +372,10 @@ pub fn decode_reply(datagram: &[u8]) -> Result<Reply, snmp2::Error> {
 }
 
 /// [`decode_reply`] for SNMPv3, with `security` checking the reply's HMAC and decrypting it.
-pub fn decode_reply_v3(datagram: &[u8], security: &mut v3::Security) -> Result<Reply, snmp2::Error> {
+pub fn decode_reply_v3(
+    datagram: &[u8],
+    security: &mut v3::Security,
+) -> Result<Reply, snmp2::Error> {
     snmp2::Pdu::from_bytes_with_security(datagram, Some(security)).map(reply_of)
 }
 
