@@ -640,3 +640,29 @@ async fn oversized_gateway_bodies_are_refused_and_store_nothing() {
     wait_logged(&["gateway refused", "/system/secrets", "413"]).await;
     h.stop().await;
 }
+
+/// The other side of refusing a second claim: a Warm agent that stops beating (a board cut
+/// off without closing its socket) loses its session, so the worker can come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_warm_session_ends_so_its_worker_can_come_back() {
+    let state = tempfile::tempdir().expect("tmp");
+    let h = host(state.path()).await;
+    let mut events = h.endpoint.subscribe();
+    let mut gone = Raw::dial(&h).await;
+    authenticate(&mut gone, "came-back").await;
+    // No heartbeats from here on, and the socket stays open.
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
+            Ok(Ok(AgentEvent::Disconnected { worker, reason })) if worker == "came-back" => {
+                break reason;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("the silent session was not closed: {other:?}"),
+        }
+    };
+    assert!(reason.contains("no heartbeat"), "{reason}");
+    assert!(gone.closed().await);
+    let mut back = Raw::dial(&h).await;
+    authenticate(&mut back, "came-back").await;
+    h.stop().await;
+}
