@@ -182,6 +182,36 @@ async fn rejected(
     }
 }
 
+/// The reason `worker`'s session ended.
+async fn disconnected(
+    events: &mut tokio::sync::broadcast::Receiver<AgentEvent>,
+    worker: &str,
+) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
+            Ok(Ok(AgentEvent::Disconnected { worker: w, reason })) if w == worker => {
+                return reason;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("{worker}'s session did not end: {other:?}"),
+        }
+    }
+}
+
+/// `worker`'s session once it is registered.
+async fn session_of<D: VmDriver>(
+    h: &Host<D>,
+    worker: &str,
+) -> microfaas::orchestrator::SessionHandle {
+    for _ in 0..2000 {
+        if let Some(s) = h.endpoint.sessions.get(worker) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no session for {worker}");
+}
+
 /// Nothing about `worker` reached the store: no object, no event.
 fn nothing_stored<D: VmDriver>(h: &Host<D>, worker: &str) {
     assert!(h.engine.get(Kind::Worker, worker).is_none());
@@ -321,15 +351,7 @@ async fn a_replayed_result_frame_ends_the_session_and_counts_once() {
     let mut events = h.endpoint.subscribe();
     let mut agent = Raw::dial(&h).await;
     authenticate(&mut agent, "result-replay").await;
-    let mut session = None;
-    for _ in 0..400 {
-        session = h.endpoint.sessions.get("result-replay");
-        if session.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let session = session.expect("session");
+    let session = session_of(&h, "result-replay").await;
 
     let call = tokio::spawn(async move {
         session
@@ -366,15 +388,7 @@ async fn a_replayed_result_frame_ends_the_session_and_counts_once() {
     // The same frame again: no call is waiting for it, so the session ends.
     agent.send(&result).await;
     assert!(agent.closed().await);
-    let reason = loop {
-        match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
-            Ok(Ok(AgentEvent::Disconnected { worker, reason })) if worker == "result-replay" => {
-                break reason;
-            }
-            Ok(Ok(_)) => {}
-            other => panic!("no disconnect: {other:?}"),
-        }
-    };
+    let reason = disconnected(&mut events, "result-replay").await;
     assert!(reason.contains("unexpected `result`"), "{reason}");
     wait_logged(&["agent disconnected", "result-replay", "unexpected `result`"]).await;
     h.stop().await;
@@ -387,15 +401,7 @@ async fn a_second_agent_cannot_take_a_connected_workers_name() {
     let mut events = h.endpoint.subscribe();
     let mut first = Raw::dial(&h).await;
     authenticate(&mut first, "claimed").await;
-    let mut id = None;
-    for _ in 0..400 {
-        id = h.endpoint.sessions.get("claimed").map(|s| s.id);
-        if id.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let id = id.expect("first session");
+    let id = session_of(&h, "claimed").await.id;
 
     // Same name, right token: still refused while the first is connected.
     let mut second = Raw::dial(&h).await;
@@ -651,15 +657,7 @@ async fn a_silent_warm_session_ends_so_its_worker_can_come_back() {
     let mut gone = Raw::dial(&h).await;
     authenticate(&mut gone, "came-back").await;
     // No heartbeats from here on, and the socket stays open.
-    let reason = loop {
-        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-            Ok(Ok(AgentEvent::Disconnected { worker, reason })) if worker == "came-back" => {
-                break reason;
-            }
-            Ok(Ok(_)) => {}
-            other => panic!("the silent session was not closed: {other:?}"),
-        }
-    };
+    let reason = disconnected(&mut events, "came-back").await;
     assert!(reason.contains("no heartbeat"), "{reason}");
     assert!(gone.closed().await);
     let mut back = Raw::dial(&h).await;
