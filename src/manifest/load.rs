@@ -221,6 +221,12 @@ fn error_message(e: &serde_saphyr::Error) -> (String, Option<String>) {
     if let Some(idx) = msg.rfind(" at line ") {
         msg.truncate(idx);
     }
+    if msg.contains("budget breached: Depth") {
+        return (
+            format!("nested deeper than {MAX_DEPTH} levels"),
+            Some("a manifest needs a few levels; check for unclosed brackets".into()),
+        );
+    }
     let help = suggestion_for(&msg);
     (msg, help)
 }
