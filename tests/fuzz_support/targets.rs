@@ -59,7 +59,9 @@ impl Target for Manifest {
 
     fn run(&mut self, input: &[u8]) -> Result<(), String> {
         let text = String::from_utf8_lossy(input).into_owned();
-        let lines = u32::try_from(text.lines().count() + 1).unwrap_or(u32::MAX);
+        // YAML breaks lines at CR as well as LF (a bare CR is a line of its own there).
+        let breaks = text.bytes().filter(|b| matches!(b, b'\n' | b'\r')).count();
+        let lines = u32::try_from(breaks + 1).unwrap_or(u32::MAX);
         let mut loaded = Loaded::default();
         loaded.add_source(Source {
             name: Arc::from("fuzz.yaml"),
