@@ -76,3 +76,46 @@ fn unmutated_reference_is_clean() {
     assert!(errors.is_empty(), "{errors:#?}");
     assert_eq!(loaded.resources.len(), 16);
 }
+
+/// Regression (tests/fuzz_inputs.rs, seed 20261207, manifest input 363): a manifest nested ~200
+/// flow mappings deep overflowed a 2 MiB stack, the size of tokio's workers and test threads,
+/// killing the process. Now every depth is a diagnostic, on such a stack.
+#[test]
+fn deep_nesting_is_a_diagnostic_not_a_stack_overflow() {
+    for opener in ["{a: ", "[", "- "] {
+        for depth in [33usize, 64, 200, 10_000] {
+            let text = if opener == "- " {
+                let mut s =
+                    String::from("apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nspec:\n");
+                for i in 0..depth {
+                    s.push_str(&" ".repeat(2 * i + 2));
+                    s.push_str("-\n");
+                }
+                s
+            } else {
+                format!(
+                    "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nspec: {}1",
+                    opener.repeat(depth)
+                )
+            };
+            let first = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    let loaded = run(text);
+                    loaded
+                        .diagnostics
+                        .first()
+                        .map(|d| (d.pos.line, d.message.clone()))
+                })
+                .expect("thread")
+                .join()
+                .expect("no panic");
+            let (line, message) = first.expect("a diagnostic");
+            assert!(line >= 1, "{opener:?} x{depth}");
+            assert!(
+                message.starts_with("invalid YAML"),
+                "{opener:?} x{depth}: {message}"
+            );
+        }
+    }
+}

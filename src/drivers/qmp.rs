@@ -344,7 +344,9 @@ fn truncate(s: &str) -> String {
 /// Reads one newline-terminated JSON message. `Ok(None)` at end of stream. Lines that are not
 /// JSON are logged and skipped: QEMU never sends them, and a confused peer should not take the
 /// connection down.
-async fn read_message<R: AsyncBufRead + Unpin>(read: &mut R) -> Result<Option<Value>, QmpError> {
+pub async fn read_message<R: AsyncBufRead + Unpin>(
+    read: &mut R,
+) -> Result<Option<Value>, QmpError> {
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -408,13 +410,24 @@ async fn read_loop(
     let _ = events.send(QmpEvent::Closed);
 }
 
-fn dispatch(message: Value, pending: &Pending, events: &broadcast::Sender<QmpEvent>) {
+/// What one QMP message is, as far as this client cares.
+#[derive(Debug)]
+pub enum Incoming {
+    Event(QmpEvent),
+    /// A reply to the command we sent with `id`.
+    Reply {
+        id: u64,
+        result: Result<Value, QmpError>,
+    },
+    /// Neither event nor reply we can match: logged and dropped.
+    Ignored(&'static str),
+}
+
+/// Sorts a message from QEMU into event, reply or noise. Pure, so it can be fuzzed apart from
+/// the socket.
+pub fn classify(message: &Value) -> Incoming {
     if let Some(name) = message.get("event").and_then(Value::as_str) {
-        let event = parse_event(name, &message);
-        tracing::debug!("QMP event {event:?}");
-        // No subscribers is fine: events are advisory, state is re-read by query-status.
-        let _ = events.send(event);
-        return;
+        return Incoming::Event(parse_event(name, message));
     }
     let result = if let Some(ret) = message.get("return") {
         Ok(ret.clone())
@@ -431,24 +444,31 @@ fn dispatch(message: Value, pending: &Pending, events: &broadcast::Sender<QmpEve
             desc: field("desc"),
         })
     } else {
-        tracing::warn!(
-            "QMP: ignoring a message that is neither event nor reply: {}",
-            truncate(&message.to_string())
-        );
-        return;
+        return Incoming::Ignored("neither event nor reply");
     };
-    let Some(id) = message.get("id").and_then(Value::as_u64) else {
-        tracing::warn!(
-            "QMP: reply without our id (dropped): {}",
-            truncate(&message.to_string())
-        );
-        return;
-    };
-    match lock(pending).remove(&id) {
-        Some(tx) => {
-            let _ = tx.send(result);
+    match message.get("id").and_then(Value::as_u64) {
+        Some(id) => Incoming::Reply { id, result },
+        None => Incoming::Ignored("reply without our id"),
+    }
+}
+
+fn dispatch(message: Value, pending: &Pending, events: &broadcast::Sender<QmpEvent>) {
+    match classify(&message) {
+        Incoming::Event(event) => {
+            tracing::debug!("QMP event {event:?}");
+            // No subscribers is fine: events are advisory, state is re-read by query-status.
+            let _ = events.send(event);
         }
-        None => tracing::debug!("QMP: reply to id {id} that nobody waits for (timed out?)"),
+        Incoming::Reply { id, result } => match lock(pending).remove(&id) {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => tracing::debug!("QMP: reply to id {id} that nobody waits for (timed out?)"),
+        },
+        Incoming::Ignored(why) => tracing::warn!(
+            "QMP: ignoring a message ({why}): {}",
+            truncate(&message.to_string())
+        ),
     }
 }
 

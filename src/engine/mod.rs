@@ -373,11 +373,14 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     Ok(AgentEvent::Disconnected { worker, .. }) => {
                         me.queue.add((Kind::Worker, worker));
                     }
+                    // Only for declared workers: anyone can dial in and name any worker,
+                    // and an undeclared name must not make an unauthenticated peer a writer
+                    // of the store (the endpoint logs every rejection).
                     Ok(AgentEvent::Rejected {
                         worker: Some(w),
                         reason,
                         ..
-                    }) => {
+                    }) if me.get(Kind::Worker, &w).is_some() => {
                         me.event(
                             Kind::Worker,
                             &w,

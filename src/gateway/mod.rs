@@ -11,12 +11,14 @@ mod invoke;
 pub(crate) mod logs;
 mod metrics;
 mod queue;
+mod refused;
 mod secrets;
 mod system;
 mod warm;
 
 pub use auth::Credentials;
 pub use deploy::{FunctionDeployment, to_desired};
+pub use system::router;
 
 use crate::engine::Engine;
 use crate::engine::vm::VmDriver;

@@ -62,10 +62,11 @@ pub fn router<D: VmDriver>(gw: Arc<Gateway<D>>, extra: Option<Router>) -> Router
         .route("/metrics", get(metrics::<D>))
         .merge(authed)
         .with_state(gw);
-    match extra {
+    let app = match extra {
         Some(r) => app.merge(r),
         None => app,
-    }
+    };
+    app.layer(axum::middleware::from_fn(super::refused::log))
 }
 
 pub(super) fn text(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -359,7 +360,11 @@ async fn secret_delete<D: VmDriver>(State(gw): Gw<D>, body: Bytes) -> Response {
 fn reply_response(r: Reply, function: &str) -> Response {
     let mut resp = Response::builder().status(r.code);
     for (k, v) in r.headers(function) {
-        resp = resp.header(k, v);
+        // A name from the URL may hold bytes no header may (NUL, CR, LF: found by hack/fuzz);
+        // such a header is left out rather than failing the whole reply with a 500.
+        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+            resp = resp.header(k, v);
+        }
     }
     resp.body(axum::body::Body::from(r.body))
         .unwrap_or_else(internal)

@@ -176,10 +176,18 @@ fn has_content(chunk: &str) -> bool {
     })
 }
 
+/// Deepest nesting a manifest may have. The parser recurses per level: at its default of 64 a
+/// document nested that deep overflowed a 2 MiB stack (tokio's workers, where `serve` loads
+/// manifests) in a debug build (found by tests/fuzz_inputs.rs). Real manifests nest under 10.
+pub const MAX_DEPTH: usize = 32;
+
 fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         strict_booleans: true,
         with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+        },
     }
 }
 
@@ -212,6 +220,12 @@ fn error_message(e: &serde_saphyr::Error) -> (String, Option<String>) {
     }
     if let Some(idx) = msg.rfind(" at line ") {
         msg.truncate(idx);
+    }
+    if msg.contains("budget breached: Depth") {
+        return (
+            format!("nested deeper than {MAX_DEPTH} levels"),
+            Some("a manifest needs a few levels; check for unclosed brackets".into()),
+        );
     }
     let help = suggestion_for(&msg);
     (msg, help)

@@ -79,9 +79,25 @@ impl Sessions {
             .collect()
     }
 
-    fn insert(&self, s: SessionHandle) {
+    /// Registers `s` unless another live session holds its worker name: a second agent
+    /// claiming a connected worker is refused, so it cannot take over that worker's calls.
+    /// A session told to power off or reboot may be replaced (its successor is the worker
+    /// coming back). A refused handle is dropped, which ends its session and connection.
+    fn insert(&self, s: SessionHandle) -> bool {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(s.worker())
+            .is_some_and(|old| old.is_open() && !old.is_retiring())
+        {
+            return false;
+        }
         map.insert(s.worker().to_string(), s);
+        true
+    }
+
+    /// Whether `worker` has a live session that is not on its way out.
+    fn claimed(&self, worker: &str) -> bool {
+        self.get(worker).is_some_and(|s| !s.is_retiring())
     }
 
     /// Removes the session only if it is still the one with `id` (a newer connection of the
@@ -186,7 +202,11 @@ async fn handle_connection(
     }
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut r, &mut w, token)).await;
+    let hs = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&mut r, &mut w, token, sessions),
+    )
+    .await;
     let hello = match hs {
         Ok(Ok(hello)) => hello,
         Ok(Err((worker, reason))) => {
@@ -227,7 +247,16 @@ async fn serve_session(
     let lifecycle = handle.hello.capabilities.lifecycle;
     // A v1 worker connects once per job: its comings and goings are debug noise.
     let v1 = handle.hello.agent_version == super::v1::AGENT_VERSION;
-    sessions.insert(handle);
+    if !sessions.insert(handle) {
+        let reason = format!("worker `{worker}` is already connected");
+        tracing::warn!(%peer, worker = %worker, "agent rejected: {reason}");
+        let _ = events.send(AgentEvent::Rejected {
+            peer,
+            worker: Some(worker),
+            reason,
+        });
+        return;
+    }
     if v1 {
         tracing::debug!(%peer, worker = %worker, "v1 worker connected");
     } else {
@@ -257,6 +286,7 @@ async fn handshake(
     r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
     token: &[u8],
+    sessions: &Sessions,
 ) -> Result<Hello, HandshakeError> {
     let hello = match read_message(r).await {
         Ok(Some(Message::Hello(h))) => h,
@@ -296,6 +326,17 @@ async fn handshake(
     };
     if token.is_empty() || !auth::verify(token, &nonce, &proof) {
         let reason = "authentication failed: wrong token".to_string();
+        let _ = write_message(
+            w,
+            &Message::Denied(Denied {
+                reason: reason.clone(),
+            }),
+        )
+        .await;
+        return Err((who, reason));
+    }
+    if sessions.claimed(&hello.worker) {
+        let reason = format!("worker `{}` is already connected", hello.worker);
         let _ = write_message(
             w,
             &Message::Denied(Denied {

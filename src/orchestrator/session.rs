@@ -126,8 +126,18 @@ pub fn spawn(
     writer: tokio::net::tcp::OwnedWriteHalf,
     done: oneshot::Sender<String>,
 ) -> SessionHandle {
-    spawn_with(id, hello, done, |rx, _| run(reader, writer, rx))
+    // A Warm agent beats every HEARTBEAT while it waits; one silent for several periods is
+    // gone (a board cut off without closing its socket), and its session must end so the
+    // worker can claim its name again when it comes back.
+    let silence = (hello.capabilities.lifecycle == crate::protocol::Lifecycle::Warm)
+        .then_some(super::endpoint::HEARTBEAT * SILENT_BEATS);
+    spawn_with(id, hello, done, move |rx, _| {
+        run(reader, writer, rx, silence)
+    })
 }
+
+/// Heartbeat periods a Warm agent may miss before its session is closed.
+pub const SILENT_BEATS: u32 = 5;
 
 /// Starts a session whose connection is served by `serve` (our protocol, or another wire
 /// protocol speaking the same commands); `serve` gets the commands and the retiring flag.
@@ -173,7 +183,9 @@ async fn run(
     mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     mut writer: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Command>,
+    silence: Option<Duration>,
 ) -> String {
+    let mut last_heard = Instant::now();
     // Commands run in the order they were queued, so an invoke queued after a power-off can be
     // refused here before the agent sees it: whoever queued it learns the call was never sent.
     let mut retiring = false;
@@ -208,6 +220,7 @@ async fn run(
                             return "write failed".to_string();
                         }
                         let outcome = tokio::time::timeout(timeout, await_result(&mut reader, &mut writer, &id)).await;
+                        last_heard = Instant::now();
                         match outcome {
                             Ok(Ok(result)) => {
                                 let rtt_us = started.elapsed().as_micros() as u64;
@@ -226,7 +239,11 @@ async fn run(
                     }
                 }
             }
+            _ = tokio::time::sleep_until((last_heard + silence.unwrap_or_default()).into()), if silence.is_some() => {
+                return format!("no heartbeat for {:?}", silence.unwrap_or_default());
+            }
             msg = read_message(&mut reader) => {
+                last_heard = Instant::now();
                 match msg {
                     Ok(None) => return "agent closed the connection".to_string(),
                     Ok(Some(Message::Heartbeat(Heartbeat { seq }))) => {

@@ -26,11 +26,11 @@ pub use config::{
 };
 pub use error::SnmpError;
 pub use resolve::{Interface, PortMap};
-pub use session::TransportStats;
+pub use session::{Reply, TransportStats, Val, decode_reply, decode_reply_v3, dotted};
 
 use poll::oids;
 use serde::Serialize;
-use session::{Transport, Val};
+use session::Transport;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -465,6 +465,19 @@ fn speed(high: &Val, low: &Val) -> Option<u64> {
         .or_else(|| low.as_u64().map(|bps| bps / 1_000_000))
 }
 
+/// sysUpTime in hundredths of a second. Saturating: an agent may send any 64-bit number
+/// there (a Counter64 instead of TimeTicks), which must not overflow.
 fn ticks_to_duration(ticks: u64) -> Duration {
-    Duration::from_millis(ticks * 10)
+    Duration::from_millis(ticks.saturating_mul(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uptime_of_any_size_does_not_overflow() {
+        assert_eq!(ticks_to_duration(123), Duration::from_millis(1230));
+        assert_eq!(ticks_to_duration(u64::MAX), Duration::from_millis(u64::MAX));
+    }
 }

@@ -350,14 +350,33 @@ async fn send(session: &mut AsyncSession, req: Request<'_>) -> Result<Reply, snm
             session.set(&pairs).await?
         }
     };
-    Ok(Reply {
+    Ok(reply_of(pdu))
+}
+
+fn reply_of(pdu: snmp2::Pdu<'_>) -> Reply {
+    Reply {
         error_status: pdu.error_status,
         error_index: pdu.error_index,
         varbinds: pdu
             .varbinds
             .map(|(oid, v)| (oid.iter().map(|i| i.collect()).unwrap_or_default(), own(v)))
             .collect(),
-    })
+    }
+}
+
+/// Decodes a v1/v2c response datagram the way a session does after receiving it (snmp2's
+/// parser, then owned values). The session itself never calls this: it exists so hostile
+/// replies can be fuzzed without a socket.
+pub fn decode_reply(datagram: &[u8]) -> Result<Reply, snmp2::Error> {
+    snmp2::Pdu::from_bytes(datagram).map(reply_of)
+}
+
+/// [`decode_reply`] for SNMPv3, with `security` checking the reply's HMAC and decrypting it.
+pub fn decode_reply_v3(
+    datagram: &[u8],
+    security: &mut v3::Security,
+) -> Result<Reply, snmp2::Error> {
+    snmp2::Pdu::from_bytes_with_security(datagram, Some(security)).map(reply_of)
 }
 
 fn own(v: Value<'_>) -> Val {
