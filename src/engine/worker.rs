@@ -433,13 +433,18 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
             let phase = if health == "Good" { "Off" } else { "Failed" };
             // Likely wanted again soon: let the driver get a VM ready for that (a standby).
-            // Only with a uuid in the status: a standby must be adoptable after a crash.
+            // Only with a uuid in the status (a standby must be adoptable after a crash), and
+            // not for a worker an operator switched off or one that is not healthy: off then
+            // means no QEMU at all.
             if spec.power == PowerPolicy::OnDemand
                 && health == "Good"
                 && request.is_none()
+                && super::board::override_of(&st, obj.generation).is_none()
                 && running_hash.is_some()
             {
                 self.driver.prepare(&launch);
+            } else {
+                self.driver.discard(name).await;
             }
             st.set_phase(phase)
                 .condition("PoweredOn", CondStatus::False, "PoweredOff", "")
