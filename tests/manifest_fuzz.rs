@@ -1,22 +1,12 @@
 //! Mutated manifests never panic the loader or the validator: they give diagnostics.
 
-use microfaas::manifest::{Loaded, Source, expand, validate};
+use microfaas::manifest::{self, Loaded, validate};
 use proptest::prelude::*;
-use std::sync::Arc;
 
 const REFERENCE: &str = include_str!("../examples/reference.yaml");
 
 fn run(text: String) -> Loaded {
-    let mut loaded = Loaded::default();
-    loaded.add_source(Source {
-        name: Arc::from("fuzz.yaml"),
-        path: None,
-        text,
-    });
-    expand::expand_all(&mut loaded.resources);
-    let more = validate::validate(&loaded.resources, validate::Options { fs_checks: true });
-    loaded.diagnostics.extend(more);
-    loaded
+    manifest::validate_text("fuzz.yaml", text, validate::Options { fs_checks: true })
 }
 
 /// One edit of the reference manifest: delete, duplicate, or replace a byte range.

@@ -50,6 +50,23 @@ pub fn load_and_validate(paths: &[PathBuf], opts: validate::Options) -> Loaded {
     loaded
 }
 
+/// Expands and validates one manifest given as text (named `name` in diagnostics), as
+/// [`load_and_validate`] does for files, without resolving relative paths (there is no file
+/// they would be relative to). For tools and tests that hold the text already.
+#[cfg(feature = "controller")]
+pub fn validate_text(name: &str, text: String, opts: validate::Options) -> Loaded {
+    let mut loaded = Loaded::default();
+    loaded.add_source(load::Source {
+        name: std::sync::Arc::from(name),
+        path: None,
+        text,
+    });
+    expand::expand_all(&mut loaded.resources);
+    let more = validate::validate(&loaded.resources, opts);
+    loaded.diagnostics.extend(more);
+    loaded
+}
+
 /// Relative VM kernel and initrd paths, services' password files and Function modules are
 /// relative to the manifest that names them, so a repository of manifests works from any
 /// current directory. They are stored absolute.

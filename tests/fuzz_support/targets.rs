@@ -5,11 +5,10 @@ use super::Target;
 use microfaas::drivers::meter::wattsup::{Packets, parse_record};
 use microfaas::drivers::qmp::{self, Incoming, QmpEvent};
 use microfaas::drivers::snmp;
-use microfaas::manifest::{Loaded, Source, expand, validate};
+use microfaas::manifest::{self, validate};
 use microfaas::orchestrator::framing;
 use microfaas::protocol::{self, FrameReader, ProtocolError};
 use std::io::Read;
-use std::sync::Arc;
 
 /// Every target, in the order reports list them.
 pub fn all() -> Vec<Box<dyn Target>> {
@@ -62,15 +61,8 @@ impl Target for Manifest {
         // YAML breaks lines at CR as well as LF (a bare CR is a line of its own there).
         let breaks = text.bytes().filter(|b| matches!(b, b'\n' | b'\r')).count();
         let lines = u32::try_from(breaks + 1).unwrap_or(u32::MAX);
-        let mut loaded = Loaded::default();
-        loaded.add_source(Source {
-            name: Arc::from("fuzz.yaml"),
-            path: None,
-            text,
-        });
-        expand::expand_all(&mut loaded.resources);
-        let more = validate::validate(&loaded.resources, validate::Options { fs_checks: false });
-        loaded.diagnostics.extend(more);
+        let loaded =
+            manifest::validate_text("fuzz.yaml", text, validate::Options { fs_checks: false });
         for d in &loaded.diagnostics {
             if d.pos.line < 1 || d.pos.line > lines || d.message.is_empty() {
                 return Err(format!("diagnostic without a usable position: {d:?}"));
