@@ -9,7 +9,18 @@
 # The card: an MBR with one bootable FAT32 partition (from 1 MiB) holding MLO and u-boot.img
 # (Debian's u-boot-omap, am335x_boneblack, fetched with apt-get download unless --uboot DIR
 # gives them), zImage, am335x-boneblack.dtb, initramfs.cpio.gz, boot.scr and uEnv.txt with the
-# microfaas_* identity lines rewritten. Nothing per board is rebuilt: only uEnv.txt differs.
+# microfaas_* identity lines rewritten. Nothing per board is rebuilt: only uEnv.txt (and with
+# --falcon, `args`) differs.
+#
+# --falcon: the card also boots in U-Boot's falcon mode: the SPL (MLO) loads `uImage` (the zImage
+# in a legacy header, at 0x80008000) and `args` (the device tree with this board's kernel command
+# line in /chosen, followed 1 MiB in by the initramfs, which /chosen's linux,initrd-start/-end
+# point at once SPL has read `args` to 0x80F80000) and jumps to the kernel: no full U-Boot, no
+# boot script. Debian's MLO has falcon mode built in but keeps its environment nowhere, so its
+# `boot_os` can never be set; the card's MLO is Debian's with `bootdelay=2` in its built-in
+# environment replaced by `boot_os=yes` (same length; bootdelay means nothing to SPL). Type 'c'
+# on the serial console during SPL, or lose uImage/args, and SPL boots full U-Boot and the
+# boot.scr path instead. --falcon-addrs KERNEL,ARGS and --dtb serve other boards.
 #
 # eMMC: boot the board from this card (hold S2 while powering on), then copy the card to the
 # eMMC from a shell on it, or write the same image to /dev/mmcblk1 from any Linux booted on the
@@ -19,15 +30,39 @@
 # Refuses, before writing anything: a device that is not a block device, a device with a
 # mounted filesystem (on it or any of its partitions), and the disk holding / (or /boot, /usr,
 # swap). Writing to a device asks for confirmation unless --yes.
-# Needs: sfdisk (fdisk), mkfs.vfat (dosfstools), mcopy (mtools), lsblk/findmnt (util-linux);
+# Needs: sfdisk (fdisk), mkfs.vfat (dosfstools), mcopy (mtools), lsblk/findmnt (util-linux),
+# and for --falcon mkimage (u-boot-tools), fdtput (device-tree-compiler) and perl;
 # hack/install-deps.sh installs them.
 set -euo pipefail
 
 die() { echo "flash-beaglebone: error: $*" >&2; exit 1; }
 log() { echo "flash-beaglebone: $*" >&2; }
-usage() { sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() {
+  sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  cat >&2 <<'EOF'
+
+Options:
+  --image DIR            output of `microfaasctl image build --target beaglebone` (required)
+  --device /dev/sdX      write this card (refused if mounted or the system disk; asks first)
+  --out FILE.img         write a card image file instead, for dd
+  --worker NAME          the board's Worker name (default: bbb-unset, with a warning)
+  --orchestrator H:P     the agent endpoint the board dials (numeric address)
+  --ip VALUE             kernel ip=: CLIENT::GATEWAY:NETMASK:HOSTNAME:eth0:off
+  --token-file FILE      put this board's token in uEnv.txt (else the image's baked-in one)
+  --console TTY          kernel console (default ttyS0,115200n8, the BeagleBone's UART0)
+  --dtb FILE             device tree to boot (default the image's am335x-boneblack.dtb)
+  --falcon               boot through the SPL's falcon mode (see the comment at the top of
+                         this script); the U-Boot path stays on the card as the fallback
+  --falcon-addrs K,A     kernel load and SPL args addresses (default 0x80008000,0x80F80000)
+  --uboot DIR            MLO and u-boot.img to use instead of Debian's u-boot-omap
+  --size-mib N           card image size (default 64)
+  --yes                  do not ask before writing --device
+EOF
+  exit 2
+}
 
 image='' device='' out='' worker='' orchestrator='' ip='' uboot='' token_file='' yes=''
+falcon='' dtb='' console='' falcon_addrs=0x80008000,0x80F80000
 size_mib=64
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,6 +75,10 @@ while [ $# -gt 0 ]; do
     --token-file) token_file=${2:?}; shift 2 ;;
     --uboot) uboot=${2:?}; shift 2 ;;
     --size-mib) size_mib=${2:?}; shift 2 ;;
+    --falcon) falcon=1; shift ;;
+    --falcon-addrs) falcon_addrs=${2:?}; shift 2 ;;
+    --dtb) dtb=${2:?}; shift 2 ;;
+    --console) console=${2:?}; shift 2 ;;
     --yes) yes=1; shift ;;
     -h|--help) usage ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -53,10 +92,22 @@ for f in zImage am335x-boneblack.dtb initramfs.cpio.gz uEnv.txt boot.scr; do
   [ -s "$image/$f" ] || die "$image/$f is missing: not a beaglebone image (image build --target beaglebone)"
 done
 # U-Boot values are single words; a space or ';' would split the boot command.
-for pair in "worker=$worker" "orchestrator=$orchestrator" "ip=$ip"; do
+for pair in "worker=$worker" "orchestrator=$orchestrator" "ip=$ip" "console=$console"; do
   v=${pair#*=}
   case "$v" in *[[:space:]\;\$\"\'\\]*) die "--${pair%%=*} '$v': one word, no spaces, quotes, ';' or '\$'" ;; esac
 done
+
+dtb=${dtb:-$image/am335x-boneblack.dtb}
+[ -s "$dtb" ] || die "--dtb $dtb: no such device tree"
+if [ -n "$falcon" ]; then
+  case "$falcon_addrs" in
+    0x[0-9a-fA-F]*,0x[0-9a-fA-F]*) ;;
+    *) die "--falcon-addrs '$falcon_addrs': give KERNEL,ARGS in hex, e.g. 0x80008000,0x80F80000" ;;
+  esac
+  for tool in mkimage fdtput perl; do
+    command -v "$tool" >/dev/null || die "'$tool' not found (--falcon): run hack/install-deps.sh"
+  done
+fi
 
 # --- refusals for a real device, before anything is written --------------------------------
 if [ -n "$device" ]; then
@@ -114,11 +165,47 @@ setvar() { sed -i "s|^$1=.*|$1=$2|" "$work/uEnv.txt"; }
 [ -z "$worker" ] || setvar microfaas_worker "$worker"
 [ -z "$orchestrator" ] || setvar microfaas_orchestrator "$orchestrator"
 [ -z "$ip" ] || setvar microfaas_ip "$ip"
+[ -z "$console" ] || setvar mf_console "$console"
 if [ -n "$token_file" ]; then
   token=$(tr -d '[:space:]' <"$token_file") || die "cannot read $token_file"
   setvar microfaas_token "$token"
 fi
 grep -q '^microfaas_worker=bbb-unset$' "$work/uEnv.txt" && log "warning: no --worker: the board will call itself bbb-unset"
+
+# --- falcon mode: uImage, this board's args, an MLO that boots the OS ------------------------
+files=("$uboot/MLO" "$uboot/u-boot.img")
+if [ -n "$falcon" ]; then
+  kaddr=$((${falcon_addrs%,*})) aaddr=$((${falcon_addrs#*,}))
+  SOURCE_DATE_EPOCH=0 mkimage -A arm -O linux -T kernel -C none -a "$(printf 0x%x "$kaddr")" -e "$(printf 0x%x "$kaddr")" \
+    -n microfaas -d "$image/zImage" "$work/uImage" >/dev/null || die "mkimage could not wrap $image/zImage"
+  val() { sed -n "s/^$1=//p" "$work/uEnv.txt"; }
+  # The same command line boot.scr's uEnv.txt builds (mf_args), fixed at flash time.
+  bootargs="console=$(val mf_console) quiet panic=-1 microfaas.worker=$(val microfaas_worker)"
+  bootargs+=" microfaas.orchestrator=$(val microfaas_orchestrator) ip=$(val microfaas_ip)"
+  token=$(val microfaas_token)
+  [ -z "$token" ] || bootargs+=" microfaas.token=$token"
+  # SPL grows the tree in place (fdt_shrink_to_minimum, memory fixups: a few KiB) before the
+  # jump, so the initramfs starts well clear of it.
+  rd_off=$((1 << 20))
+  rd_size=$(stat -c %s "$image/initramfs.cpio.gz")
+  cp "$dtb" "$work/args.dtb"
+  fdtput -c "$work/args.dtb" /chosen 2>/dev/null || true
+  fdtput -t s "$work/args.dtb" /chosen bootargs "$bootargs"
+  fdtput -t x "$work/args.dtb" /chosen linux,initrd-start "$(printf %x $((aaddr + rd_off)))"
+  fdtput -t x "$work/args.dtb" /chosen linux,initrd-end "$(printf %x $((aaddr + rd_off + rd_size)))"
+  [ "$(stat -c %s "$work/args.dtb")" -le $((rd_off - 65536)) ] || die "$dtb is too large for falcon args"
+  truncate -s "$rd_off" "$work/args.dtb"
+  cat "$work/args.dtb" "$image/initramfs.cpio.gz" >"$work/args"
+  # Debian's MLO keeps its environment nowhere: boot_os goes into the built-in one.
+  perl -0777 -e '
+    my $m = <STDIN>;
+    if ($m =~ /\0boot_os=/) { print $m; exit 0 }
+    my $n = () = $m =~ /\0bootdelay=\d\0/g;
+    $n == 1 or die "found $n bootdelay entries in its built-in environment, expected 1\n";
+    $m =~ s/\0bootdelay=\d\0/\0boot_os=yes\0/;
+    print $m;' <"$uboot/MLO" >"$work/MLO" || die "$uboot/MLO: cannot set boot_os in its environment"
+  files=("$work/MLO" "$uboot/u-boot.img" "$work/uImage" "$work/args")
+fi
 
 # --- the card image: MBR + one FAT32 partition from 1 MiB ------------------------------------
 part_mib=$((size_mib - 1))
@@ -126,10 +213,11 @@ fat=$work/fat.img
 truncate -s "${part_mib}M" "$fat"
 mkfs.vfat -F 32 -n MICROFAAS "$fat" >/dev/null
 # MLO first: the AM335x boot ROM reads it from the FAT root.
-for f in "$uboot/MLO" "$uboot/u-boot.img" "$image/zImage" "$image/am335x-boneblack.dtb" \
-         "$image/initramfs.cpio.gz" "$image/boot.scr" "$work/uEnv.txt"; do
+for f in "${files[@]}" "$image/zImage" "$image/initramfs.cpio.gz" "$image/boot.scr" \
+         "$work/uEnv.txt"; do
   mcopy -i "$fat" "$f" "::$(basename "$f")"
 done
+mcopy -i "$fat" "$dtb" "::am335x-boneblack.dtb"
 card=$work/card.img
 truncate -s "${size_mib}M" "$card"
 echo 'start=2048, type=c, bootable' | sfdisk --quiet "$card"
@@ -148,4 +236,4 @@ fi
 log "writing $device"
 dd if="$card" of="$dev" bs=4M conv=fsync status=none
 sync
-log "done: $device boots worker ${worker:-bbb-unset}"
+log "done: $device boots worker ${worker:-bbb-unset}${falcon:+ (falcon mode)}"

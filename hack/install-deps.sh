@@ -36,14 +36,15 @@ fi
 
 # make/gcc/binutils/xz-utils/patch: hack/build-kernel.sh and readelf in the image tests; python3:
 # hack/test-artifacts.sh and the function reference vectors; dosfstools/mtools/fdisk: the
-# BeagleBone card (hack/flash-beaglebone.sh); u-boot-tools: `mkimage -l` checks boot.scr;
+# BeagleBone card (hack/flash-beaglebone.sh); u-boot-tools: `mkimage -l` checks boot.scr and
+# wraps the falcon-mode uImage; device-tree-compiler: fdtput writes the falcon-mode `args`;
 # u-boot-qemu: a real U-Boot boots the card image under qemu-system-arm in the image tests;
 # chromium/chromium-driver: the web view's browser test (tests/ui_browser.rs).
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
          make gcc binutils xz-utils patch python3 \
          redis-server postgresql mosquitto mosquitto-clients \
          rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
-         dosfstools mtools fdisk u-boot-tools u-boot-qemu chromium chromium-driver; do
+         dosfstools mtools fdisk u-boot-tools device-tree-compiler u-boot-qemu chromium chromium-driver; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1

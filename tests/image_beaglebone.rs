@@ -417,22 +417,262 @@ fn card_boots_through_u_boot_and_the_agent_dials_with_its_flashed_identity() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port();
     let card = dir.path().join("card.img");
-    ok(&flash(&[
-        "--image",
-        &image.display().to_string(),
-        "--out",
-        &card.display().to_string(),
-        "--worker",
-        "bbb-uboot",
-        "--orchestrator",
-        &format!("10.0.2.100:{port}"),
-        "--ip",
-        "10.0.2.15::10.0.2.2:255.255.255.0:bbb-uboot:eth0:off",
-    ]));
+    flash_for_virt(&image, &card, "bbb-uboot", port, &[]);
 
-    let console = dir.path().join("console.log");
+    let (hello, log) = boot_card(dir.path(), &card, listener);
+    assert!(
+        hello.contains("bbb-uboot"),
+        "hello {hello:?}\nconsole:\n{log}"
+    );
+    assert!(log.contains("Found U-Boot script /boot.scr"), "{log}");
+}
+
+/// A file from the card's FAT partition (mtools at the partition's 1 MiB offset).
+fn card_file(card: &Path, name: &str) -> Vec<u8> {
+    let o = Command::new("mtype")
+        .args([
+            "-i",
+            &format!("{}@@1M", card.display()),
+            &format!("::{name}"),
+        ])
+        .output()
+        .expect("mtype (mtools)");
+    ok(&o);
+    o.stdout
+}
+
+/// The entries of U-Boot's built-in default environment inside an SPL binary: the
+/// NUL-separated `name=value` strings from `bootcmd=` to the empty one that ends them.
+fn builtin_env(mlo: &[u8]) -> (usize, Vec<String>) {
+    let at = mlo
+        .windows(8)
+        .position(|w| w == b"bootcmd=")
+        .expect("a built-in environment in MLO");
+    let entries = mlo[at..]
+        .split(|b| *b == 0)
+        .take_while(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect();
+    (at, entries)
+}
+
+fn fdtget(file: &Path, prop: &str, ty: &str) -> String {
+    let o = Command::new("fdtget")
+        .args(["-t", ty])
+        .arg(file)
+        .args(["/chosen", prop])
+        .output()
+        .expect("fdtget (device-tree-compiler)");
+    ok(&o);
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// `--falcon`: the card carries `uImage` (the zImage in a legacy kernel header at the AM335x
+/// load address), `args` (the board's device tree with its command line in /chosen and the
+/// initramfs 1 MiB in, where linux,initrd-start/-end point once SPL has read `args` to
+/// 0x80F80000) and Debian's MLO with `boot_os=yes` in place of `bootdelay=2` in its built-in
+/// environment, every other byte the same. The U-Boot path stays on the card as the fallback.
+#[test]
+fn falcon_card_has_uimage_args_and_an_mlo_that_boots_the_os() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let image = build_image(dir.path());
+    let image_s = image.display().to_string();
+    let card = dir.path().join("falcon.img");
+    let card_s = card.display().to_string();
+    let base = [
+        "--image", &image_s, "--out", &card_s, "--worker", "bbb-7", "--ip", IP, "--falcon",
+    ];
+    let bad = flash(&[&base[..], &["--falcon-addrs", "0x80008000"]].concat());
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("--falcon-addrs '0x80008000'"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(!card.exists(), "nothing written on error");
+    ok(&flash(&base));
+
+    let zimage = std::fs::read(image.join("zImage")).expect("zImage");
+    let uimage = card_file(&card, "uImage");
+    let uimage_file = dir.path().join("uImage");
+    std::fs::write(&uimage_file, &uimage).expect("write uImage");
+    let listing = Command::new("mkimage")
+        .arg("-l")
+        .arg(&uimage_file)
+        .output()
+        .expect("mkimage");
+    ok(&listing);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("ARM Linux Kernel Image"), "{listing}");
+    assert!(listing.contains("Load Address: 80008000"), "{listing}");
+    assert!(listing.contains("Entry Point:  80008000"), "{listing}");
+    assert_eq!(
+        &uimage[64..],
+        &zimage[..],
+        "uImage carries the zImage unchanged"
+    );
+
+    let args_file = dir.path().join("args");
+    let args = card_file(&card, "args");
+    std::fs::write(&args_file, &args).expect("write args");
+    let bootargs = fdtget(&args_file, "bootargs", "s");
+    for want in [
+        "console=ttyS0,115200n8",
+        "microfaas.worker=bbb-7",
+        "microfaas.orchestrator=192.168.1.1:9000",
+        &format!("ip={IP}"),
+    ] {
+        assert!(bootargs.contains(want), "{want} not in {bootargs}");
+    }
+    let rd = std::fs::read(image.join("initramfs.cpio.gz")).expect("initramfs");
+    let start = u64::from_str_radix(&fdtget(&args_file, "linux,initrd-start", "x"), 16)
+        .expect("initrd-start");
+    let end = u64::from_str_radix(&fdtget(&args_file, "linux,initrd-end", "x"), 16).expect("end");
+    assert_eq!(start, 0x80F8_0000 + (1 << 20));
+    assert_eq!(end - start, rd.len() as u64);
+    assert_eq!(
+        &args[1 << 20..],
+        &rd[..],
+        "the initramfs sits 1 MiB into args"
+    );
+
+    let stock = std::fs::read(
+        std::env::var_os("MICROFAAS_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/microfaas")
+            })
+            .join("u-boot-omap/MLO"),
+    )
+    .expect("Debian's MLO, cached by the flash script");
+    let mlo = card_file(&card, "MLO");
+    assert_eq!(mlo.len(), stock.len());
+    let (at, stock_env) = builtin_env(&stock);
+    let (at2, env) = builtin_env(&mlo);
+    assert_eq!(at, at2);
+    assert!(
+        stock_env.iter().any(|e| e == "bootdelay=2"),
+        "{stock_env:?}"
+    );
+    assert!(!stock_env.iter().any(|e| e.starts_with("boot_os=")));
+    let expected: Vec<String> = stock_env
+        .iter()
+        .map(|e| {
+            if e == "bootdelay=2" {
+                "boot_os=yes".to_owned()
+            } else {
+                e.clone()
+            }
+        })
+        .collect();
+    assert_eq!(env, expected, "only bootdelay becomes boot_os");
+    let differ = mlo.iter().zip(&stock).filter(|(a, b)| a != b).count();
+    assert!(differ <= "boot_os=yes".len(), "{differ} bytes changed");
+    // The U-Boot path stays for a 'c' on the console or a failed falcon load.
+    for f in ["u-boot.img", "boot.scr", "uEnv.txt", "zImage"] {
+        assert!(!card_file(&card, f).is_empty(), "{f}");
+    }
+}
+
+/// What SPL does in falcon mode, done by U-Boot on QEMU's ARM virt board (no emulator has an
+/// AM335x): load `uImage` and `args` from the card and jump to the kernel with `args` as its
+/// device tree, untouched (`fdt_high` keeps it in place, no bootargs or initrd from U-Boot).
+/// The kernel finds its command line and initramfs only through `args`; the agent dials with
+/// the name written at flash time. The card is flashed for virt: its device tree (dumped by
+/// QEMU), its console and addresses inside its RAM.
+#[test]
+fn falcon_args_boot_the_kernel_with_initramfs_and_identity() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let image = build_image(dir.path());
+    let virt_dtb = dir.path().join("virt.dtb");
+    ok(&Command::new("qemu-system-arm")
+        .arg("-M")
+        .arg(format!("virt,dumpdtb={}", virt_dtb.display()))
+        .args(["-m", VIRT_MEM, "-nodefaults", "-display", "none"])
+        .output()
+        .expect("qemu-system-arm"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let card = dir.path().join("falcon-virt.img");
+    flash_for_virt(
+        &image,
+        &card,
+        "bbb-falcon",
+        port,
+        &[
+            "--falcon",
+            "--falcon-addrs",
+            "0x40008000,0x48000000",
+            "--dtb",
+            &virt_dtb.display().to_string(),
+            "--console",
+            "ttyAMA0",
+        ],
+    );
+    // In place of boot.scr, SPL's falcon steps.
+    let spl = dir.path().join("spl.cmd");
+    std::fs::write(
+        &spl,
+        "load ${devtype} ${devnum}:${distro_bootpart} 0x42000000 uImage\n\
+         load ${devtype} ${devnum}:${distro_bootpart} 0x48000000 args\n\
+         setenv bootargs\n\
+         setenv fdt_high 0xffffffff\n\
+         bootm 0x42000000 - 0x48000000\n",
+    )
+    .expect("write");
+    let scr = dir.path().join("boot.scr");
+    ok(&Command::new("mkimage")
+        .args([
+            "-A", "arm", "-O", "linux", "-T", "script", "-C", "none", "-d",
+        ])
+        .arg(&spl)
+        .arg(&scr)
+        .output()
+        .expect("mkimage"));
+    ok(&Command::new("mcopy")
+        .args(["-o", "-i", &format!("{}@@1M", card.display())])
+        .arg(&scr)
+        .arg("::boot.scr")
+        .output()
+        .expect("mcopy"));
+
+    let (hello, log) = boot_card(dir.path(), &card, listener);
+    assert!(
+        hello.contains("bbb-falcon"),
+        "hello {hello:?}\nconsole:\n{log}"
+    );
+    assert!(log.contains("Booting kernel from Legacy Image"), "{log}");
+}
+
+/// Flashes `card` from `image` for QEMU's virt board: worker `name` at 10.0.2.15 dials
+/// 10.0.2.100:PORT, which [`boot_card`] forwards to the test's listener; `extra` flags follow.
+fn flash_for_virt(image: &Path, card: &Path, name: &str, port: u16, extra: &[&str]) {
+    let image = image.display().to_string();
+    let card = card.display().to_string();
+    let orchestrator = format!("10.0.2.100:{port}");
+    let ip = format!("10.0.2.15::10.0.2.2:255.255.255.0:{name}:eth0:off");
+    let base = [
+        "--image",
+        &image,
+        "--out",
+        &card,
+        "--worker",
+        name,
+        "--orchestrator",
+        &orchestrator,
+        "--ip",
+        &ip,
+    ];
+    ok(&flash(&[&base[..], extra].concat()));
+}
+
+/// QEMU's ARM virt board with Debian's U-Boot (distro boot) on `card`; the guest's
+/// 10.0.2.100:PORT reaches `listener`. Returns the agent's first line and the console.
+fn boot_card(dir: &Path, card: &Path, listener: std::net::TcpListener) -> (String, String) {
+    let port = listener.local_addr().expect("addr").port();
+    let console = dir.join("console.log");
     let qemu = Command::new("qemu-system-arm")
-        .args(["-M", "virt", "-accel", "tcg", "-m", "1280M", "-nodefaults"])
+        .args(["-M", "virt", "-accel", "tcg", "-m", VIRT_MEM, "-nodefaults"])
         .args(["-display", "none", "-no-reboot"])
         .args(["-bios", "/usr/lib/u-boot/qemu_arm/u-boot.bin"])
         .arg("-drive")
@@ -461,14 +701,13 @@ fn card_boots_through_u_boot_and_the_agent_dials_with_its_flashed_identity() {
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
-    let hello = String::from_utf8_lossy(&got);
     let log = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(
-        hello.contains("bbb-uboot"),
-        "hello {hello:?}\nconsole:\n{log}"
-    );
-    assert!(log.contains("Found U-Boot script /boot.scr"), "{log}");
+    (String::from_utf8_lossy(&got).into_owned(), log)
 }
+
+/// The memory of the virt board in the U-Boot tests (the falcon test's device tree is dumped
+/// for the same machine).
+const VIRT_MEM: &str = "1280M";
 
 /// Kills and reaps the QEMU this test started, whatever happened.
 struct Kill(std::process::Child);
