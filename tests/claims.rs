@@ -167,10 +167,10 @@ fn ctl(state: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("run microfaasctl")
 }
 
-/// `microfaasctl logs worker NAME -f` prints the console as it grows, and starts over when a
-/// relaunched VM truncates it.
+/// `microfaasctl logs worker NAME -f` prints the console as it grows, starts over when a
+/// relaunched VM truncates it, and follows a resumed standby's console renamed over it.
 #[test]
-fn logs_follow_prints_what_the_console_writes_and_restarts_on_truncation() {
+fn logs_follow_prints_what_the_console_writes_across_truncation_and_rename() {
     use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
@@ -207,6 +207,18 @@ fn logs_follow_prints_what_the_console_writes_and_restarts_on_truncation() {
     // A relaunch truncates the log and writes it again from the start.
     std::fs::write(&console, "boot 2\n").expect("truncate");
     assert_eq!(next(), "boot 2");
+    // A standby VM resumed: its console, written beside the log, is renamed over it and grows.
+    let standby = vm_dir.join("console.next.log");
+    std::fs::write(&standby, "standby boot\n").expect("standby console");
+    std::fs::rename(&standby, &console).expect("rename over the log");
+    assert_eq!(next(), "standby boot");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&console)
+        .expect("append");
+    f.write_all(b"resumed\n").expect("write");
+    drop(f);
+    assert_eq!(next(), "resumed");
     assert!(
         child.try_wait().expect("try_wait").is_none(),
         "-f must keep following"
