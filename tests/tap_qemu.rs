@@ -1,9 +1,9 @@
 //! Tap networking end to end: `microfaasctl apply` runs inside a network namespace this test
-//! creates (nothing in it but loopback, a bridge and a veth pair with both ends on it, so no
-//! packet can leave it), two OneShot
-//! VM workers are attached to the bridge through qemu-bridge-helper, each agent gets its own
-//! static address from `vm.network.address` (the kernel's `ip=`) and dials the orchestrator's
-//! `advertise` address on the bridge, a workload runs and is recorded, and no QEMU is left.
+//! creates (nothing in it but loopback, a bridge and a veth pair with both ends in it, so no
+//! packet can leave it), two OneShot VM workers are attached to the bridge through
+//! qemu-bridge-helper, each agent gets its own static address from `vm.network.address` (the
+//! kernel's `ip=`) and dials the orchestrator's `advertise` address on the bridge, a workload
+//! runs and is recorded, and no QEMU is left.
 //!
 //! Needs root (namespaces, taps) and the bridge allowed in /etc/qemu/bridge.conf, which
 //! `hack/install-deps.sh` sets up; artefacts as for every QEMU test (`hack/test-artifacts.sh`).
