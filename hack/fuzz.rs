@@ -9,8 +9,67 @@
 #[path = "../tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// The system allocator, counting: bytes live now, their peak, and the largest single
+/// allocation, so each target's line says what its memory went to (a peak that is one huge
+/// allocation is a plateau; live bytes that keep climbing are a leak).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(size: usize) {
+    let now = LIVE.fetch_add(size, Relaxed) + size;
+    PEAK.fetch_max(now, Relaxed);
+    LARGEST.fetch_max(size, Relaxed);
+}
+
+// SAFETY: every call is passed to System unchanged; the counters only observe sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's layout contract, forwarded.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for alloc.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr was allocated by System with this layout (every alloc goes through us).
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for dealloc and alloc.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Relaxed);
+            grew(new_size);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const MB: f64 = 1024.0 * 1024.0;
 
 /// Stack of the thread the targets run on: 2 MiB, what tokio's workers (where `serve` loads
 /// manifests and reads peers) and test threads get, so a recursion that would overflow there
@@ -78,6 +137,9 @@ fn fuzz() -> ExitCode {
             print!("{}", r.describe_failures(seed));
             continue;
         }
+        let live_before = LIVE.load(Relaxed);
+        PEAK.store(live_before, Relaxed);
+        LARGEST.store(0, Relaxed);
         let report = if trace {
             let mut total = None::<fuzz_support::Report>;
             for i in 0..inputs {
@@ -107,13 +169,17 @@ fn fuzz() -> ExitCode {
             fuzz_support::run(target.as_mut(), seed, 0, inputs)
         };
         println!(
-            "{:<13} {:>9} inputs  {:>8.1} s  {:>9.0} inputs/s  largest {:>6} B  failures {}",
+            "{:<13} {:>9} inputs  {:>8.1} s  {:>9.0} inputs/s  largest {:>6} B  failures {}  \
+             heap: peak {:.1} MiB, largest allocation {:.1} MiB, live after {:+.1} MiB",
             report.target,
             report.inputs,
             report.elapsed.as_secs_f64(),
             report.per_second(),
             report.largest_input,
-            report.failed
+            report.failed,
+            PEAK.load(Relaxed).saturating_sub(live_before) as f64 / MB,
+            LARGEST.load(Relaxed) as f64 / MB,
+            (LIVE.load(Relaxed) as f64 - live_before as f64) / MB,
         );
         if report.failed > 0 {
             failed = true;

@@ -5,7 +5,7 @@
 # an snmpsim venv), the servers the service-backed functions are tested against (Redis,
 # PostgreSQL, mosquitto, and moto's S3 server in a venv), Chromium and its WebDriver, the
 # static-agent and wasm32-wasip1 Rust targets, and the ARMv7 toolchain, qemu-system-arm and
-# card tools for the BeagleBone image.
+# card tools for the BeagleBone image; and qemu-bridge-helper's ACL for the tap test's bridge.
 set -euo pipefail
 
 need_apt=()
@@ -39,12 +39,14 @@ fi
 # BeagleBone card (hack/flash-beaglebone.sh); u-boot-tools: `mkimage -l` checks boot.scr and
 # wraps the falcon-mode uImage; device-tree-compiler: fdtput writes the falcon-mode `args`;
 # u-boot-qemu: a real U-Boot boots the card image under qemu-system-arm in the image tests;
-# chromium/chromium-driver: the web view's browser test (tests/ui_browser.rs).
+# chromium/chromium-driver: the web view's browser test (tests/ui_browser.rs); iproute2: the
+# tap test's network namespace and bridge (tests/tap_qemu.rs).
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
          make gcc binutils xz-utils patch python3 \
          redis-server postgresql mosquitto mosquitto-clients \
          rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
-         dosfstools mtools fdisk u-boot-tools device-tree-compiler u-boot-qemu chromium chromium-driver; do
+         dosfstools mtools fdisk u-boot-tools device-tree-compiler u-boot-qemu \
+         chromium chromium-driver iproute2; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1
@@ -60,6 +62,15 @@ if [ ${#need_apt[@]} -gt 0 ] || [ -n "${need_qemu:-}" ] || [ -n "${need_update:-
     apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-system-arm
   fi
 fi
+
+# Tap networking: qemu-bridge-helper attaches a VM only to a bridge its ACL allows. The ACL
+# includes a file microfaas owns, which allows tests/tap_qemu.rs's bridge (it exists only in
+# that test's own network namespace); users list their bridges there too (README).
+mkdir -p /etc/qemu
+grep -qsx 'allow mfaastest0' /etc/qemu/microfaas-bridges.conf \
+  || echo 'allow mfaastest0' >>/etc/qemu/microfaas-bridges.conf
+grep -qsx 'include /etc/qemu/microfaas-bridges.conf' /etc/qemu/bridge.conf \
+  || echo 'include /etc/qemu/microfaas-bridges.conf' >>/etc/qemu/bridge.conf
 
 # These packages start system daemons; tests run their own instances on loopback.
 if command -v systemctl >/dev/null 2>&1; then

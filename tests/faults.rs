@@ -31,6 +31,26 @@ fn declare(state: &Path) {
     );
 }
 
+/// The latest run of `w` once it has ended; fails after `limit` naming `what`.
+async fn finished_run<D: microfaas::engine::vm::VmDriver>(
+    h: &Host<D>,
+    limit: Duration,
+    what: &str,
+) -> microfaas::store::invocations::Run {
+    let started = Instant::now();
+    loop {
+        let run = h
+            .engine
+            .with_store(|s| s.latest_run("w"))
+            .expect("latest run");
+        if let Some(r) = run.filter(|r| r.phase != RunPhase::Running) {
+            return r;
+        }
+        assert!(started.elapsed() < limit, "the run did not finish: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs the workload with vm-0's first boot doing `fault`; returns the finished run's
 /// attempts (status, worker, error) and vm-0's Warning events (reason, message).
 async fn run_with(fault: Fault) -> (Vec<(AttemptStatus, String, String)>, Vec<(String, String)>) {
@@ -40,18 +60,7 @@ async fn run_with(fault: Fault) -> (Vec<(AttemptStatus, String, String)>, Vec<(S
     let driver = FaultyDriver::new(AgentProcs::new(agent()));
     driver.arm("vm-0", fault);
     let h = Host::start(&state, driver.clone(), &loopback("fault-token")).await;
-    let started = Instant::now();
-    let run = loop {
-        let run = h
-            .engine
-            .with_store(|s| s.latest_run("w"))
-            .expect("latest run");
-        if let Some(r) = run.filter(|r| r.phase != RunPhase::Running) {
-            break r;
-        }
-        assert!(started.elapsed() < T, "the run did not finish: {fault:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let run = finished_run(&h, T, &format!("{fault:?}")).await;
     let attempts = h
         .engine
         .with_store(|s| s.attempts("w", run.run))
@@ -228,10 +237,27 @@ fn attempts_so_far<D: microfaas::engine::vm::VmDriver>(h: &Host<D>) -> usize {
         .map_or(0, |a| a.len())
 }
 
-/// The disk fills in the middle of a workload: the engine names the failure, takes no more
-/// work (not even once space is back), and the store passes SQLite's integrity check.
+/// The invocation ids recorded so far in the latest run of `w`, with their attempt numbers.
+fn recorded_ids<D: microfaas::engine::vm::VmDriver>(h: &Host<D>) -> Vec<(String, u32)> {
+    h.engine
+        .with_store(|s| {
+            let run = s.latest_run("w")?.map_or(0, |r| r.run);
+            s.attempts("w", run)
+        })
+        .map(|a| {
+            a.into_iter()
+                .map(|a| (a.invocation_id, a.attempt))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The disk fills in the middle of a workload: the engine names the failure and takes no new
+/// work while it lasts; once space is back the record it kept retrying commits, a
+/// `StorageRecovered` event names the resumption, and the workload finishes: every invocation
+/// recorded exactly once, every record from before the fault still there, the store intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_stops_the_engine_taking_work_and_leaves_the_store_intact() {
+async fn a_full_disk_pauses_the_engine_until_space_is_back_then_the_workload_finishes() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
     let disk = Tmpfs::mount(&state, "8m");
@@ -258,17 +284,56 @@ async fn a_full_disk_stops_the_engine_taking_work_and_leaves_the_store_intact() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(fault.contains("full"), "{fault}");
-    // Space is back: still no new work, since the run that lost records cannot go on honestly.
-    std::fs::remove_file(&filler).expect("free space");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let recorded = attempts_so_far(&h);
+    let before = recorded_ids(&h);
+    // While the disk stays full: no new work, the fault stays named.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         attempts_so_far(&h),
-        recorded,
-        "work was taken after the fault"
+        before.len(),
+        "work was taken while the disk was full"
     );
-    assert!(recorded < 400, "the whole workload ran: {recorded}");
+    assert!(h.engine.storage_fault().is_some());
+    assert!(
+        before.len() < 400,
+        "the whole workload ran: {}",
+        before.len()
+    );
+
+    // Space is back: the retried record commits and the workload runs to its end.
+    std::fs::remove_file(&filler).expect("free space");
+    let run = finished_run(&h, T, "after the disk was freed").await;
+    assert!(h.engine.storage_fault().is_none());
+    assert_eq!(run.phase, RunPhase::Succeeded, "{run:?}");
+    assert_eq!(
+        (run.counts.succeeded, run.counts.failed),
+        (400, 0),
+        "{run:?}"
+    );
+    let after = recorded_ids(&h);
+    let mut ids: Vec<&String> = after.iter().map(|a| &a.0).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (after.len(), ids.len()),
+        (400, 400),
+        "each invocation recorded once"
+    );
+    for r in &before {
+        assert!(
+            after.contains(r),
+            "{r:?} was recorded before the fault and is gone"
+        );
+    }
+    let events = h
+        .engine
+        .with_store(|s| s.events(Kind::Workload, "w", 100))
+        .expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "StorageRecovered" && e.message.contains("full")),
+        "{events:?}"
+    );
     h.stop().await;
     driver.kill_all();
 

@@ -387,9 +387,10 @@ async fn faas_provider_api_end_to_end_on_loopback_agents() {
         after.get("gateway_functions_seconds_count{function_name=sha}"),
         Some(&3.0)
     );
-    assert_eq!(
-        after.get("gateway_function_invocation_total{code=404,function_name=nope}"),
-        Some(&1.0)
+    // A name that is no function gets no series: made-up names would grow /metrics forever.
+    assert!(
+        !after.keys().any(|k| k.contains("function_name=nope")),
+        "{after:#?}"
     );
     assert!(
         after

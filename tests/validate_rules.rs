@@ -673,3 +673,128 @@ fn wasm_pin_and_fuel_are_checked_without_files() {
         "needs `module`",
     );
 }
+
+/// A worker on tap networking, its `network` as given (flow style, on line 7).
+fn tap_worker(name: &str, network: &str) -> String {
+    format!(
+        "{HEAD}kind: Worker\nmetadata: {{name: {name}}}\nspec:\n  vm:\n    kernel: /k\n    network: {network}\n"
+    )
+}
+
+#[test]
+fn tap_networking_needs_a_bridge_and_an_address() {
+    expect_error(
+        &tap_worker("t", "{mode: tap, address: 10.0.0.2/24}"),
+        7,
+        14,
+        "needs `bridge`",
+    );
+    expect_error(
+        &tap_worker("t", "{mode: tap, bridge: br0}"),
+        7,
+        14,
+        "needs the guest's `address`",
+    );
+    // An `ip=` of the user's own is the other way to give the agent its address.
+    let own = format!(
+        "{HEAD}kind: Worker\nmetadata: {{name: t}}\nspec:\n  vm:\n    kernel: /k\n    cmdline: ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off\n    network: {{mode: tap, bridge: br0}}\n"
+    );
+    let (_d, diags) = check(&[("m.yaml", &own)], false);
+    assert!(diags.is_empty(), "{diags:#?}");
+}
+
+#[test]
+fn tap_addresses_must_be_hosts_with_a_prefix() {
+    expect_error(
+        &tap_worker("t", "{mode: tap, bridge: br0, address: 10.0.0.2}"),
+        7,
+        48,
+        "expected A.B.C.D/PREFIX",
+    );
+    expect_error(
+        &tap_worker("t", "{mode: tap, bridge: br0, address: 10.0.0.255/24}"),
+        7,
+        48,
+        "broadcast",
+    );
+    expect_error(
+        &tap_worker(
+            "t",
+            "{mode: tap, bridge: br0, address: 10.0.0.2/24, gateway: x}",
+        ),
+        7,
+        70,
+        "not an IPv4 address",
+    );
+    expect_error(
+        &tap_worker("t", "{address: 10.0.0.2/24}"),
+        7,
+        15,
+        "is for tap networking",
+    );
+}
+
+#[test]
+fn tap_addresses_are_unique_and_replicas_fit() {
+    let two = format!(
+        "{}---\n{}",
+        tap_worker("a", "{mode: tap, bridge: br0, address: 10.0.0.2/24}"),
+        tap_worker("b", "{mode: tap, bridge: br0, address: 10.0.0.2/24}")
+    );
+    let (_d, diags) = check(&[("m.yaml", &two)], false);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(
+        diags[0].message.contains("already used by worker `a`"),
+        "{diags:?}"
+    );
+    assert_eq!((diags[0].pos.line, diags[0].pos.col), (15, 48));
+    // 10.0.0.250 + 5 is the broadcast address: the sixth replica has none.
+    expect_error(
+        &format!(
+            "{HEAD}kind: WorkerSet\nmetadata: {{name: s}}\nspec:\n  replicas: 6\n  template:\n    spec:\n      vm:\n        kernel: /k\n        network: {{mode: tap, bridge: br0, address: 10.0.0.250/24}}\n"
+        ),
+        10,
+        52,
+        "6 replicas counting up from `10.0.0.250/24` do not fit",
+    );
+}
+
+#[test]
+fn tap_vms_need_an_advertised_orchestrator() {
+    let text = format!(
+        "{HEAD}kind: Cluster\nmetadata: {{name: c}}\nspec: {{}}\n---\n{}",
+        tap_worker("t", "{mode: tap, bridge: br0, address: 10.0.0.2/24}")
+    );
+    expect_error(&text, 12, 14, "no `orchestrator.advertise`");
+}
+
+#[test]
+fn tap_replicas_count_up_from_the_template_address() {
+    let set = format!(
+        "{HEAD}kind: WorkerSet\nmetadata: {{name: s}}\nspec:\n  replicas: 3\n  template:\n    spec:\n      vm:\n        kernel: /k\n        network: {{mode: tap, bridge: br0, address: 10.0.0.10/24}}\n"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("s.yaml");
+    std::fs::write(&p, set).expect("write");
+    let loaded = load_and_validate(&[p], Options { fs_checks: false });
+    assert!(loaded.diagnostics.is_empty(), "{:#?}", loaded.diagnostics);
+    let addresses: Vec<(String, String)> = loaded
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            microfaas::manifest::Spec::Worker(w) => Some((
+                r.name().to_string(),
+                w.vm.as_ref()?.network.address.clone()?,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            ("s-0".to_string(), "10.0.0.10/24".to_string()),
+            ("s-1".to_string(), "10.0.0.11/24".to_string()),
+            ("s-2".to_string(), "10.0.0.12/24".to_string()),
+        ]
+    );
+}

@@ -176,18 +176,17 @@ pub async fn converge<D: VmDriver>(
             waiting,
             runs,
         } = o;
-        let storage = engine.storage_fault();
-        if let Some(why) = &storage {
+        // A store that cannot write pauses the work (the engine retries); it fails `apply`
+        // only if it still cannot when `apply` stops waiting.
+        if let Some(why) = engine.storage_fault()
+            && (waiting.is_empty() || tokio::time::Instant::now() >= deadline || interrupted)
+        {
             failed.push((
                 "store".to_string(),
-                format!("cannot record invocations ({why}); no more work was taken"),
+                format!("cannot record invocations ({why}); no work is taken until it can"),
             ));
         }
-        if waiting.is_empty()
-            || tokio::time::Instant::now() >= deadline
-            || interrupted
-            || storage.is_some()
-        {
+        if waiting.is_empty() || tokio::time::Instant::now() >= deadline || interrupted {
             break Outcome {
                 failed,
                 waiting,

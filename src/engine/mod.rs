@@ -78,9 +78,9 @@ pub struct Engine<D: VmDriver, P: Presence> {
     reconcile_errors: Mutex<HashMap<Kind, u64>>,
     /// Invocations waiting in the queues of each running workload (for metrics).
     queue_depths: Mutex<HashMap<String, usize>>,
-    /// Set when an invocation could not be recorded (disk full, I/O error): from then on no
-    /// work is taken, since nothing it does could be recorded.
-    storage_fault: Mutex<Option<String>>,
+    /// Set while an invocation cannot be recorded (disk full, I/O error): meanwhile no work is
+    /// taken, since nothing it does could be recorded. Cleared when a retried record commits.
+    storage_fault: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 /// Status field set by `microfaasctl rerun` and cleared when the new run starts.
@@ -121,22 +121,42 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         })
     }
 
-    /// Records that invocations can no longer be recorded (`why`: the store's error); the
-    /// first one is logged as an error and stops dispatch ([`Self::storage_fault`]).
+    /// Records that invocations cannot be recorded (`why`: the store's error); the first one
+    /// is logged as an error and pauses dispatch ([`Self::storage_fault`]). No event: the
+    /// store is what cannot be written.
     pub fn storage_failed(&self, why: &str) {
         let mut f = lock(&self.storage_fault);
         if f.is_none() {
             tracing::error!(
                 reason = "StorageFailed",
-                "cannot record invocations, taking no more work: {why}"
+                "cannot record invocations, taking no work until the store can: {why}"
             );
-            *f = Some(why.to_string());
+            *f = Some((why.to_string(), std::time::Instant::now()));
         }
     }
 
-    /// Why invocations can no longer be recorded, once they cannot.
+    /// A record the store had refused to write committed after `tries` tries: work resumes.
+    /// The first to see it names the recovery in the log and as an event on `workload`.
+    pub fn storage_recovered(&self, workload: &str, tries: u32) {
+        let Some((why, since)) = lock(&self.storage_fault).take() else {
+            return;
+        };
+        self.event(
+            Kind::Workload,
+            workload,
+            EventType::Normal,
+            "StorageRecovered",
+            &format!(
+                "invocations are recorded again after {:.1} s ({tries} tries); taking work again (was: {why})",
+                since.elapsed().as_secs_f64()
+            ),
+        );
+        self.bump();
+    }
+
+    /// Why invocations cannot be recorded, while they cannot.
     pub fn storage_fault(&self) -> Option<String> {
-        lock(&self.storage_fault).clone()
+        lock(&self.storage_fault).as_ref().map(|f| f.0.clone())
     }
 
     /// Failed reconciles per kind since this engine started.

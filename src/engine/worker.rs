@@ -98,6 +98,22 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             "console={console} panic=-1 microfaas.worker={name} microfaas.orchestrator={orchestrator} microfaas.token={} microfaas.lifecycle={lifecycle}",
             self.cfg.token
         );
+        // The agent has no DHCP client: a tap VM's address reaches it as the kernel's `ip=`,
+        // before the manifest's own words (a later `ip=` there wins).
+        if vm.network.mode == VmNetworkMode::Tap
+            && let Some(addr) = &vm.network.address
+        {
+            let addr = crate::manifest::tapaddr::TapAddress::parse(addr)?;
+            let gateway = match &vm.network.gateway {
+                Some(g) => Some(
+                    g.parse()
+                        .map_err(|_| format!("gateway `{g}` is not an IPv4 address"))?,
+                ),
+                None => None,
+            };
+            cmdline.push(' ');
+            cmdline.push_str(&addr.kernel_arg(gateway));
+        }
         if let Some(extra) = &vm.cmdline {
             cmdline.push(' ');
             cmdline.push_str(extra);

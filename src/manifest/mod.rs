@@ -21,6 +21,8 @@ pub mod resource;
 #[cfg(feature = "controller")]
 pub mod schema;
 #[cfg(feature = "controller")]
+pub mod tapaddr;
+#[cfg(feature = "controller")]
 pub mod types;
 #[cfg(feature = "controller")]
 pub mod validate;

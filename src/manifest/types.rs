@@ -659,8 +659,18 @@ pub struct VmNetwork {
     /// tap mode: the bridge to attach the tap device to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// tap mode: the NIC's MAC; derived from the worker's uuid when unset, so VMs sharing a
+    /// bridge never share one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// tap mode: the guest's static IPv4 address on the bridge's network, `A.B.C.D/PREFIX`
+    /// (passed as the kernel's `ip=`). A WorkerSet's replica N gets this address + N.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// tap mode: the guest's default gateway, for orchestrators or services beyond the bridge's
+    /// network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -153,6 +153,7 @@ pub fn validate(resources: &[Resource], opts: Options) -> Vec<Diagnostic> {
                         v,
                     );
                 }
+                set_addresses(&mut cx, s);
                 cx.base = &[Key("spec"), Key("template"), Key("spec")];
                 worker(&mut cx, &s.template.spec, opts);
             }
@@ -590,12 +591,94 @@ fn worker(cx: &mut Ctx<'_>, s: &WorkerSpec, opts: Options) {
                 );
             }
         }
-        if vm.network.mode == VmNetworkMode::Tap && vm.network.bridge.is_none() {
-            cx.error(
-                &[Key("vm"), Key("network")],
-                "tap networking needs `bridge`",
-            );
+        vm_network(cx, vm);
+    }
+}
+
+/// A VM's network: tap needs a bridge and a way for the agent to get its address; the
+/// address fields mean nothing on user networking (QEMU's guest is always 10.0.2.15).
+fn vm_network(cx: &mut Ctx<'_>, vm: &VmSpec) {
+    let net = &vm.network;
+    let p = |f: &'static str| [Key("vm"), Key("network"), Key(f)];
+    if net.mode == VmNetworkMode::User {
+        for (field, set) in [
+            ("address", net.address.is_some()),
+            ("gateway", net.gateway.is_some()),
+        ] {
+            if set {
+                cx.key_error(
+                    &p(field),
+                    format!("`{field}` is for tap networking (`mode: tap`)"),
+                )
+                .help = Some("a VM on user networking always has QEMU's guest address".to_string());
+            }
         }
+        return;
+    }
+    if net.bridge.is_none() {
+        cx.error(
+            &[Key("vm"), Key("network")],
+            "tap networking needs `bridge`",
+        );
+    }
+    if let Some(a) = &net.address
+        && let Err(e) = super::tapaddr::TapAddress::parse(a)
+    {
+        cx.error(&p("address"), e);
+    }
+    if let Some(g) = &net.gateway
+        && g.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        cx.error(&p("gateway"), format!("`{g}` is not an IPv4 address"));
+    }
+    let own_ip = vm
+        .cmdline
+        .as_deref()
+        .is_some_and(|c| c.split_whitespace().any(|w| w.starts_with("ip=")));
+    if net.address.is_none() && !own_ip {
+        cx.error(
+            &[Key("vm"), Key("network")],
+            "tap networking needs the guest's `address` (A.B.C.D/PREFIX on the bridge's network)",
+        )
+        .help = Some(
+            "or give the kernel an `ip=` in `vm.cmdline`; the agent has no DHCP client".to_string(),
+        );
+    }
+}
+
+/// A WorkerSet's replicas count up from the template's tap address: all of them must be hosts
+/// of its network.
+fn set_addresses(cx: &mut Ctx<'_>, s: &WorkerSetSpec) {
+    let Some(a) = s
+        .template
+        .spec
+        .vm
+        .as_ref()
+        .and_then(|vm| vm.network.address.as_ref())
+    else {
+        return;
+    };
+    let Ok(addr) = super::tapaddr::TapAddress::parse(a) else {
+        return; // reported by the template's own checks
+    };
+    let last = u32::try_from(s.replicas.saturating_sub(1)).unwrap_or(u32::MAX);
+    if s.replicas > 0 && addr.offset(last).is_none() {
+        cx.error(
+            &[
+                Key("spec"),
+                Key("template"),
+                Key("spec"),
+                Key("vm"),
+                Key("network"),
+                Key("address"),
+            ],
+            format!(
+                "{} replicas counting up from `{a}` do not fit in its network",
+                s.replicas
+            ),
+        )
+        .help =
+            Some("replica N gets the address + N: start lower or use a wider prefix".to_string());
     }
 }
 
@@ -773,7 +856,71 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 /// Rules about the set: unique names, resolvable references, no shared hardware.
+/// Tap VMs across the set: each needs its own address, and the Cluster must advertise an
+/// orchestrator address for them to dial (they are not behind QEMU's guestfwd).
+fn tap_vms(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+    // Only a Cluster in this set can be checked; without one the engine says it at launch.
+    let unadvertised = resources
+        .iter()
+        .any(|r| matches!(&r.spec, Spec::Cluster(c) if c.orchestrator.advertise.is_none()));
+    let mut addresses: HashMap<std::net::Ipv4Addr, &Resource> = HashMap::new();
+    let mut told_advertise = false;
+    for w in resources {
+        let Spec::Worker(spec) = &w.spec else {
+            continue;
+        };
+        let Some(vm) = spec
+            .vm
+            .as_ref()
+            .filter(|vm| vm.network.mode == VmNetworkMode::Tap)
+        else {
+            continue;
+        };
+        let mut path = if w.owner.is_some() {
+            vec![Key("spec"), Key("template"), Key("spec")]
+        } else {
+            vec![Key("spec")]
+        };
+        path.extend([Key("vm"), Key("network")]);
+        if unadvertised && !told_advertise {
+            told_advertise = true;
+            out.push(
+                Diagnostic::error(
+                    &w.origin.file,
+                    w.node.pos_of(&path),
+                    format!("worker `{}` is on tap networking, but the Cluster has no `orchestrator.advertise` for its agent to dial", w.name()),
+                )
+                .with_help("set `advertise` to the orchestrator's HOST:PORT on the bridge's network"),
+            );
+        }
+        let Some(addr) = vm
+            .network
+            .address
+            .as_deref()
+            .and_then(|a| super::tapaddr::TapAddress::parse(a).ok())
+        else {
+            continue;
+        };
+        if let Some(first) = addresses.get(&addr.ip) {
+            path.push(Key("address"));
+            out.push(Diagnostic::error(
+                &w.origin.file,
+                w.node.pos_of(&path),
+                format!(
+                    "worker `{}` has tap address {}, already used by worker `{}`",
+                    w.name(),
+                    addr.ip,
+                    first.name()
+                ),
+            ));
+        } else {
+            addresses.insert(addr.ip, w);
+        }
+    }
+}
+
 fn across(resources: &[Resource], out: &mut Vec<Diagnostic>) {
+    tap_vms(resources, out);
     let mut seen: HashMap<(Kind, &str), &Resource> = HashMap::new();
     for r in resources {
         if let Some(first) = seen.get(&(r.kind(), r.name())) {

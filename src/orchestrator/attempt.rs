@@ -9,6 +9,7 @@ use crate::engine::vm::VmDriver;
 use crate::manifest::Kind;
 use crate::manifest::types::{FunctionSpec, WorkerSpec};
 use crate::protocol::{ErrorKind, Invoke, Outcome, UserCode};
+use crate::store::committer::CommitError;
 use crate::store::invocations::{Attempt, AttemptStatus, output_digest};
 use crate::store::{StoredObject, clock};
 use serde_json::Value;
@@ -343,19 +344,48 @@ pub fn attempt_record(
     }
 }
 
+/// First and longest wait between tries to record an attempt the store could not write.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Commits an attempt durably, sharing the fsync with whatever else is being recorded at the
-/// same time (the engine's group committer). False when it could not be recorded.
+/// same time (the engine's group committer). When the store cannot write (disk full, I/O) the
+/// engine takes no new work ([`Engine::storage_failed`]) and this keeps trying the same record,
+/// with backoff, until it commits; then work resumes ([`Engine::storage_recovered`]). Nothing
+/// was acknowledged meanwhile, and a failed commit wrote nothing, so the record lands once.
+/// False when the record was refused (or the recorder is gone).
 pub async fn record<D: VmDriver>(engine: &Engine<D, Sessions>, attempt: &Attempt) -> bool {
-    match engine.recorder.record(attempt.clone()).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(
-                "cannot record attempt {}#{}: {e}",
-                attempt.invocation_id,
-                attempt.attempt
-            );
-            engine.storage_failed(&e.to_string());
-            false
+    let mut wait = RECORD_RETRY_FIRST;
+    let mut tries = 0u32;
+    loop {
+        match engine.recorder.record(attempt.clone()).await {
+            Ok(()) => {
+                if tries > 0 {
+                    engine.storage_recovered(&attempt.workload, tries);
+                }
+                return true;
+            }
+            Err(e @ CommitError::Store(_)) => {
+                if tries == 0 {
+                    tracing::error!(
+                        "cannot record attempt {}#{}, retrying until the store can: {e}",
+                        attempt.invocation_id,
+                        attempt.attempt
+                    );
+                }
+                engine.storage_failed(&e.to_string());
+                tries += 1;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RECORD_RETRY_MAX);
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot record attempt {}#{}: {e}",
+                    attempt.invocation_id,
+                    attempt.attempt
+                );
+                return false;
+            }
         }
     }
 }

@@ -459,9 +459,13 @@ impl<D: VmDriver> Run<D> {
 
     fn take_job(&self, worker: &str) -> Option<Option<Job>> {
         let mut sh = lock(&self.shared);
-        // Work whose outcome cannot be recorded is not started (the next engine's run redoes it).
-        if sh.remaining == 0 || self.engine.storage_fault().is_some() {
+        if sh.remaining == 0 {
             return None;
+        }
+        // Work whose outcome cannot be recorded is not started; the loop waits until a retried
+        // record commits (attempt::record) and the store takes writes again.
+        if self.engine.storage_fault().is_some() {
+            return Some(None);
         }
         let job = sh.queues.get_mut(worker).and_then(VecDeque::pop_front);
         if job.is_some() {

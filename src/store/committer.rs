@@ -16,9 +16,23 @@ use tokio::sync::oneshot;
 pub enum CommitError {
     #[error("the invocation recorder has stopped")]
     Stopped,
-    /// The record was not committed (the message is the store's error).
+    /// The record was not committed because the store could not write (the message is the
+    /// store's error): disk full, I/O. The same record may commit once the store can.
     #[error("{0}")]
     Store(String),
+    /// The record itself was refused (a duplicate, a run that does not exist).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl CommitError {
+    fn from_store(e: &super::StoreError) -> CommitError {
+        if e.is_refusal() {
+            CommitError::Refused(e.to_string())
+        } else {
+            CommitError::Store(e.to_string())
+        }
+    }
 }
 
 struct Request {
@@ -94,9 +108,9 @@ fn commit(store: &Mutex<Store>, batch: &[Request]) -> Vec<Result<(), CommitError
     match s.record_attempts(&attempts) {
         Ok(rows) => rows
             .into_iter()
-            .map(|r| r.map_err(|e| CommitError::Store(e.to_string())))
+            .map(|r| r.map_err(|e| CommitError::from_store(&e)))
             .collect(),
-        Err(e) => vec![Err(CommitError::Store(e.to_string())); batch.len()],
+        Err(e) => vec![Err(CommitError::from_store(&e)); batch.len()],
     }
 }
 
@@ -162,8 +176,12 @@ mod tests {
         stored.sort();
         ok.sort();
         assert_eq!(stored, ok);
-        // a duplicate is refused, the next record still commits
-        assert!(c.record(attempt("inv-0", 1)).await.is_err());
+        // a duplicate is refused (not a store fault: retrying cannot help), the next record
+        // still commits
+        assert!(matches!(
+            c.record(attempt("inv-0", 1)).await,
+            Err(CommitError::Refused(_))
+        ));
         c.record(attempt("inv-late", 1)).await.expect("late");
         assert_eq!(reader.attempts("wl", 1).expect("attempts").len(), 57);
     }

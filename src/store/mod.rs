@@ -49,6 +49,18 @@ pub enum StoreError {
     NotFound(String),
 }
 
+impl StoreError {
+    /// A record refused for what it says (a duplicate, a run that does not exist), as opposed
+    /// to a store that could not write it (disk full, I/O): retrying it cannot help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite { source, .. }
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+        )
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {

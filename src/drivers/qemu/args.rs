@@ -126,7 +126,7 @@ pub(crate) fn build(
         // qemu-bridge-helper (allowed bridges are listed in /etc/qemu/bridge.conf).
         VmNet::Tap { bridge, mac } => (
             format!("bridge,id=net0,br={}", bridge.replace(',', ",,")),
-            mac.as_deref(),
+            Some(mac.clone().unwrap_or_else(|| mac_for(&cfg.uuid))),
         ),
     };
     arg(&"-netdev");
@@ -142,6 +142,15 @@ pub(crate) fn build(
     arg(&"-device");
     arg(&device);
     a
+}
+
+/// A tap VM's MAC when the manifest gives none: QEMU would give every VM 52:54:00:12:34:56,
+/// and VMs sharing a bridge must not share a MAC. QEMU's own prefix, then three bytes of the
+/// worker's uuid's digest (the uuid is kept for the worker's life, so is the MAC).
+pub(crate) fn mac_for(uuid: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(uuid.as_bytes());
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", d[0], d[1], d[2])
 }
 
 /// The serial console device a guest kernel on `machine` writes to: the 8250 UART on x86,
@@ -263,6 +272,37 @@ mod tests {
             ["virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"]
         );
         assert!(after(&args, "-chardev").contains(&"file,id=console,path=/odd,,dir/console.log"));
+    }
+
+    #[test]
+    fn tap_vms_without_a_mac_get_their_own() {
+        let mut a = cfg();
+        a.network = VmNet::Tap {
+            bridge: "br0".into(),
+            mac: None,
+        };
+        let mut b = a.clone();
+        b.uuid = "0b4c7a34-0000-4000-8000-000000000002".into();
+        let device = |c: &VmConfig| {
+            let args = strings(build(
+                c,
+                &RunFiles::new(&c.run_dir),
+                Accel::Tcg,
+                None,
+                false,
+            ));
+            after(&args, "-device")[0].to_string()
+        };
+        let (da, db) = (device(&a), device(&b));
+        assert!(
+            da.starts_with("virtio-net-pci,netdev=net0,mac=52:54:00:"),
+            "{da}"
+        );
+        assert_ne!(da, db, "two VMs on one bridge");
+        assert_eq!(da, device(&a), "stable for the worker");
+        // User networking keeps QEMU's default: the guest is alone on its slirp network.
+        a.network = VmNet::User { guestfwd: None };
+        assert_eq!(device(&a), "virtio-net-pci,netdev=net0");
     }
 
     #[test]
