@@ -38,12 +38,15 @@ fi
 # hack/test-artifacts.sh and the function reference vectors; dosfstools/mtools/fdisk: the
 # BeagleBone card (hack/flash-beaglebone.sh); u-boot-tools: `mkimage -l` checks boot.scr;
 # u-boot-qemu: a real U-Boot boots the card image under qemu-system-arm in the image tests;
-# chromium/chromium-driver: the web view's browser test (tests/ui_browser.rs).
+# chromium/chromium-driver: the web view's browser test (tests/ui_browser.rs);
+# etcd-server/etcd-client: the store over etcd (tests/store_conformance.rs and the CLI tests
+# start their own 3-member cluster on loopback).
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
          make gcc binutils xz-utils patch python3 \
          redis-server postgresql mosquitto mosquitto-clients \
          rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
-         dosfstools mtools fdisk u-boot-tools u-boot-qemu chromium chromium-driver; do
+         dosfstools mtools fdisk u-boot-tools u-boot-qemu chromium chromium-driver \
+         etcd-server etcd-client; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1
@@ -63,6 +66,12 @@ fi
 # These packages start system daemons; tests run their own instances on loopback.
 if command -v systemctl >/dev/null 2>&1; then
   for unit in snmpd redis-server mosquitto postgresql; do systemctl stop "$unit" 2>/dev/null || true; done
+  # etcd-server enables its unit: a host etcd on 2379 would be a shared store nobody asked for.
+  systemctl disable --now etcd 2>/dev/null || true
+fi
+if [ -x /etc/init.d/etcd ]; then
+  /etc/init.d/etcd stop >/dev/null 2>&1 || true
+  update-rc.d etcd disable >/dev/null 2>&1 || true
 fi
 
 # An S3-compatible object store for the upload_file/download_file tests: moto's server, with

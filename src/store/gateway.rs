@@ -3,7 +3,7 @@
 //! restarted daemon resumes where the last one stopped) and the Warm replicas it keeps powered
 //! per function.
 
-use super::{Result, Store, clock};
+use super::{Result, SqliteStore, clock};
 use rusqlite::{OptionalExtension, params};
 
 /// The workload name gateway invocations are recorded under (reserved: manifest validation
@@ -78,7 +78,7 @@ pub struct LogQuery {
     pub after_id: Option<i64>,
 }
 
-impl Store {
+impl SqliteStore {
     pub fn enqueue_call(
         &mut self,
         call_id: &str,
@@ -327,7 +327,7 @@ mod tests {
     fn calls_move_through_their_states_and_survive_reopening() {
         let dir = tempfile::tempdir().expect("tmp");
         {
-            let mut s = Store::open(dir.path()).expect("open");
+            let mut s = SqliteStore::open(dir.path()).expect("open");
             s.enqueue_call("c1", "f", &json!({"n": 1}), Some("http://127.0.0.1:9/cb"))
                 .expect("enqueue");
             s.enqueue_call("c2", "f", &json!(null), None)
@@ -336,7 +336,7 @@ mod tests {
             s.finish_call("c1", 200, b"out", &json!({"X-A": "1"}))
                 .expect("finish");
         }
-        let mut s = Store::open(dir.path()).expect("reopen");
+        let mut s = SqliteStore::open(dir.path()).expect("reopen");
         let p = s.pending_calls().expect("pending");
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].state, CallState::Done);
