@@ -191,6 +191,54 @@ fn cli_commands_share_one_etcd_store_across_state_dirs() {
     assert!(err.contains("not converged"), "{err}");
 }
 
+/// `apply -f` of a Cluster whose `spec.store` names etcd stores there; `--store sqlite`
+/// overrides the manifest.
+#[test]
+fn apply_uses_the_store_the_cluster_declares_unless_told_otherwise() {
+    let cluster = EtcdCluster::start(3);
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("c.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: lab}}\nspec:\n  store: {{etcd: {{endpoints: [{}], prefix: declared}}}}\n---\n{MANIFEST}",
+            cluster.endpoints().join(", ")
+        ),
+    )
+    .expect("write");
+    let f = f.to_str().expect("utf8");
+    let state = tempfile::tempdir().expect("tmp");
+    let a = ctl(
+        state.path(),
+        "",
+        &["apply", "-f", f, "--no-fs-checks", "--no-wait"],
+    );
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    assert!(!state.path().join("state.db").exists(), "applied to SQLite");
+    let g = ctl(
+        state.path(),
+        &cluster.url("declared"),
+        &["get", "workers", "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&g.stdout).expect("json");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(2), "{v}");
+    let a = ctl(
+        state.path(),
+        "sqlite",
+        &["apply", "-f", f, "--no-fs-checks", "--no-wait"],
+    );
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    assert!(
+        text(&a.stdout).contains("worker/vm-0 created"),
+        "{}",
+        text(&a.stdout)
+    );
+    assert!(
+        state.path().join("state.db").exists(),
+        "--store sqlite did not win"
+    );
+}
+
 #[test]
 fn a_bad_store_url_is_refused_before_anything_is_read() {
     let state = tempfile::tempdir().expect("tmp");

@@ -1,6 +1,7 @@
 //! `microfaasctl serve` on the etcd store with real QEMU (TCG): the daemon keeps everything in
-//! a 3-member etcd cluster, a CLI with another state dir (another machine) watches its worker
-//! boot and its workload run there, and the report it reads counts every invocation once.
+//! the 3-member etcd cluster its Cluster's `spec.store` names, a CLI with another state dir
+//! (another machine) watches its worker boot and its workload run there, and the report it
+//! reads counts every invocation once.
 //!
 //! Artefacts: `eval "$(hack/test-artifacts.sh)"`; hack/test does it.
 
@@ -31,8 +32,14 @@ fn serve_keeps_its_testbed_in_etcd_and_another_machine_reads_it() {
     let cluster = EtcdCluster::start(3);
     let url = cluster.url("serve");
     let env = Env::new();
+    // The daemon learns the store from its Cluster (no --store, no MICROFAAS_STORE).
+    let cluster_doc = format!(
+        "{}  store: {{etcd: {{endpoints: [{}], prefix: serve}}}}\n",
+        env.cluster(""),
+        cluster.endpoints().join(", ")
+    );
     let manifest = format!(
-        "{}---
+        "{cluster_doc}---
 apiVersion: microfaas.dev/v1alpha1
 kind: Worker
 metadata: {{name: vm-0, labels: {{pool: t}}}}
@@ -54,7 +61,6 @@ spec:
   arrival: {{pattern: fixed, rate: 10/s}}
   concurrency: 2
 ",
-        env.cluster(""),
         env.kernel.display(),
         env.initrd.display()
     );
@@ -63,7 +69,7 @@ spec:
     let mut serve = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
         .args(["serve", "-f", &f])
         .env("MICROFAAS_STATE_DIR", &env.state)
-        .env("MICROFAAS_STORE", &url)
+        .env_remove("MICROFAAS_STORE")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

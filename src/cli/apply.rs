@@ -49,6 +49,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     let loaded = load(&args.files)?;
+    crate::daemon::declare::select_declared_store(&loaded);
     let mut store = Store::open(state_dir)?;
     let engine = Claim::take(state_dir)?;
     let declared = declare(

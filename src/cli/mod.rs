@@ -57,8 +57,8 @@ pub struct Cli {
 
     /// Keep the desired state and every record in a shared etcd cluster instead of the state
     /// dir's SQLite file: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix: microfaas).
-    /// Commands then work from any machine that reaches the cluster. `sqlite` (or empty): the
-    /// state dir's file.
+    /// Commands then work from any machine that reaches the cluster. `sqlite`: the state dir's
+    /// file, whatever the manifests' Cluster.spec.store says.
     #[arg(long, global = true, env = "MICROFAAS_STORE", value_name = "URL",
           value_parser = parse_store)]
     store: Option<StoreArg>,
@@ -200,16 +200,19 @@ fn init_logging(verbose: u8, daemon: bool, format: serve::LogFormat) {
     };
 }
 
-/// `--store`: the state dir's own SQLite file (`sqlite` or empty) or an etcd cluster.
+/// `--store`: the state dir's own SQLite file or an etcd cluster; empty is as if unset (the
+/// manifests' `Cluster.spec.store`, else SQLite).
 #[derive(Debug, Clone)]
 enum StoreArg {
+    Unset,
     Sqlite,
     Etcd(crate::store::EtcdLocation),
 }
 
 fn parse_store(s: &str) -> Result<StoreArg, String> {
     match s.trim() {
-        "" | "sqlite" => Ok(StoreArg::Sqlite),
+        "" => Ok(StoreArg::Unset),
+        "sqlite" => Ok(StoreArg::Sqlite),
         url => crate::store::EtcdLocation::parse(url).map(StoreArg::Etcd),
     }
 }
@@ -228,8 +231,10 @@ pub fn main() -> ExitCode {
         _ => init_logging(cli.verbose, false, serve::LogFormat::Text),
     }
     // Before any command opens the store.
-    if let Some(StoreArg::Etcd(loc)) = cli.store.clone() {
-        crate::store::select_etcd(loc);
+    match cli.store.clone() {
+        Some(StoreArg::Etcd(loc)) => crate::store::select(Some(loc)),
+        Some(StoreArg::Sqlite) => crate::store::select(None),
+        Some(StoreArg::Unset) | None => {}
     }
     let state_dir = cli
         .state_dir

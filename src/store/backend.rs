@@ -21,19 +21,25 @@ pub enum Store {
     Etcd(Box<EtcdStore>),
 }
 
-/// The store this process uses instead of the state directory's SQLite file, set once by the
-/// CLI (`--store` / `MICROFAAS_STORE`) before anything is read.
-static SELECTED: OnceLock<EtcdLocation> = OnceLock::new();
+/// The store this process uses: `Some` an etcd cluster, `None` the state dir's SQLite file.
+/// Set once, by the CLI's `--store` / `MICROFAAS_STORE` before anything is read, else by the
+/// manifests' `Cluster.spec.store`; unset means SQLite.
+static SELECTED: OnceLock<Option<EtcdLocation>> = OnceLock::new();
 
-/// Makes every later `Store::open` of this process use the etcd store at `location`. The
-/// first selection stands.
-pub fn select_etcd(location: EtcdLocation) {
+/// The command's own choice (`None`: SQLite); it stands over any manifest's.
+pub fn select(location: Option<EtcdLocation>) {
     let _ = SELECTED.set(location);
+}
+
+/// The store the manifests declare, used unless the command chose one. Returns the store in
+/// force.
+pub fn select_declared(location: EtcdLocation) -> Option<&'static EtcdLocation> {
+    SELECTED.get_or_init(|| Some(location)).as_ref()
 }
 
 /// The etcd store this process was pointed at, if any.
 pub fn selected_etcd() -> Option<&'static EtcdLocation> {
-    SELECTED.get()
+    SELECTED.get().and_then(Option::as_ref)
 }
 
 macro_rules! forward {
@@ -66,7 +72,7 @@ impl Store {
     /// The store of `dir` (its SQLite file, created and migrated as needed), or the etcd store
     /// this process selected.
     pub fn open(dir: &Path) -> Result<Store> {
-        match SELECTED.get() {
+        match selected_etcd() {
             Some(loc) => Store::open_etcd(loc),
             None => Ok(Store::Sqlite(SqliteStore::open(dir)?)),
         }

@@ -18,7 +18,7 @@ mod migrations;
 mod objects;
 mod requests;
 
-pub use backend::{Store, select_etcd, selected_etcd};
+pub use backend::{Store, select, select_declared, selected_etcd};
 pub use etcd::EtcdLocation;
 pub use events::{Event, EventType};
 pub use invocations::{Attempt, AttemptStatus, Run, RunCounts, RunPhase, output_digest};
