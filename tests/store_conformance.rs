@@ -6,6 +6,7 @@ mod support;
 
 use microfaas::manifest::Kind;
 use microfaas::store::energy::Sample;
+use microfaas::store::gateway::{CallState, LogQuery};
 use microfaas::store::{
     ApplyOutcome, Attempt, AttemptStatus, DesiredObject, EventType, RunCounts, RunPhase, Store,
     StoreError,
@@ -349,6 +350,95 @@ fn conformance(s: &mut Store) {
         Some(4.0)
     );
     assert!(s.samples("other", 0, 10_000).expect("none").is_empty());
+
+    // the gateway's async calls: queued -> done -> delivered, the first result kept
+    s.enqueue_call("c1", "f", &json!({"n": 1}), Some("http://127.0.0.1:9/cb"))
+        .expect("enqueue");
+    s.enqueue_call("c2", "f", &json!(null), None)
+        .expect("enqueue");
+    assert!(
+        s.enqueue_call("c1", "f", &json!(1), None).is_err(),
+        "a call queued twice"
+    );
+    s.finish_call("c1", 200, b"out", &json!({"X-A": "1"}))
+        .expect("finish");
+    let p = s.pending_calls().expect("pending");
+    assert_eq!(p.len(), 2);
+    let c1 = p.iter().find(|c| c.call_id == "c1").expect("c1 pending");
+    assert_eq!((c1.state, c1.code), (CallState::Done, Some(200)));
+    assert_eq!(c1.result.as_deref(), Some(&b"out"[..]));
+    assert_eq!(c1.input, json!({"n": 1}));
+    s.finish_call("c1", 500, b"other", &json!({}))
+        .expect("finish");
+    s.callback_tried("c1", None).expect("try");
+    s.callback_tried("c1", Some(CallState::Delivered))
+        .expect("delivered");
+    let p = s.pending_calls().expect("pending");
+    assert_eq!(
+        p.iter().map(|c| c.call_id.as_str()).collect::<Vec<_>>(),
+        ["c2"]
+    );
+    assert_eq!(
+        s.call_state("c1").expect("state"),
+        Some(CallState::Delivered)
+    );
+    assert_eq!(s.call_state("nope").expect("state"), None);
+    s.set_scale("f", 2).expect("scale");
+    s.set_scale("f", 0).expect("scale");
+    s.set_scale("g", 1).expect("scale");
+    s.delete_scale("g").expect("unscale");
+    assert_eq!(s.scales().expect("scales"), vec![("f".to_string(), 0)]);
+
+    // the gateway's invocations and log, over its runs
+    let gw = microfaas::store::gateway::WORKLOAD;
+    let run = s.start_run(gw, 1).expect("gateway run");
+    for (id, n, status, function) in [
+        ("g1", 1, AttemptStatus::Failed, "f"),
+        ("g1", 2, AttemptStatus::Succeeded, "f"),
+        ("h1", 1, AttemptStatus::Succeeded, "other"),
+        ("g2", 1, AttemptStatus::Succeeded, "f"),
+    ] {
+        let mut a = attempt(id, run, 0, n, status);
+        a.workload = gw.into();
+        a.function = function.into();
+        s.record_attempt(&a).expect("gateway attempt");
+    }
+    assert_eq!(s.gateway_invocations("f").expect("count"), 2);
+    let log = s.gateway_log("f", LogQuery::default()).expect("log");
+    let texts: Vec<&str> = log.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(
+        texts[0].starts_with("call g1 attempt 1 on w: failed (round trip"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[2].starts_with("call g2 attempt 1 on w: succeeded"),
+        "{texts:?}"
+    );
+    let tail = s
+        .gateway_log(
+            "f",
+            LogQuery {
+                tail: Some(1),
+                ..Default::default()
+            },
+        )
+        .expect("log");
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0].id, log[2].id);
+    let after = s
+        .gateway_log(
+            "f",
+            LogQuery {
+                after_id: Some(log[0].id),
+                ..Default::default()
+            },
+        )
+        .expect("log");
+    assert_eq!(
+        after.iter().map(|l| l.id).collect::<Vec<_>>(),
+        [log[1].id, log[2].id]
+    );
 }
 
 #[test]

@@ -30,7 +30,7 @@ impl CallState {
         }
     }
 
-    fn parse(s: &str) -> CallState {
+    pub(crate) fn parse(s: &str) -> CallState {
         match s {
             "done" => CallState::Done,
             "delivered" => CallState::Delivered,
@@ -76,6 +76,35 @@ pub struct LogQuery {
     pub since_ms: Option<i64>,
     /// Only attempts recorded after this row.
     pub after_id: Option<i64>,
+}
+
+/// One gateway attempt as the logs endpoint prints it (both backends).
+pub(crate) fn log_text(
+    id: &str,
+    attempt: u32,
+    worker: Option<&str>,
+    status: &str,
+    (rtt, exec, cold): (Option<i64>, Option<i64>, Option<i64>),
+    error: Option<&str>,
+) -> String {
+    let mut text = format!(
+        "call {id} attempt {attempt} on {}: {status}",
+        worker.unwrap_or("no worker")
+    );
+    if let (Some(rtt), Some(exec)) = (rtt, exec) {
+        text.push_str(&format!(
+            " (round trip {:.3} ms, exec {:.3} ms)",
+            rtt as f64 / 1000.0,
+            exec as f64 / 1000.0
+        ));
+    }
+    if let Some(c) = cold {
+        text.push_str(&format!(", cold start {c} ms"));
+    }
+    if let Some(e) = error {
+        text.push_str(&format!(": {e}"));
+    }
+    text
 }
 
 impl SqliteStore {
@@ -261,23 +290,14 @@ impl SqliteStore {
                 let exec: Option<i64> = r.get(6)?;
                 let cold: Option<i64> = r.get(7)?;
                 let error: Option<String> = r.get(8)?;
-                let mut text = format!(
-                    "call {id} attempt {attempt} on {}: {status}",
-                    worker.as_deref().unwrap_or("no worker")
+                let text = log_text(
+                    &id,
+                    attempt,
+                    worker.as_deref(),
+                    &status,
+                    (rtt, exec, cold),
+                    error.as_deref(),
                 );
-                if let (Some(rtt), Some(exec)) = (rtt, exec) {
-                    text.push_str(&format!(
-                        " (round trip {:.3} ms, exec {:.3} ms)",
-                        rtt as f64 / 1000.0,
-                        exec as f64 / 1000.0
-                    ));
-                }
-                if let Some(c) = cold {
-                    text.push_str(&format!(", cold start {c} ms"));
-                }
-                if let Some(e) = error {
-                    text.push_str(&format!(": {e}"));
-                }
                 Ok(LogLine {
                     id: r.get(9)?,
                     finished_ms: r.get(0)?,

@@ -382,6 +382,10 @@ pub fn put_op(key: &str, value: &[u8]) -> Value {
     json!({ "request_put": { "key": b64(key.as_bytes()), "value": b64(value) } })
 }
 
+pub fn delete_op(key: &str) -> Value {
+    json!({ "request_delete_range": { "key": b64(key.as_bytes()) } })
+}
+
 pub fn delete_prefix_op(prefix: &str) -> Value {
     json!({ "request_delete_range": { "key": b64(prefix.as_bytes()), "range_end": prefix_end(prefix) } })
 }

@@ -11,11 +11,14 @@
 //! - `runs/WORKLOAD/RUN`    runs, RUN zero-padded so key order is run order
 //! - `attempts/WORKLOAD/RUN/INVOCATION/ATTEMPT` attempts; a key's create revision is its
 //!   row number for readers that follow a run (`attempts_since`)
+//! - `samples/METER/TIME.N`, `phases/WORKER/TIME.N` energy records, in time order
+//! - `gwcalls/ID`, `gwscale/FUNCTION` the gateway's queue and replica scale
 //!
 //! Every read-modify-write is a transaction comparing the mod revision read (compare-and-swap,
 //! retried on conflict), so two writers never lose each other's updates.
 
 pub mod client;
+mod gateway;
 mod objects;
 mod records;
 mod rest;

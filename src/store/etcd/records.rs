@@ -418,8 +418,18 @@ impl EtcdStore {
         after_row: i64,
     ) -> Result<Vec<(i64, Attempt)>> {
         segment("workload", workload)?;
+        self.read_attempts_under(&format!("attempts/{workload}/{run:012}/"), after_row)
+    }
+
+    /// The attempts under `PREFIX/rest` created after revision `after_row`, in recording
+    /// order, each with its row (create revision).
+    pub(super) fn read_attempts_under(
+        &self,
+        rest: &str,
+        after_row: i64,
+    ) -> Result<Vec<(i64, Attempt)>> {
         let kvs = self.range(
-            &self.key(&format!("attempts/{workload}/{run:012}/")),
+            &self.key(rest),
             true,
             RangeOpts {
                 target: Some("CREATE"),

@@ -1,11 +1,9 @@
-//! Energy records in etcd (meter samples and worker phase history, keyed by time so key order
-//! is time order) and the gateway's records, which are not kept in etcd yet: those calls say
-//! so rather than pretend.
+//! Energy records in etcd: meter samples and worker phase history, keyed by time so key order
+//! is time order.
 
 use super::client::RangeOpts;
 use super::{EtcdStore, decode, encode, segment};
 use crate::store::energy::{PhaseChange, Sample};
-use crate::store::gateway::{CallState, LogLine, LogQuery, QueuedCall};
 use crate::store::{Result, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -27,12 +25,6 @@ struct PhaseRecord {
 /// Unix milliseconds as a key segment that sorts as the number does (negatives before zero).
 fn time_key(ms: i64) -> String {
     format!("{:020}", (ms as i128 - i64::MIN as i128) as u128)
-}
-
-fn unsupported(what: &str) -> StoreError {
-    StoreError::Etcd(format!(
-        "{what} is not kept in the etcd store yet; run the gateway on the SQLite store"
-    ))
 }
 
 impl EtcdStore {
@@ -142,58 +134,5 @@ impl EtcdStore {
     pub fn record_phase_at(&mut self, worker: &str, at_ms: i64, phase: &str) -> Result<()> {
         segment("worker", worker)?;
         self.note_phase(worker, at_ms, phase)
-    }
-
-    pub fn enqueue_call(
-        &mut self,
-        _call_id: &str,
-        _function: &str,
-        _input: &serde_json::Value,
-        _callback_url: Option<&str>,
-    ) -> Result<()> {
-        Err(unsupported("the gateway's queue of asynchronous calls"))
-    }
-
-    pub fn pending_calls(&self) -> Result<Vec<QueuedCall>> {
-        // Nothing can have been queued (enqueue refuses), so nothing is pending.
-        Ok(Vec::new())
-    }
-
-    pub fn call_state(&self, _call_id: &str) -> Result<Option<CallState>> {
-        Ok(None)
-    }
-
-    pub fn finish_call(
-        &mut self,
-        _call_id: &str,
-        _code: u16,
-        _result: &[u8],
-        _headers: &serde_json::Value,
-    ) -> Result<()> {
-        Err(unsupported("the gateway's queue of asynchronous calls"))
-    }
-
-    pub fn callback_tried(&mut self, _call_id: &str, _final: Option<CallState>) -> Result<()> {
-        Err(unsupported("the gateway's queue of asynchronous calls"))
-    }
-
-    pub fn set_scale(&mut self, _function: &str, _replicas: u32) -> Result<()> {
-        Err(unsupported("the gateway's replica scale"))
-    }
-
-    pub fn delete_scale(&mut self, _function: &str) -> Result<()> {
-        Err(unsupported("the gateway's replica scale"))
-    }
-
-    pub fn scales(&self) -> Result<Vec<(String, u32)>> {
-        Ok(Vec::new())
-    }
-
-    pub fn gateway_invocations(&self, _function: &str) -> Result<u64> {
-        Err(unsupported("the gateway's invocation count"))
-    }
-
-    pub fn gateway_log(&self, _function: &str, _q: LogQuery) -> Result<Vec<LogLine>> {
-        Err(unsupported("the gateway's log"))
     }
 }
