@@ -2,7 +2,6 @@
 //! its own temp dir, for the store-over-etcd tests: members are started and stopped by PID,
 //! one at a time too (a member down, quorum lost, and back).
 
-use super::services::free_tcp_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +16,15 @@ struct Member {
 pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
+}
+
+/// A free loopback port (etcd binds it right after; a collision fails the readiness wait).
+/// Here rather than from `services`, so benches can include this file alone.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn etcd_binary() -> PathBuf {
@@ -118,6 +126,22 @@ impl EtcdCluster {
             endpoints: self.endpoints(),
             prefix: prefix.to_string(),
         }
+    }
+
+    /// The cluster's current revision (every committed write adds one), from the first running
+    /// member.
+    pub fn revision(&self) -> i64 {
+        let Some(m) = self.members.iter().find(|m| m.child.is_some()) else {
+            return 0;
+        };
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &format!("http://127.0.0.1:{}", m.client_port)])
+            .args(["endpoint", "status", "--write-out=json"])
+            .output()
+            .expect("etcdctl");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v[0]["Status"]["header"]["revision"].as_i64().unwrap_or(0)
     }
 
     /// `etcdctl endpoint health` over the running members.
