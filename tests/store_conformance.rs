@@ -547,6 +547,7 @@ fn etcd_member_down_and_quorum_loss() {
         .set_status(Kind::Function, "f", &json!({"phase": "Lost"}))
         .expect_err("a write without quorum");
     assert!(matches!(err, StoreError::Etcd(_)), "{err}");
+    assert!(err.to_string().contains("has no quorum"), "{err}");
     cluster.start_member(1);
     s.set_status(Kind::Function, "f", &json!({"phase": "Back"}))
         .expect("status after quorum is back");

@@ -136,7 +136,10 @@ impl EtcdCluster {
         };
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &format!("http://127.0.0.1:{}", m.client_port)])
+            .args([
+                "--endpoints",
+                &format!("http://127.0.0.1:{}", m.client_port),
+            ])
             .args(["endpoint", "status", "--write-out=json"])
             .output()
             .expect("etcdctl");

@@ -20,6 +20,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum EtcdError {
     #[error("no etcd endpoint answered ({endpoints}): {last}")]
     Unreachable { endpoints: String, last: String },
+    #[error(
+        "etcd ({endpoints}) has no quorum: the members that answer cannot elect a leader or commit ({last})"
+    )]
+    NoQuorum { endpoints: String, last: String },
     #[error("etcd {endpoint} refused {path}: {message}")]
     Refused {
         endpoint: String,
@@ -200,6 +204,8 @@ impl Client {
         let n = self.endpoints.len().max(1);
         let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
         let mut last = String::from("no endpoints");
+        // A member answered but could not serve for want of a leader.
+        let mut leaderless = false;
         // Each endpoint once, plus one retry on a kept-alive connection the peer had closed.
         for i in 0..=n {
             let idx = match guard.as_ref() {
@@ -249,6 +255,7 @@ impl Client {
                             .map_or_else(|| value.to_string(), str::to_string);
                         // A member without quorum or leader answers; another may do better.
                         if message.contains("no leader") || message.contains("timed out") {
+                            leaderless = true;
                             last = format!("{endpoint}: {message}");
                             *guard = None;
                             continue;
@@ -269,9 +276,11 @@ impl Client {
                 }
             }
         }
-        Err(EtcdError::Unreachable {
-            endpoints: self.endpoints.join(","),
-            last,
+        let endpoints = self.endpoints.join(",");
+        Err(if leaderless {
+            EtcdError::NoQuorum { endpoints, last }
+        } else {
+            EtcdError::Unreachable { endpoints, last }
         })
     }
 }
