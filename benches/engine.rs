@@ -1,6 +1,12 @@
 //! `cargo bench --bench engine`: 1,000 VM workers with `power: On` on the in-memory fake driver
 //! (instant boot): time from the first reconcile until all are Ready, peak RSS, and the time
-//! of a no-op resync of all 1,000 (everything already converged).
+//! of a no-op resync of all 1,000 (everything already converged). With
+//! `MICROFAAS_BENCH_STORE=etcd` the same on the etcd store, a 3-member cluster on loopback
+//! started for the run, plus the writes (etcd revisions) it took and their rate.
+
+#[allow(dead_code)]
+#[path = "../tests/support/etcd.rs"]
+mod etcd;
 
 use microfaas::engine::vm::FakeDriver;
 use microfaas::engine::{Config, Engine};
@@ -45,7 +51,13 @@ async fn wait_all(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut store = Store::open(dir.path()).expect("store");
+    let on_etcd = std::env::var("MICROFAAS_BENCH_STORE").is_ok_and(|v| v == "etcd");
+    let etcd = on_etcd.then(|| etcd::EtcdCluster::start(3));
+    let mut store = match &etcd {
+        Some(c) => Store::open_etcd(&c.location("bench")).expect("etcd store"),
+        None => Store::open(dir.path()).expect("store"),
+    };
+    let revision = || etcd.as_ref().map_or(0, etcd::EtcdCluster::revision);
     let cluster = DesiredObject {
         kind: Kind::Cluster,
         name: "c".into(),
@@ -87,12 +99,14 @@ async fn main() {
     let (stop, rx) = watch::channel(false);
     let runner = tokio::spawn(engine.clone().run(rx, None));
     let t = Instant::now();
+    let rev0 = revision();
     engine.enqueue_all();
     wait_all(&engine, |s, g| {
         s["phase"] == "Ready" && s["observedGeneration"] == g
     })
     .await;
     let converge = t.elapsed();
+    let writes = revision() - rev0;
     let t = Instant::now();
     engine.enqueue_all();
     while !engine.queue.is_empty() {
@@ -107,6 +121,12 @@ async fn main() {
     let resync = t.elapsed().saturating_sub(Duration::from_millis(50));
     let _ = stop.send(true);
     let _ = runner.await;
+    if etcd.is_some() {
+        println!(
+            "engine on etcd (3 members): apply -> all Ready took {writes} writes, {:.0} writes/s",
+            writes as f64 / converge.as_secs_f64()
+        );
+    }
     println!(
         "engine: {N} workers: store {:.3} s; apply -> all Ready {:.3} s; no-op resync {:.3} s; peak RSS {:.1} MiB; launches {}",
         stored.as_secs_f64(),

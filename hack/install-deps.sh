@@ -40,13 +40,15 @@ fi
 # wraps the falcon-mode uImage; device-tree-compiler: fdtput writes the falcon-mode `args`;
 # u-boot-qemu: a real U-Boot boots the card image under qemu-system-arm in the image tests;
 # chromium/chromium-driver: the web view's browser test (tests/ui_browser.rs); iproute2: the
-# tap test's network namespace and bridge (tests/tap_qemu.rs).
+# tap test's network namespace and bridge (tests/tap_qemu.rs); etcd-server/etcd-client: the
+# store over etcd (tests/store_conformance.rs and the CLI tests start their own 3-member
+# cluster on loopback).
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
          make gcc binutils xz-utils patch python3 \
          redis-server postgresql mosquitto mosquitto-clients \
          rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
          dosfstools mtools fdisk u-boot-tools device-tree-compiler u-boot-qemu \
-         chromium chromium-driver iproute2; do
+         chromium chromium-driver iproute2 etcd-server etcd-client; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1
@@ -75,6 +77,12 @@ grep -qsx 'include /etc/qemu/microfaas-bridges.conf' /etc/qemu/bridge.conf \
 # These packages start system daemons; tests run their own instances on loopback.
 if command -v systemctl >/dev/null 2>&1; then
   for unit in snmpd redis-server mosquitto postgresql; do systemctl stop "$unit" 2>/dev/null || true; done
+  # etcd-server enables its unit: a host etcd on 2379 would be a shared store nobody asked for.
+  systemctl disable --now etcd 2>/dev/null || true
+fi
+if [ -x /etc/init.d/etcd ]; then
+  /etc/init.d/etcd stop >/dev/null 2>&1 || true
+  update-rc.d etcd disable >/dev/null 2>&1 || true
 fi
 
 # An S3-compatible object store for the upload_file/download_file tests: moto's server, with

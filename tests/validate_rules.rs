@@ -798,3 +798,39 @@ fn tap_replicas_count_up_from_the_template_address() {
         ]
     );
 }
+
+#[test]
+fn cluster_store_etcd_endpoints_prefix_and_unknown_fields() {
+    let cluster = |store: &str| {
+        format!("{HEAD}kind: Cluster\nmetadata: {{name: c}}\nspec:\n  store:\n    etcd:\n{store}")
+    };
+    // valid: three members, the prefix defaulted
+    let (_d, diags) = check(
+        &[(
+            "m.yaml",
+            &cluster("      endpoints: [10.0.0.1:2379, \"http://h2:2379\", h3:2379]\n"),
+        )],
+        false,
+    );
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+    expect_error(
+        &cluster("      endpoints: [h1:2379, h2]\n"),
+        7,
+        28,
+        "invalid address `h2`",
+    );
+    expect_error(&cluster("      endpoints: []\n"), 7, 18, "no endpoint");
+    expect_error(
+        &cluster("      endpoints: [h1:2379]\n      prefix: \"a b\"\n"),
+        8,
+        15,
+        "invalid prefix",
+    );
+    // TLS is not supported yet: refused, not ignored
+    expect_error(
+        &cluster("      endpoints: [h1:2379]\n      tls: {ca: /x}\n"),
+        8,
+        7,
+        "tls",
+    );
+}

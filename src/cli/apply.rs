@@ -49,6 +49,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     let loaded = load(&args.files)?;
+    crate::daemon::declare::select_declared_store(&loaded);
     let mut store = Store::open(state_dir)?;
     let engine = Claim::take(state_dir)?;
     let declared = declare(
@@ -71,21 +72,28 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
 /// Who converges: this process (it holds the state-dir lock) or the daemon that holds it.
 pub enum Claim {
     /// Held until the command ends.
-    Here {
-        _lock: StateLock,
-    },
-    Daemon {
-        pid: String,
-    },
+    Here { _lock: StateLock },
+    /// The daemon of PID `pid` on this state dir, or (`None`) the orchestrators serving a
+    /// shared store.
+    Daemon { pid: Option<String> },
 }
 
 impl Claim {
     pub fn take(state_dir: &Path) -> Result<Claim, Failure> {
+        // A shared store is converged by the `serve` processes on it, wherever they run: this
+        // command never starts a second engine over their workers.
+        if let Some(loc) = crate::store::selected_etcd() {
+            eprintln!(
+                "the store {} is shared: waiting on the orchestrators serving it to converge",
+                loc.url()
+            );
+            return Ok(Claim::Daemon { pid: None });
+        }
         match StateLock::acquire(state_dir) {
             Ok(l) => Ok(Claim::Here { _lock: l }),
             Err(LockError::Held { pid, .. }) => {
                 eprintln!("the engine of PID {pid} holds the state dir: waiting on it to converge");
-                Ok(Claim::Daemon { pid })
+                Ok(Claim::Daemon { pid: Some(pid) })
             }
             Err(e) => Err(e.into()),
         }
@@ -112,7 +120,12 @@ pub fn converge_and_report(
         )),
         Claim::Daemon { pid } => {
             drop(store);
-            super::blocking::block_on(converge::wait_on_daemon(state_dir, &touched, timeout, pid))
+            super::blocking::block_on(converge::wait_on_daemon(
+                state_dir,
+                &touched,
+                timeout,
+                pid.as_deref(),
+            ))
         }
     }
     .map_err(Failure::invalid)?

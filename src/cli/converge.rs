@@ -261,14 +261,15 @@ fn assess(
     (out, all)
 }
 
-/// With a daemon holding the state dir: its engine converges what this command stored; wait
-/// on the status it writes until `touched` has converged, the timeout, Ctrl-C, or the daemon
-/// going away.
+/// With a daemon holding the state dir (`daemon_pid`), or orchestrators elsewhere serving a
+/// shared store (`None`): their engines converge what this command stored; wait on the status
+/// they write until `touched` has converged, the timeout, Ctrl-C, or the local daemon going
+/// away.
 pub async fn wait_on_daemon(
     state_dir: &Path,
     touched: &[(Kind, String)],
     timeout: Duration,
-    daemon_pid: &str,
+    daemon_pid: Option<&str>,
 ) -> Result<Outcome, String> {
     let store = Store::open(state_dir).map_err(|e| e.to_string())?;
     let progress = Progress::new(touched);
@@ -285,7 +286,9 @@ pub async fn wait_on_daemon(
         if o.waiting.is_empty() || tokio::time::Instant::now() >= deadline || interrupted {
             break o;
         }
-        if crate::store::StateLock::holder(state_dir).is_none() {
+        if let Some(daemon_pid) = daemon_pid
+            && crate::store::StateLock::holder(state_dir).is_none()
+        {
             progress.finish();
             return Err(format!(
                 "the daemon (PID {daemon_pid}) stopped before this converged; the desired state is stored and the next engine applies it"

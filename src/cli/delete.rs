@@ -88,7 +88,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
                 state_dir,
                 &marked,
                 args.timeout,
-                pid,
+                pid.as_deref(),
             ))
             .map_err(Failure::invalid)?
             .map_err(Failure::invalid)?;

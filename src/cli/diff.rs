@@ -30,6 +30,7 @@ pub fn run(args: Args, state_dir: &Path) -> CmdResult {
         f
     };
     let loaded = super::manifests::load(&args.files).map_err(fail2)?;
+    crate::daemon::declare::select_declared_store(&loaded);
     let store = Store::open(state_dir).map_err(|e| fail2(e.into()))?;
     let mut changed = false;
     for res in &loaded.resources {

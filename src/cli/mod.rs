@@ -55,6 +55,14 @@ pub struct Cli {
     #[arg(long, global = true, env = "MICROFAAS_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
+    /// Keep the desired state and every record in a shared etcd cluster instead of the state
+    /// dir's SQLite file: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix: microfaas).
+    /// Commands then work from any machine that reaches the cluster. `sqlite`: the state dir's
+    /// file, whatever the manifests' Cluster.spec.store says.
+    #[arg(long, global = true, env = "MICROFAAS_STORE", value_name = "URL",
+          value_parser = parse_store)]
+    store: Option<StoreArg>,
+
     /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -192,6 +200,23 @@ fn init_logging(verbose: u8, daemon: bool, format: serve::LogFormat) {
     };
 }
 
+/// `--store`: the state dir's own SQLite file or an etcd cluster; empty is as if unset (the
+/// manifests' `Cluster.spec.store`, else SQLite).
+#[derive(Debug, Clone)]
+enum StoreArg {
+    Unset,
+    Sqlite,
+    Etcd(crate::store::EtcdLocation),
+}
+
+fn parse_store(s: &str) -> Result<StoreArg, String> {
+    match s.trim() {
+        "" => Ok(StoreArg::Unset),
+        "sqlite" => Ok(StoreArg::Sqlite),
+        url => crate::store::EtcdLocation::parse(url).map(StoreArg::Etcd),
+    }
+}
+
 /// Entry point of the `microfaasctl` binary.
 pub fn main() -> ExitCode {
     // Die quietly on a closed pipe (`microfaasctl get workers | head`), like other CLI tools,
@@ -204,6 +229,12 @@ pub fn main() -> ExitCode {
     match &cli.command {
         Command::Serve(a) => init_logging(cli.verbose, true, a.log_format),
         _ => init_logging(cli.verbose, false, serve::LogFormat::Text),
+    }
+    // Before any command opens the store.
+    match cli.store.clone() {
+        Some(StoreArg::Etcd(loc)) => crate::store::select(Some(loc)),
+        Some(StoreArg::Sqlite) => crate::store::select(None),
+        Some(StoreArg::Unset) | None => {}
     }
     let state_dir = cli
         .state_dir

@@ -25,6 +25,30 @@ pub fn desired(res: &Resource) -> DesiredObject {
 
 /// The identity of "this set of -f paths", like kubectl's ApplySet: pruning only removes
 /// objects last applied from the same set.
+/// Picks the store a Cluster in `loaded` declares (`spec.store`), unless the command chose
+/// one; to be called before the store is opened.
+pub fn select_declared_store(loaded: &Loaded) {
+    let declared = loaded.resources.iter().find_map(|r| match &r.spec {
+        crate::manifest::resource::Spec::Cluster(c) => c.store.as_ref(),
+        _ => None,
+    });
+    if let Some(s) = declared {
+        let want = crate::store::EtcdLocation {
+            endpoints: s.etcd.endpoints.clone(),
+            prefix: s.etcd.prefix.trim_matches('/').to_string(),
+        };
+        if let Some(used) = crate::store::select_declared(want.clone())
+            && *used != want
+        {
+            tracing::info!(
+                declared = %want.url(),
+                used = %used.url(),
+                "the command's --store overrides Cluster.spec.store"
+            );
+        }
+    }
+}
+
 pub fn applyset(files: &[PathBuf]) -> (String, Vec<String>) {
     let mut paths: Vec<String> = files
         .iter()

@@ -87,7 +87,6 @@ impl<D: VmDriver> Daemon<D> {
         driver: Arc<D>,
         opts: ServeOptions,
     ) -> Result<Self, DaemonError> {
-        let mut store = Store::open(state_dir)?;
         let lock = StateLock::acquire(state_dir)?;
         let loaded = manifest::load_and_validate(
             &opts.files,
@@ -101,6 +100,8 @@ impl<D: VmDriver> Daemon<D> {
                 errs.into_iter().map(|(_, _, r)| r).collect(),
             ));
         }
+        declare::select_declared_store(&loaded);
+        let mut store = Store::open(state_dir)?;
         let declared = declare::declare(&mut store, &loaded, &opts.files, opts.prune, false)?;
         let mut hopts = HostOptions::new(state_dir);
         hopts.default_initrd = opts.default_initrd.clone();

@@ -69,6 +69,34 @@ pub struct ClusterSpec {
     /// (else `endpoint`) over the rack network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Where the desired state and every record live: the state dir's SQLite file when unset,
+    /// or an etcd cluster several orchestrators and CLIs share. `--store` / `MICROFAAS_STORE`
+    /// of the command override it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreSpec {
+    pub etcd: EtcdStoreSpec,
+}
+
+/// An etcd (v3.4+) cluster, reached over plain HTTP on its client URLs (TLS is not supported
+/// yet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdStoreSpec {
+    /// Client endpoints, `HOST:PORT` (or `http://HOST:PORT`), any member of the cluster.
+    pub endpoints: Vec<String>,
+    /// Key prefix this testbed owns; several testbeds can share one cluster under different
+    /// prefixes.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+}
+
+fn default_etcd_prefix() -> String {
+    "microfaas".to_string()
 }
 
 /// A server functions may use. Credentials are only ever named (`passwordEnv`,

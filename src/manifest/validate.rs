@@ -261,6 +261,30 @@ fn cluster(cx: &mut Ctx<'_>, s: &ClusterSpec) {
     if let Some(r) = &s.retention {
         cx.duration(&[spec, Key("retention")], r);
     }
+    if let Some(store) = &s.store {
+        let (st, etcd) = (Key("store"), Key("etcd"));
+        let e = &store.etcd;
+        if e.endpoints.is_empty() {
+            cx.error(
+                &[spec, st, etcd, Key("endpoints")],
+                "no endpoint: list at least one member's HOST:PORT",
+            );
+        }
+        for (i, ep) in e.endpoints.iter().enumerate() {
+            let path = [spec, st, etcd, Key("endpoints"), Index(i)];
+            cx.address(&path, ep.strip_prefix("http://").unwrap_or(ep));
+        }
+        let prefix = e.prefix.trim_matches('/');
+        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+            cx.error(
+                &[spec, st, etcd, Key("prefix")],
+                format!(
+                    "invalid prefix `{}`: expected a key prefix without spaces",
+                    e.prefix
+                ),
+            );
+        }
+    }
 }
 
 /// Each declared service on its own: addresses, exactly one password source (or none), the

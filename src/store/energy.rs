@@ -1,7 +1,7 @@
 //! Energy records: power meter samples, committed one by one as they arrive, and the history
 //! of worker phases that attribution of a meter's energy to workers reads back.
 
-use super::{Result, Store, clock};
+use super::{Result, SqliteStore, clock};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// One reading of one meter. Volts, amps and watt-hours only where the meter reports them.
@@ -53,7 +53,7 @@ pub(super) fn note_phase(conn: &Connection, worker: &str, phase: &str) -> rusqli
     Ok(())
 }
 
-impl Store {
+impl SqliteStore {
     /// Stores one sample in its own committed (fsynced) transaction: a crash loses none that
     /// was acknowledged.
     pub fn record_sample(&mut self, s: &Sample) -> Result<()> {
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn samples_window_includes_neighbours() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut store = Store::open(dir.path()).expect("open");
+        let mut store = SqliteStore::open(dir.path()).expect("open");
         for (t, w) in [(1000, 1.0), (2000, 2.0), (3000, 3.0), (4000, 4.0)] {
             store
                 .record_sample(&Sample {
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn worker_status_writes_record_phase_changes_once() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut store = Store::open(dir.path()).expect("open");
+        let mut store = SqliteStore::open(dir.path()).expect("open");
         let obj = DesiredObject {
             kind: Kind::Worker,
             name: "w".into(),

@@ -1,7 +1,7 @@
 //! Events about objects, kubectl style: a repeat of the same (type, reason, message) on an
 //! object bumps the count and last-seen time of the existing row instead of adding one.
 
-use super::{Result, Store, clock};
+use super::{Result, SqliteStore, clock};
 use crate::manifest::Kind;
 use rusqlite::params;
 
@@ -32,7 +32,7 @@ pub struct Event {
     pub last_time: String,
 }
 
-impl Store {
+impl SqliteStore {
     pub fn record_event(
         &mut self,
         kind: Kind,

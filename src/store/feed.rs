@@ -12,7 +12,7 @@ use tokio::sync::watch;
 static FEEDS: LazyLock<Mutex<HashMap<PathBuf, watch::Sender<u64>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-fn sender(db: &Path) -> watch::Sender<u64> {
+pub(super) fn sender(db: &Path) -> watch::Sender<u64> {
     let mut feeds = FEEDS.lock().unwrap_or_else(|p| p.into_inner());
     feeds
         .entry(db.to_path_buf())

@@ -3,7 +3,7 @@
 //! restarted daemon resumes where the last one stopped) and the Warm replicas it keeps powered
 //! per function.
 
-use super::{Result, Store, clock};
+use super::{Result, SqliteStore, clock};
 use rusqlite::{OptionalExtension, params};
 
 /// The workload name gateway invocations are recorded under (reserved: manifest validation
@@ -30,7 +30,7 @@ impl CallState {
         }
     }
 
-    fn parse(s: &str) -> CallState {
+    pub(crate) fn parse(s: &str) -> CallState {
         match s {
             "done" => CallState::Done,
             "delivered" => CallState::Delivered,
@@ -78,7 +78,36 @@ pub struct LogQuery {
     pub after_id: Option<i64>,
 }
 
-impl Store {
+/// One gateway attempt as the logs endpoint prints it (both backends).
+pub(crate) fn log_text(
+    id: &str,
+    attempt: u32,
+    worker: Option<&str>,
+    status: &str,
+    (rtt, exec, cold): (Option<i64>, Option<i64>, Option<i64>),
+    error: Option<&str>,
+) -> String {
+    let mut text = format!(
+        "call {id} attempt {attempt} on {}: {status}",
+        worker.unwrap_or("no worker")
+    );
+    if let (Some(rtt), Some(exec)) = (rtt, exec) {
+        text.push_str(&format!(
+            " (round trip {:.3} ms, exec {:.3} ms)",
+            rtt as f64 / 1000.0,
+            exec as f64 / 1000.0
+        ));
+    }
+    if let Some(c) = cold {
+        text.push_str(&format!(", cold start {c} ms"));
+    }
+    if let Some(e) = error {
+        text.push_str(&format!(": {e}"));
+    }
+    text
+}
+
+impl SqliteStore {
     pub fn enqueue_call(
         &mut self,
         call_id: &str,
@@ -261,23 +290,14 @@ impl Store {
                 let exec: Option<i64> = r.get(6)?;
                 let cold: Option<i64> = r.get(7)?;
                 let error: Option<String> = r.get(8)?;
-                let mut text = format!(
-                    "call {id} attempt {attempt} on {}: {status}",
-                    worker.as_deref().unwrap_or("no worker")
+                let text = log_text(
+                    &id,
+                    attempt,
+                    worker.as_deref(),
+                    &status,
+                    (rtt, exec, cold),
+                    error.as_deref(),
                 );
-                if let (Some(rtt), Some(exec)) = (rtt, exec) {
-                    text.push_str(&format!(
-                        " (round trip {:.3} ms, exec {:.3} ms)",
-                        rtt as f64 / 1000.0,
-                        exec as f64 / 1000.0
-                    ));
-                }
-                if let Some(c) = cold {
-                    text.push_str(&format!(", cold start {c} ms"));
-                }
-                if let Some(e) = error {
-                    text.push_str(&format!(": {e}"));
-                }
                 Ok(LogLine {
                     id: r.get(9)?,
                     finished_ms: r.get(0)?,
@@ -327,7 +347,7 @@ mod tests {
     fn calls_move_through_their_states_and_survive_reopening() {
         let dir = tempfile::tempdir().expect("tmp");
         {
-            let mut s = Store::open(dir.path()).expect("open");
+            let mut s = SqliteStore::open(dir.path()).expect("open");
             s.enqueue_call("c1", "f", &json!({"n": 1}), Some("http://127.0.0.1:9/cb"))
                 .expect("enqueue");
             s.enqueue_call("c2", "f", &json!(null), None)
@@ -336,7 +356,7 @@ mod tests {
             s.finish_call("c1", 200, b"out", &json!({"X-A": "1"}))
                 .expect("finish");
         }
-        let mut s = Store::open(dir.path()).expect("reopen");
+        let mut s = SqliteStore::open(dir.path()).expect("reopen");
         let p = s.pending_calls().expect("pending");
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].state, CallState::Done);

@@ -1,13 +1,13 @@
 //! Workload runs and invocation attempts: the durable record every report is made from.
 //!
 //! A run is one execution of a Workload generation (a Job); runs of a workload are numbered
-//! 1, 2, ... Each attempt of each invocation is one row, written by [`Store::record_attempt`] in
+//! 1, 2, ... Each attempt of each invocation is one row, written by [`super::Store::record_attempt`] in
 //! its own committed transaction, or with others queued at the same time by
-//! [`Store::record_attempts`] (group commit); the store runs WAL with `synchronous=FULL`, so an
+//! [`super::Store::record_attempts`] (group commit); the store runs WAL with `synchronous=FULL`, so an
 //! attempt recorded before a crash is on disk after it. Times are unix milliseconds; durations carry
 //! their unit in the name.
 
-use super::{Result, Store, StoreError, clock};
+use super::{Result, SqliteStore, StoreError, clock};
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -170,7 +170,7 @@ fn checked_run((mut run, phase): (Run, String)) -> Result<Run> {
     Ok(run)
 }
 
-impl Store {
+impl SqliteStore {
     /// Starts the next run of `workload` (1 for the first) as `Running` and returns its number.
     pub fn start_run(&mut self, workload: &str, generation: i64) -> Result<i64> {
         // IMMEDIATE: two engines racing for the same workload cannot both read the same MAX.
@@ -221,12 +221,7 @@ impl Store {
         counts: &RunCounts,
         message: &str,
     ) -> Result<()> {
-        if phase == RunPhase::Running {
-            return Err(StoreError::Corrupt {
-                what: format!("run {workload}#{run}"),
-                detail: "a run cannot finish in phase Running".into(),
-            });
-        }
+        final_phase(workload, run, phase)?;
         let n = self
             .conn
             .execute(
@@ -407,6 +402,17 @@ fn insert_attempt(conn: &rusqlite::Connection, a: &Attempt) -> rusqlite::Result<
     Ok(())
 }
 
+/// A run ends in any phase but `Running` (both backends check it before writing).
+pub(crate) fn final_phase(workload: &str, run: i64, phase: RunPhase) -> Result<()> {
+    if phase == RunPhase::Running {
+        return Err(StoreError::Corrupt {
+            what: format!("run {workload}#{run}"),
+            detail: "a run cannot finish in phase Running".into(),
+        });
+    }
+    Ok(())
+}
+
 fn found(updated: usize, workload: &str, run: i64) -> Result<()> {
     if updated == 0 {
         return Err(StoreError::NotFound(format!(
@@ -446,7 +452,7 @@ mod tests {
     #[test]
     fn runs_are_numbered_per_workload_and_finish() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut s = Store::open(dir.path()).expect("open");
+        let mut s = SqliteStore::open(dir.path()).expect("open");
         assert_eq!(s.latest_run("wl").expect("latest"), None);
         assert_eq!(s.start_run("wl", 3).expect("start"), 1);
         assert_eq!(s.start_run("wl", 4).expect("start"), 2);
@@ -490,7 +496,7 @@ mod tests {
         second.cold_start_ms = Some(1234);
         second.error = Some("worker vm-0 went away".into());
         {
-            let mut s = Store::open(dir.path()).expect("open");
+            let mut s = SqliteStore::open(dir.path()).expect("open");
             s.start_run("wl", 3).expect("start");
             s.record_attempt(&second).expect("record");
             s.record_attempt(&first).expect("record");
@@ -501,7 +507,7 @@ mod tests {
             orphan.run = 5;
             assert!(s.record_attempt(&orphan).is_err());
         }
-        let s = Store::open(dir.path()).expect("reopen");
+        let s = SqliteStore::open(dir.path()).expect("reopen");
         assert_eq!(s.attempts("wl", 1).expect("attempts"), vec![first, second]);
         assert!(s.attempts("wl", 2).expect("attempts").is_empty());
     }
@@ -510,7 +516,7 @@ mod tests {
     #[test]
     fn a_batch_commits_its_good_records_and_refuses_its_bad_ones() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut s = Store::open(dir.path()).expect("open");
+        let mut s = SqliteStore::open(dir.path()).expect("open");
         s.start_run("wl", 3).expect("start");
         let a = attempt("a", 1, AttemptStatus::Succeeded);
         let mut orphan = attempt("b", 1, AttemptStatus::Failed);
@@ -522,7 +528,7 @@ mod tests {
         let ok: Vec<bool> = rows.iter().map(Result::is_ok).collect();
         assert_eq!(ok, [true, false, true, false]);
         drop(s);
-        let s = Store::open(dir.path()).expect("reopen");
+        let s = SqliteStore::open(dir.path()).expect("reopen");
         assert_eq!(s.attempts("wl", 1).expect("attempts"), vec![a, c]);
     }
 

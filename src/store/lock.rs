@@ -31,6 +31,9 @@ impl StateLock {
             path: path.clone(),
             source,
         };
+        // With the etcd store nothing else has made the state dir yet (VM sockets and logs
+        // still live there).
+        std::fs::create_dir_all(dir).map_err(io)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -1,11 +1,14 @@
 //! The durable store: desired objects with generations, their status, and events, in SQLite
 //! (WAL, `synchronous=FULL`) under the state directory, plus workload runs and every invocation
 //! attempt, power meter samples and worker phase history. Committed writes are announced on
-//! an in-process change feed (`feed`).
+//! an in-process change feed (`feed`). `Store` (in `backend`) is that SQLite store or, when
+//! selected, the same records in a shared etcd cluster (`etcd`).
 
+mod backend;
 pub mod clock;
 pub mod committer;
 pub mod energy;
+pub mod etcd;
 mod events;
 pub mod feed;
 pub mod gateway;
@@ -15,6 +18,8 @@ mod migrations;
 mod objects;
 mod requests;
 
+pub use backend::{Store, select, select_declared, selected_etcd};
+pub use etcd::EtcdLocation;
 pub use events::{Event, EventType};
 pub use invocations::{Attempt, AttemptStatus, Run, RunCounts, RunPhase, output_digest};
 pub use lock::{LockError, StateLock};
@@ -47,6 +52,8 @@ pub enum StoreError {
     Corrupt { what: String, detail: String },
     #[error("{0} not found")]
     NotFound(String),
+    #[error("etcd store: {0}")]
+    Etcd(String),
 }
 
 impl StoreError {
@@ -63,7 +70,8 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-pub struct Store {
+/// The embedded store: one SQLite file under the state directory.
+pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
 }
@@ -101,9 +109,9 @@ fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating and migrating as needed) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<Store> {
+    pub fn open(dir: &Path) -> Result<SqliteStore> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -121,7 +129,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
         migrations::run(&mut conn, &path)?;
         feed::install(&mut conn, &path).map_err(sq)?;
-        Ok(Store { conn, path })
+        Ok(SqliteStore { conn, path })
     }
 
     pub(crate) fn sq(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -185,7 +193,7 @@ mod tests {
     #[test]
     fn observation_writes_leave_full_durability_in_place() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut store = Store::open(dir.path()).expect("open");
+        let mut store = SqliteStore::open(dir.path()).expect("open");
         let obj = DesiredObject {
             kind: Kind::Function,
             name: "f".into(),

@@ -1,7 +1,7 @@
 //! Desired objects: apply (create / configure / unchanged / prune) in one transaction, reads,
 //! deletes and status writes.
 
-use super::{Result, Store, StoreError, clock};
+use super::{Result, SqliteStore, StoreError, clock};
 use crate::manifest::Kind;
 use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
@@ -133,7 +133,7 @@ fn json_text(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
 }
 
-impl Store {
+impl SqliteStore {
     pub fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>> {
         let sql = format!("SELECT {COLUMNS} FROM objects WHERE kind = ?1 AND name = ?2");
         // Cached statements: the engine reads and writes objects on every reconcile, and

@@ -2,12 +2,12 @@
 //! the object's teardown, then removes its record) and a cheap revision of the desired state,
 //! so a running daemon notices what `apply`, `delete` and `rerun` wrote from another process.
 
-use super::{Result, Store, StoreError, clock};
+use super::{Result, SqliteStore, StoreError, clock};
 use crate::manifest::Kind;
 use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeMap;
 
-impl Store {
+impl SqliteStore {
     /// Marks an object for deletion; `NotFound` when there is no such object. Re-applying the
     /// object clears the mark.
     pub fn request_deletion(&mut self, kind: Kind, name: &str) -> Result<()> {
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn revisions_change_with_spec_mark_and_rerun_and_reapply_clears_the_mark() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut store = Store::open(dir.path()).expect("open");
+        let mut store = SqliteStore::open(dir.path()).expect("open");
         store
             .apply(&[function("f", "exec")], None, false, false)
             .expect("apply");

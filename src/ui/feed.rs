@@ -58,7 +58,7 @@ impl Feed {
             tx: broadcast::channel(64).0,
             stop: stop.clone(),
         });
-        let changes = crate::store::feed::subscribe(store.path());
+        let changes = store.changes();
         tokio::spawn(produce(
             feed.clone(),
             store,

@@ -5,6 +5,7 @@
 // Needs the agent binary, which only test targets are given.
 #[cfg(test)]
 pub mod boards;
+pub mod etcd;
 pub mod faulty;
 pub mod host;
 pub mod orchestrator;
