@@ -5,6 +5,9 @@
 // Needs the agent binary, which only test targets are given.
 #[cfg(test)]
 pub mod boards;
+// Reads the store the CLI writes; only the chaos suite uses it.
+#[cfg(test)]
+pub mod chaos;
 pub mod faulty;
 pub mod host;
 pub mod orchestrator;
