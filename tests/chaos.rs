@@ -91,6 +91,8 @@ struct Trial {
     /// Workers seen with two QEMUs at once, over the trial.
     duplicates: usize,
     audit: Audit,
+    /// Running VMs and standbys adopted by a restarted engine.
+    adopted: (usize, usize),
     wall: Duration,
     notes: Vec<String>,
 }
@@ -140,14 +142,46 @@ impl Sampler {
     }
 }
 
+/// `microfaasctl ARGS` on `state`, its stderr (the engine's log) appended to `engine.log` next
+/// to the state dir.
 fn ctl(state: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_microfaasctl"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_of(state))
+        .map_or_else(|_| Stdio::null(), Stdio::from);
     c.args(args)
         .env("MICROFAAS_STATE_DIR", state)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log);
     c
+}
+
+fn log_of(state: &Path) -> PathBuf {
+    state.with_extension("log")
+}
+
+/// How often the trial's engines adopted a running VM (`Adopted` events) and a previous
+/// engine's standby (their logs).
+fn adoptions(state: &Path, store: &Store) -> (usize, usize) {
+    let vms = (0..4)
+        .map(|i| {
+            store
+                .events(
+                    microfaas::manifest::Kind::Worker,
+                    &format!("vm-{i}"),
+                    10_000,
+                )
+                .unwrap_or_default()
+                .iter()
+                .filter(|e| e.reason == "Adopted")
+                .count()
+        })
+        .sum();
+    let log = std::fs::read_to_string(log_of(state)).unwrap_or_default();
+    (vms, log.matches("adopted a standby").count())
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -342,6 +376,7 @@ fn run_trial(env: &mut Env, n: u64, seed: u64) -> Trial {
     t.orphans += left.len();
     let store = Store::open(&state).expect("store");
     t.audit = audit(&store, "w", DECLARED, MAX_ATTEMPTS);
+    t.adopted = adoptions(&state, &store);
     t
 }
 
@@ -360,11 +395,13 @@ fn killed_engines_leave_no_orphan_no_duplicate_and_lose_no_invocation() {
     let started = Instant::now();
     let mut all = Vec::new();
     println!(
-        "{:>5} {:>6} {:>5} {:>5} {:>8} {:>10} {:>5} {:>15} {:>11} {:>7}",
+        "{:>5} {:>6} {:>5} {:>5} {:>8} {:>9} {:>8} {:>10} {:>5} {:>15} {:>11} {:>7}",
         "trial",
         "engine",
         "kills",
         "runs",
+        "adopted",
+        "standbys",
         "orphans",
         "duplicates",
         "lost",
@@ -375,11 +412,13 @@ fn killed_engines_leave_no_orphan_no_duplicate_and_lose_no_invocation() {
     for n in 0..trials {
         let t = run_trial(&mut env, n, seed);
         println!(
-            "{:>5} {:>6} {:>5} {:>5} {:>8} {:>10} {:>5} {:>15} {:>11} {:>7.1}",
+            "{:>5} {:>6} {:>5} {:>5} {:>8} {:>9} {:>8} {:>10} {:>5} {:>15} {:>11} {:>7.1}",
             n,
             if t.serve { "serve" } else { "apply" },
             t.kills,
             t.audit.runs,
+            t.adopted.0,
+            t.adopted.1,
             t.orphans,
             t.duplicates,
             t.audit.lost,
