@@ -60,11 +60,7 @@ fn env_u64(var: &str) -> Option<u64> {
 fn manifest(env: &Env) -> String {
     let mut text = env.cluster(", jobTimeout: 60s, maxAttempts: 3");
     for (i, mode) in ["OneShot", "OneShot", "Warm", "Warm"].iter().enumerate() {
-        text.push_str(&format!(
-            "---\napiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {{name: vm-{i}, labels: {{pool: t}}}}\nspec:\n  power: OnDemand\n  lifecycle: {{mode: {mode}}}\n  vm: {{kernel: {}, initrd: {}, memory: 128Mi, cpus: 1, accel: tcg, network: {{mode: user}}}}\n",
-            env.vmlinux.display(),
-            env.initrd.display()
-        ));
+        text.push_str(&env.ondemand_vm(&format!("vm-{i}"), mode, &env.vmlinux));
     }
     for (name, handler) in [
         ("fl", "float_operations"),
@@ -97,11 +93,26 @@ struct Trial {
     notes: Vec<String>,
 }
 
+impl Trial {
+    /// Counts a kill and the QEMUs it orphaned.
+    fn killed(&mut self, state: &Path) {
+        self.kills += 1;
+        let o = orphans_now(state);
+        if !o.is_empty() {
+            self.notes.push(format!("after kill {}: {o:?}", self.kills));
+        }
+        self.orphans += o.len();
+    }
+}
+
+/// Workers seen with two QEMUs at once, with the PIDs.
+type Pairs = BTreeSet<(String, Vec<i32>)>;
+
 /// Scans the state dir's QEMUs every 100 ms while a trial runs; collects every worker ever
 /// seen with two at once.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<BTreeSet<(String, Vec<i32>)>>>,
+    seen: Arc<Mutex<Pairs>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -115,7 +126,7 @@ impl Sampler {
             // on for a moment beside its child, with the same command line.
             let mut before = BTreeSet::new();
             while !s.load(Ordering::SeqCst) {
-                let now: BTreeSet<(String, Vec<i32>)> = duplicates(&qemus(&state))
+                let now: Pairs = duplicates(&qemus(&state))
                     .into_iter()
                     .map(|(w, pids)| (w, pids.into_iter().collect()))
                     .collect();
@@ -133,7 +144,7 @@ impl Sampler {
         }
     }
 
-    fn finish(mut self) -> BTreeSet<(String, Vec<i32>)> {
+    fn finish(mut self) -> Pairs {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -256,12 +267,7 @@ fn trial_apply(state: &Path, file: &str, rng: &mut Rng, kills_wanted: u64, t: &m
             std::thread::sleep(Duration::from_millis(20));
         };
         if killed {
-            t.kills += 1;
-            let o = orphans_now(state);
-            if !o.is_empty() {
-                t.notes.push(format!("after kill {}: {o:?}", t.kills));
-            }
-            t.orphans += o.len();
+            t.killed(state);
             continue;
         }
         if !status.success() {
@@ -313,12 +319,7 @@ fn trial_serve(state: &Path, file: &str, rng: &mut Rng, kills_wanted: u64, t: &m
             if t.kills < kills_wanted && spawned.elapsed() >= kill_at {
                 signal(&child, libc::SIGKILL);
                 let _ = child.wait();
-                t.kills += 1;
-                let o = orphans_now(state);
-                if !o.is_empty() {
-                    t.notes.push(format!("after kill {}: {o:?}", t.kills));
-                }
-                t.orphans += o.len();
+                t.killed(state);
                 break;
             }
             if t.kills >= kills_wanted

@@ -2,6 +2,7 @@
 //! the QEMU processes of a state dir against what its store knows (orphans, duplicates), and
 //! a workload's recorded attempts against its plan (lost, double-counted invocations).
 
+use super::qemu::{arg_after, qemu_processes, worker_of};
 use microfaas::manifest::Kind;
 use microfaas::store::Store;
 use microfaas::store::invocations::{Attempt, AttemptStatus, RunPhase};
@@ -18,58 +19,26 @@ pub struct Qemu {
 
 /// Every live QEMU whose command line carries `state`'s `vms/` directory (from /proc).
 pub fn qemus(state: &Path) -> Vec<Qemu> {
-    let needle = state.join("vms").display().to_string();
     // SAFETY: getsid(0) only reads this process's session id.
     let own_session = unsafe { libc::getsid(0) };
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args.first().is_some_and(|a| a.contains("qemu-system"))
-            || !args.iter().any(|a| a.contains(&needle))
-        {
-            continue;
-        }
-        let after = |flag: &str| {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let worker = after("-name")
-            .trim_start_matches("guest=")
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .to_string();
+    let found: Vec<(i32, Qemu)> = qemu_processes(state)
+        .into_iter()
         // QEMU forks to run a guestfwd's relay (until the child execs, it has QEMU's command
         // line), and `-daemonize` forks twice, the first process waiting in our session until
         // the VM is set up: neither is a second VM. A daemonized QEMU has left our session.
-        let (ppid, session) = parent_and_session(pid);
-        if session == own_session {
-            continue;
-        }
-        found.push((
-            ppid,
-            Qemu {
-                worker,
-                pid,
-                uuid: after("-uuid"),
-            },
-        ));
-    }
+        .map(|(pid, args)| (pid, parent_and_session(pid), args))
+        .filter(|(_, (_, session), _)| *session != own_session)
+        .map(|(pid, (ppid, _), args)| {
+            (
+                ppid,
+                Qemu {
+                    worker: worker_of(&args),
+                    pid,
+                    uuid: arg_after(&args, "-uuid"),
+                },
+            )
+        })
+        .collect();
     let pids: Vec<i32> = found.iter().map(|(_, q)| q.pid).collect();
     let mut vms: Vec<Qemu> = found
         .into_iter()
