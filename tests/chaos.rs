@@ -165,6 +165,9 @@ fn ctl(state: &Path, args: &[&str]) -> Command {
         .map_or_else(|_| Stdio::null(), Stdio::from);
     c.args(args)
         .env("MICROFAAS_STATE_DIR", state)
+        // Info for every command (`apply` logs warnings only by default): adoptions are counted
+        // from these lines.
+        .env("RUST_LOG", "microfaas=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
