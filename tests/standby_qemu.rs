@@ -28,8 +28,20 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A `serve` this test started; killed (by its PID) if the test fails before [`stop`].
+struct Daemon(Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `serve -f FILE` on the testbed's state dir, its log in `serve.log`.
-fn serve(env: &Env, file: &str) -> Child {
+fn serve(env: &Env, file: &str) -> Daemon {
     let log = std::fs::File::create(env.dir.path().join("serve.log")).expect("log");
     Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
         .args(["serve", "-f", file])
@@ -38,6 +50,7 @@ fn serve(env: &Env, file: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(|c| Daemon(Some(c)))
         .expect("serve")
 }
 
@@ -45,7 +58,10 @@ fn serve_log(env: &Env) -> String {
     std::fs::read_to_string(env.dir.path().join("serve.log")).unwrap_or_default()
 }
 
-fn stop(mut child: Child) {
+fn stop(mut daemon: Daemon) {
+    let Some(mut child) = daemon.0.take() else {
+        return;
+    };
     // SAFETY: signalling the daemon this test started and has not reaped.
     unsafe {
         libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM);
@@ -141,7 +157,10 @@ fn deleting_a_worker_discards_its_standby() {
         "standby pid {pid} still runs"
     );
     assert!(
-        daemon.try_wait().expect("wait").is_none(),
+        daemon
+            .0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("wait").is_none()),
         "the daemon must go on"
     );
     stop(daemon);
