@@ -312,10 +312,11 @@ fn trial_serve(state: &Path, file: &str, rng: &mut Rng, kills_wanted: u64, t: &m
         let kill_at = Duration::from_millis(50 + rng.below(KILL_WITHIN_MS));
         let spawned = Instant::now();
         loop {
-            assert!(
-                started.elapsed() < TRIAL_LIMIT,
-                "trial did not finish: {t:?}"
-            );
+            if started.elapsed() >= TRIAL_LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("trial did not finish: {t:?}");
+            }
             if let Some(s) = child.try_wait().expect("wait") {
                 t.notes.push(format!("serve exited by itself: {s}"));
                 break;
