@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod board;
 mod lifecycle;
 pub mod operator;
+pub mod quarantine;
 pub mod queue;
 pub mod status;
 mod switch;

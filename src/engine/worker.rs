@@ -32,6 +32,10 @@ pub struct WorkerRuntime {
     pub function: Option<String>,
     /// The agent connected since the last launch: later disconnects are not boot failures.
     pub was_ready: bool,
+    /// Calls its agent failed in a row, over boots (see `quarantine.rs`).
+    pub agent_faults: u32,
+    /// A quarantine for those faults, for the next reconcile to write: why.
+    pub quarantine: Option<String>,
 }
 
 impl<D: VmDriver, P: Presence> Engine<D, P> {
@@ -164,12 +168,15 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             serde_json::from_value(obj.spec.clone()).map_err(|e| format!("stored spec: {e}"))?;
         self.presence.declare_v1(name, v1_address(&spec));
         let mut st = Status::from_value(&obj.status);
-        let health = st
+        let mut health = st
             .get("health")
             .and_then(|h| h.as_str())
             .unwrap_or("Good")
             .to_string();
         st.set("health", json!(health));
+        if self.apply_quarantine(name, &mut st) {
+            health = "Bad".to_string();
+        }
 
         let Some(vm) = &spec.vm else {
             let Some(board) = &spec.board else {

@@ -78,8 +78,8 @@ pub fn health_good(o: &StoredObject) -> bool {
 /// Why [`fresh_session`] found no session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoSession {
-    /// Quarantined, cordoned or gone.
-    Unhealthy,
+    /// Quarantined, cordoned or gone: why (the `Healthy` condition's reason and message).
+    Unhealthy(String),
     /// Not ready within the limit.
     TimedOut,
     /// Wanted on but the engine cannot power it (the reason and message of its `Ready`
@@ -90,10 +90,35 @@ pub enum NoSession {
 impl std::fmt::Display for NoSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NoSession::Unhealthy => f.write_str("the worker is not healthy"),
+            NoSession::Unhealthy(why) => write!(f, "the worker is not healthy: {why}"),
             NoSession::TimedOut => f.write_str("the worker was not ready in time"),
             NoSession::Unpowerable(why) => write!(f, "the worker cannot be powered on: {why}"),
         }
+    }
+}
+
+/// `health H (Reason: message)` of an unhealthy worker, from its `Healthy` condition.
+fn unhealthy_because(o: &StoredObject) -> String {
+    let health = o
+        .status
+        .get("health")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let cond = o
+        .status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Healthy"))
+        });
+    match cond {
+        Some(c) => format!(
+            "health {health} ({}: {})",
+            c.get("reason").and_then(Value::as_str).unwrap_or(""),
+            c.get("message").and_then(Value::as_str).unwrap_or("")
+        ),
+        None => format!("health {health}"),
     }
 }
 
@@ -135,6 +160,19 @@ pub async fn fresh_session<D: VmDriver>(
     let mut cold = false;
     let mut unpowerable_since: Option<Instant> = None;
     loop {
+        // Health first: a worker quarantined a moment ago may still have a live session.
+        let Some(obj) = engine.get(Kind::Worker, worker) else {
+            return Err(NoSession::Unhealthy("gone".into()));
+        };
+        if let Some(why) = engine.quarantine_pending(worker) {
+            return Err(NoSession::Unhealthy(format!(
+                "quarantined ({}: {why})",
+                crate::engine::quarantine::AGENT_FAULTS
+            )));
+        }
+        if !health_good(&obj) {
+            return Err(NoSession::Unhealthy(unhealthy_because(&obj)));
+        }
         if let Some(s) = engine.presence.get(worker)
             && Some(s.id) != stale
             && !s.is_retiring()
@@ -142,9 +180,6 @@ pub async fn fresh_session<D: VmDriver>(
             return Ok((s, cold));
         }
         cold = true;
-        let Some(obj) = engine.get(Kind::Worker, worker).filter(health_good) else {
-            return Err(NoSession::Unhealthy);
-        };
         match unpowerable(&obj) {
             Some(why) => {
                 let since = *unpowerable_since.get_or_insert_with(Instant::now);
@@ -190,20 +225,38 @@ pub async fn send<D: VmDriver>(
         .invoke(invoke, call.deadline + Duration::from_secs(10))
         .await;
     engine.set_busy(worker, None);
-    if let Err(e) = &result
-        && let Some(reason) = fault_reason(e)
-    {
-        // The session is gone with the call: the worker's own record says why, so `describe`
-        // tells a hung agent from a dead or a babbling one.
-        engine.event(
-            Kind::Worker,
-            worker,
-            crate::store::EventType::Warning,
-            reason,
-            &format!("invocation {}: {e}", call.invocation_id),
-        );
+    match &result {
+        Ok(_) => engine.agent_answered(worker),
+        Err(e) => {
+            if let Some(reason) = fault_reason(e) {
+                agent_failed(engine, worker, reason, call, e);
+            }
+        }
     }
     classify(result, dispatched_ms)
+}
+
+/// The agent failed a call it had been sent: named on the worker, and counted towards its
+/// quarantine (`crate::engine::quarantine`).
+fn agent_failed<D: VmDriver>(
+    engine: &Engine<D, Sessions>,
+    worker: &str,
+    reason: &str,
+    call: &Call,
+    e: &SessionError,
+) {
+    // Counted first: the worker's next reconcile (its VM's exit may already have queued one)
+    // is to see a quarantine this fault completes.
+    engine.agent_fault(worker, reason);
+    // The session is gone with the call: the worker's own record says why, so `describe`
+    // tells a hung agent from a dead or a babbling one.
+    engine.event(
+        Kind::Worker,
+        worker,
+        crate::store::EventType::Warning,
+        reason,
+        &format!("invocation {}: {e}", call.invocation_id),
+    );
 }
 
 /// The worker event naming how an agent failed a call it had been sent; `None` for a call

@@ -41,6 +41,8 @@ struct Faulty {
 pub struct FaultyDriver {
     pub real: Arc<AgentProcs>,
     armed: Mutex<HashMap<String, Fault>>,
+    /// Workers every boot of which is faulty, until [`FaultyDriver::disarm`].
+    always: Mutex<HashMap<String, Fault>>,
     faulty: Mutex<HashMap<String, Faulty>>,
     exits: broadcast::Sender<String>,
     /// Every launch, in order, with the fault it had (`None`: a real agent).
@@ -52,6 +54,7 @@ impl FaultyDriver {
         let d = Arc::new(FaultyDriver {
             real,
             armed: Mutex::new(HashMap::new()),
+            always: Mutex::new(HashMap::new()),
             faulty: Mutex::new(HashMap::new()),
             exits: broadcast::channel(1024).0,
             launches: Mutex::new(Vec::new()),
@@ -85,6 +88,17 @@ impl FaultyDriver {
         lock(&self.armed).insert(worker.to_string(), fault);
     }
 
+    /// Every boot of `worker` from now on is a faulty agent doing `fault`.
+    pub fn arm_always(&self, worker: &str, fault: Fault) {
+        lock(&self.always).insert(worker.to_string(), fault);
+    }
+
+    /// `worker` boots real agents again.
+    pub fn disarm(&self, worker: &str) {
+        lock(&self.always).remove(worker);
+        lock(&self.armed).remove(worker);
+    }
+
     fn arg<'a>(cmdline: &'a str, key: &str) -> &'a str {
         cmdline
             .split_whitespace()
@@ -95,7 +109,9 @@ impl FaultyDriver {
 
 impl VmDriver for FaultyDriver {
     async fn launch(&self, spec: &VmConfig) -> Result<Launched, String> {
-        let fault = lock(&self.armed).remove(&spec.name);
+        let fault = lock(&self.armed)
+            .remove(&spec.name)
+            .or_else(|| lock(&self.always).get(&spec.name).copied());
         lock(&self.launches).push((spec.name.clone(), fault));
         let Some(fault) = fault else {
             return self.real.launch(spec).await;

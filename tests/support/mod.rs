@@ -6,6 +6,9 @@
 #[cfg(test)]
 pub mod boards;
 pub mod etcd;
+// Reads the store the CLI writes; only the chaos suite uses it.
+#[cfg(test)]
+pub mod chaos;
 pub mod faulty;
 pub mod host;
 pub mod orchestrator;

@@ -264,9 +264,23 @@ impl Drop for Vm {
 /// PIDs of live QEMU processes started for this state dir, found by scanning /proc (not
 /// trusting our own pidfiles), by worker name.
 pub fn running_for(state: &std::path::Path) -> Vec<(String, i32)> {
+    let mut found: Vec<(String, i32)> = qemu_processes(state)
+        .into_iter()
+        .map(|(pid, args)| (worker_of(&args), pid))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Live `qemu-system-*` processes whose command line names `state`'s `vms/` directory: PID
+/// and arguments (from /proc).
+pub fn qemu_processes(state: &std::path::Path) -> Vec<(i32, Vec<String>)> {
     let mut found = Vec::new();
     let needle = state.join("vms").display().to_string();
-    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
@@ -277,25 +291,30 @@ pub fn running_for(state: &std::path::Path) -> Vec<(String, i32)> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if !args.first().is_some_and(|a| a.contains("qemu-system"))
-            || !args.iter().any(|a| a.contains(&needle))
+        if args.first().is_some_and(|a| a.contains("qemu-system"))
+            && args.iter().any(|a| a.contains(&needle))
         {
-            continue;
+            found.push((pid, args));
         }
-        let name = args
-            .iter()
-            .position(|a| a == "-name")
-            .and_then(|i| args.get(i + 1))
-            .map(|n| {
-                n.trim_start_matches("guest=")
-                    .split(',')
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .unwrap_or_default();
-        found.push((name, pid));
     }
-    found.sort();
     found
+}
+
+/// The argument after `flag` (empty when absent).
+pub fn arg_after(args: &[String], flag: &str) -> String {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The worker a QEMU runs, from its `-name guest=NAME,...`.
+pub fn worker_of(args: &[String]) -> String {
+    arg_after(args, "-name")
+        .trim_start_matches("guest=")
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .to_string()
 }

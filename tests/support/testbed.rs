@@ -102,6 +102,16 @@ impl Env {
         )
     }
 
+    /// An OnDemand worker `name` labelled `pool: t` in `mode` (OneShot, Warm) booting `kernel`
+    /// (PVH on `microvm`, as the examples do) and this testbed's initramfs.
+    pub fn ondemand_vm(&self, name: &str, mode: &str, kernel: &Path) -> String {
+        format!(
+            "---\napiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {{name: {name}, labels: {{pool: t}}}}\nspec:\n  power: OnDemand\n  lifecycle: {{mode: {mode}}}\n  vm: {{kernel: {}, initrd: {}, memory: 128Mi, cpus: 1, accel: tcg, network: {{mode: user}}}}\n",
+            kernel.display(),
+            self.initrd.display()
+        )
+    }
+
     pub fn write(&self, name: &str, text: &str) -> String {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).expect("write manifest");
