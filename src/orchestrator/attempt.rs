@@ -133,6 +133,11 @@ pub async fn fresh_session<D: VmDriver>(
     let started = Instant::now();
     let mut cold = false;
     let mut unpowerable_since: Option<Instant> = None;
+    // When the stored worker was last read. Every agent event wakes every waiter; reading and
+    // parsing the worker's record on each other worker's event made a fleet of N OneShot
+    // boards cost N record reads per job. Its health is re-read on its own events, and at
+    // least every `RECHECK`, as when the wait was a plain 200 ms poll.
+    let mut checked: Option<Instant> = None;
     loop {
         if let Some(s) = engine.presence.get(worker)
             && Some(s.id) != stale
@@ -141,23 +146,43 @@ pub async fn fresh_session<D: VmDriver>(
             return Ok((s, cold));
         }
         cold = true;
-        let Some(obj) = engine.get(Kind::Worker, worker).filter(health_good) else {
-            return Err(NoSession::Unhealthy);
-        };
-        match unpowerable(&obj) {
-            Some(why) => {
-                let since = *unpowerable_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= UNPOWERABLE_GRACE {
-                    return Err(NoSession::Unpowerable(why));
+        if checked.is_none_or(|at| at.elapsed() >= RECHECK) {
+            checked = Some(Instant::now());
+            let Some(obj) = engine.get(Kind::Worker, worker).filter(health_good) else {
+                return Err(NoSession::Unhealthy);
+            };
+            match unpowerable(&obj) {
+                Some(why) => {
+                    let since = *unpowerable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= UNPOWERABLE_GRACE {
+                        return Err(NoSession::Unpowerable(why));
+                    }
                 }
+                None => unpowerable_since = None,
             }
-            None => unpowerable_since = None,
         }
         if started.elapsed() > limit {
             return Err(NoSession::TimedOut);
         }
-        let wait = Duration::from_millis(200).min(limit.saturating_sub(started.elapsed()));
-        let _ = tokio::time::timeout(wait, events.recv()).await;
+        let wait = RECHECK.min(limit.saturating_sub(started.elapsed()));
+        match tokio::time::timeout(wait, events.recv()).await {
+            Ok(Ok(ev)) if !concerns(&ev, worker) => {}
+            // Its own event, a lagged or closed feed, or the tick: look at its record again.
+            _ => checked = None,
+        }
+    }
+}
+
+/// How often a waiter re-reads its worker's record when nothing about it was heard.
+const RECHECK: Duration = Duration::from_millis(200);
+
+/// Whether an agent event is about `worker`.
+fn concerns(ev: &AgentEvent, worker: &str) -> bool {
+    match ev {
+        AgentEvent::Connected { worker: w, .. } | AgentEvent::Disconnected { worker: w, .. } => {
+            w == worker
+        }
+        AgentEvent::Rejected { worker: w, .. } => w.as_deref().is_none_or(|w| w == worker),
     }
 }
 
@@ -223,8 +248,9 @@ fn bind_services<D: VmDriver>(
     function: &str,
 ) -> Result<std::collections::BTreeMap<String, crate::protocol::ServiceBinding>, String> {
     let Some(spec) = engine
-        .get(Kind::Function, function)
-        .and_then(|o| serde_json::from_value::<FunctionSpec>(o.spec).ok())
+        .with_store(|s| s.spec_of::<FunctionSpec>(Kind::Function, function))
+        .ok()
+        .flatten()
     else {
         return Ok(Default::default());
     };
@@ -232,13 +258,14 @@ fn bind_services<D: VmDriver>(
         return Ok(Default::default());
     }
     let worker_spec = engine
-        .get(Kind::Worker, worker)
-        .and_then(|o| serde_json::from_value::<WorkerSpec>(o.spec).ok());
+        .with_store(|s| s.spec_of::<WorkerSpec>(Kind::Worker, worker))
+        .ok()
+        .flatten();
     super::services::bind(
         engine.cluster().as_ref(),
         function,
         &spec,
-        worker_spec.as_ref(),
+        worker_spec.as_deref(),
     )
 }
 
