@@ -4,7 +4,9 @@
 //! (`../shared/bench/microfaas-v1/`), which answer at once and reboot at once — with 1, 4 and
 //! 10 workers and the same job count. Prints jobs/s for both (jobs over the makespan the
 //! workers see: first job received to last follow-up received), the ratio, and the jobs each
-//! lost (never completed by a worker).
+//! lost (never completed by a worker). For ours it also prints the fake workers' own p50 of
+//! connection accepted → job received and result sent → follow-up received (`a/f`, ms): the
+//! parts of a worker's cycle spent waiting on the orchestrator.
 //!
 //! Upstream is driven by the anchor bench's own harness (`bench` mode, its GPIO double sending
 //! presses as loopback datagrams). Ours is the engine as `apply` runs it, with `protocol:
@@ -59,6 +61,10 @@ struct Side {
     completed: u64,
     lost: u64,
     retried: u64,
+    /// p50 of the fake workers' accept → job and result → follow-up (ours only), in ms: where
+    /// a worker's cycle waits on the orchestrator.
+    accept_to_job_ms: f64,
+    reply_to_follow_ms: f64,
 }
 
 fn fakes_script(fakes: &Path) -> PathBuf {
@@ -93,6 +99,7 @@ fn upstream(fakes: &Path, n: usize, jobs: usize, period: &str, out: &Path) -> Si
         completed,
         lost: (jobs as u64).saturating_sub(completed),
         retried: 0,
+        ..Side::default()
     }
 }
 
@@ -195,6 +202,12 @@ async fn ours(fakes: &Path, n: usize, jobs: usize, period: &str) -> Side {
         completed: stats["completed_jobs"].as_u64().unwrap_or(0),
         lost: run.counts.total.saturating_sub(run.counts.succeeded),
         retried: run.counts.retried,
+        accept_to_job_ms: stats["accept_to_job_ms"]["p50"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        reply_to_follow_ms: stats["reply_to_followup_ms"]["p50"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
     }
 }
 
@@ -233,8 +246,15 @@ fn main() {
         "v1 side by side: {jobs} jobs, load period {period} s, instant fake v1 workers (Python)"
     );
     println!(
-        "{:>7} {:>12} {:>13} {:>8} {:>8} {:>10} {:>12}",
-        "workers", "v1 jobs/s", "ours jobs/s", "ratio", "v1 lost", "ours lost", "ours retried"
+        "{:>7} {:>12} {:>13} {:>8} {:>8} {:>10} {:>12} {:>16}",
+        "workers",
+        "v1 jobs/s",
+        "ours jobs/s",
+        "ratio",
+        "v1 lost",
+        "ours lost",
+        "ours retried",
+        "ours p50 ms a/f"
     );
     for n in workers {
         let theirs = if sides != "ours" {
@@ -253,8 +273,17 @@ fn main() {
             f64::NAN
         };
         println!(
-            "{n:>7} {:>12.2} {:>13.1} {:>7.1}x {:>8} {:>10} {:>12}",
-            theirs.jobs_per_s, mine.jobs_per_s, ratio, theirs.lost, mine.lost, mine.retried
+            "{n:>7} {:>12.2} {:>13.1} {:>7.1}x {:>8} {:>10} {:>12} {:>16}",
+            theirs.jobs_per_s,
+            mine.jobs_per_s,
+            ratio,
+            theirs.lost,
+            mine.lost,
+            mine.retried,
+            format!(
+                "{:.2}/{:.2}",
+                mine.accept_to_job_ms, mine.reply_to_follow_ms
+            )
         );
         let _ = (theirs.completed, mine.completed);
     }

@@ -269,13 +269,23 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
 
     /// Cluster-wide defaults: the declared Cluster's, or the built-in ones.
     pub fn defaults(&self) -> Defaults {
-        self.cluster().map(|c| c.defaults).unwrap_or_default()
+        self.cluster_spec()
+            .map(|c| c.defaults.clone())
+            .unwrap_or_default()
     }
 
     pub fn cluster(&self) -> Option<ClusterSpec> {
-        let objs = self.with_store(|s| s.list(Some(Kind::Cluster))).ok()?;
-        let first = objs.into_iter().next()?;
-        serde_json::from_value(first.spec).ok()
+        self.cluster_spec().map(|c| (*c).clone())
+    }
+
+    /// The declared Cluster's spec (the first by name), parsed once per change: every
+    /// reconcile and call reads its defaults.
+    fn cluster_spec(&self) -> Option<Arc<ClusterSpec>> {
+        self.with_store(|s| s.specs_of_kind::<ClusterSpec>(Kind::Cluster))
+            .ok()?
+            .into_iter()
+            .next()
+            .map(|c| c.spec)
     }
 
     pub fn event(&self, kind: Kind, name: &str, t: EventType, reason: &str, message: &str) {

@@ -12,8 +12,10 @@ use crate::orchestrator::attempt::{self, Call, Slot};
 use crate::orchestrator::usercode::{self, Code};
 use crate::store::clock;
 use crate::store::gateway::WORKLOAD;
+use crate::store::specs::SpecEntry;
 use crate::store::{Attempt, AttemptStatus, StoredObject};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The HTTP answer to one call, sync or async.
@@ -92,16 +94,21 @@ impl<D: VmDriver> Gateway<D> {
         &self,
         name: &str,
         call_id: &str,
-    ) -> Result<(FunctionSpec, Code), Reply> {
-        let Some(obj) = self.engine.get(Kind::Function, name) else {
-            return Err(Reply::error(
-                404,
-                call_id,
-                format!("function `{name}` not found"),
-            ));
+    ) -> Result<(Arc<FunctionSpec>, Code), Reply> {
+        let spec = match self
+            .engine
+            .with_store(|s| s.spec_of::<FunctionSpec>(Kind::Function, name))
+        {
+            Ok(Some(spec)) => spec,
+            Ok(None) => {
+                return Err(Reply::error(
+                    404,
+                    call_id,
+                    format!("function `{name}` not found"),
+                ));
+            }
+            Err(e) => return Err(Reply::error(500, call_id, format!("stored function: {e}"))),
         };
-        let spec: FunctionSpec = serde_json::from_value(obj.spec)
-            .map_err(|e| Reply::error(500, call_id, format!("stored function: {e}")))?;
         let code = usercode::code_of(&spec)
             .map_err(|e| Reply::error(500, call_id, format!("function `{name}`: {e}")))?;
         Ok((spec, code))
@@ -122,11 +129,16 @@ impl<D: VmDriver> Gateway<D> {
             .collect()
     }
 
+    /// Healthy workers as a call sees them, from cached specs: listing and parsing every
+    /// worker's record on every call was the gateway's largest cost.
     fn candidates(&self) -> Vec<Candidate> {
-        self.workers()
+        self.engine
+            .with_store(|s| s.specs_of_kind::<WorkerSpec>(Kind::Worker))
+            .unwrap_or_default()
             .into_iter()
-            .map(|(w, spec)| Candidate {
-                name: w.name,
+            .filter(|w| w.health.as_deref().is_none_or(|h| h == "Good"))
+            .map(|SpecEntry { name, spec, .. }| Candidate {
+                name,
                 oneshot: spec.lifecycle.mode == LifecycleMode::OneShot,
                 idle: spec
                     .lifecycle

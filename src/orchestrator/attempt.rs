@@ -158,20 +158,33 @@ pub async fn fresh_session<D: VmDriver>(
 ) -> Result<(SessionHandle, bool), NoSession> {
     let started = Instant::now();
     let mut cold = false;
-    let mut unpowerable_since: Option<Instant> = None;
+    // Since when the stored worker has said it cannot be powered, and why.
+    let mut unpowerable_since: Option<(Instant, String)> = None;
+    // When the stored worker was last read. Every agent event wakes every waiter; reading and
+    // parsing the worker's record on each other worker's event made a fleet of N OneShot
+    // boards cost N record reads per job. Its record is read when the wait starts (so a
+    // live session is never reused past a stored quarantine), on its own events, and at
+    // least every `RECHECK`, as when the wait was a plain 200 ms poll.
+    let mut checked: Option<Instant> = None;
     loop {
-        // Health first: a worker quarantined a moment ago may still have a live session.
-        let Some(obj) = engine.get(Kind::Worker, worker) else {
-            return Err(NoSession::Unhealthy("gone".into()));
-        };
+        // A quarantine decided a moment ago may not be stored yet, and its session still live.
         if let Some(why) = engine.quarantine_pending(worker) {
             return Err(NoSession::Unhealthy(format!(
                 "quarantined ({}: {why})",
                 crate::engine::quarantine::AGENT_FAULTS
             )));
         }
-        if !health_good(&obj) {
-            return Err(NoSession::Unhealthy(unhealthy_because(&obj)));
+        if checked.is_none_or(|at| at.elapsed() >= RECHECK) {
+            checked = Some(Instant::now());
+            let Some(obj) = engine.get(Kind::Worker, worker) else {
+                return Err(NoSession::Unhealthy("gone".into()));
+            };
+            if !health_good(&obj) {
+                return Err(NoSession::Unhealthy(unhealthy_because(&obj)));
+            }
+            let since = unpowerable_since.map(|(t, _)| t);
+            unpowerable_since =
+                unpowerable(&obj).map(|why| (since.unwrap_or_else(Instant::now), why));
         }
         if let Some(s) = engine.presence.get(worker)
             && Some(s.id) != stale
@@ -180,20 +193,33 @@ pub async fn fresh_session<D: VmDriver>(
             return Ok((s, cold));
         }
         cold = true;
-        match unpowerable(&obj) {
-            Some(why) => {
-                let since = *unpowerable_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= UNPOWERABLE_GRACE {
-                    return Err(NoSession::Unpowerable(why));
-                }
-            }
-            None => unpowerable_since = None,
+        if let Some((since, why)) = &unpowerable_since
+            && since.elapsed() >= UNPOWERABLE_GRACE
+        {
+            return Err(NoSession::Unpowerable(why.clone()));
         }
         if started.elapsed() > limit {
             return Err(NoSession::TimedOut);
         }
-        let wait = Duration::from_millis(200).min(limit.saturating_sub(started.elapsed()));
-        let _ = tokio::time::timeout(wait, events.recv()).await;
+        let wait = RECHECK.min(limit.saturating_sub(started.elapsed()));
+        match tokio::time::timeout(wait, events.recv()).await {
+            Ok(Ok(ev)) if !concerns(&ev, worker) => {}
+            // Its own event, a lagged or closed feed, or the tick: look at its record again.
+            _ => checked = None,
+        }
+    }
+}
+
+/// How often a waiter re-reads its worker's record when nothing about it was heard.
+const RECHECK: Duration = Duration::from_millis(200);
+
+/// Whether an agent event is about `worker`.
+fn concerns(ev: &AgentEvent, worker: &str) -> bool {
+    match ev {
+        AgentEvent::Connected { worker: w, .. } | AgentEvent::Disconnected { worker: w, .. } => {
+            w == worker
+        }
+        AgentEvent::Rejected { worker: w, .. } => w.as_deref().is_none_or(|w| w == worker),
     }
 }
 
@@ -277,8 +303,9 @@ fn bind_services<D: VmDriver>(
     function: &str,
 ) -> Result<std::collections::BTreeMap<String, crate::protocol::ServiceBinding>, String> {
     let Some(spec) = engine
-        .get(Kind::Function, function)
-        .and_then(|o| serde_json::from_value::<FunctionSpec>(o.spec).ok())
+        .with_store(|s| s.spec_of::<FunctionSpec>(Kind::Function, function))
+        .ok()
+        .flatten()
     else {
         return Ok(Default::default());
     };
@@ -286,13 +313,14 @@ fn bind_services<D: VmDriver>(
         return Ok(Default::default());
     }
     let worker_spec = engine
-        .get(Kind::Worker, worker)
-        .and_then(|o| serde_json::from_value::<WorkerSpec>(o.spec).ok());
+        .with_store(|s| s.spec_of::<WorkerSpec>(Kind::Worker, worker))
+        .ok()
+        .flatten();
     super::services::bind(
         engine.cluster().as_ref(),
         function,
         &spec,
-        worker_spec.as_ref(),
+        worker_spec.as_deref(),
     )
 }
 

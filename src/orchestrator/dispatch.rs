@@ -586,11 +586,12 @@ impl<D: VmDriver> Run<D> {
                 }
                 break (session, cold_start_ms, answer, permit);
             };
-            let retry = self
-                .finalize(&job, Some(worker), Some(&answer), None, cold_start_ms)
-                .await;
             // OneShot: one invocation per boot. Warm: keep the connection. A v1 worker with
             // more work reboots itself (as v1 does) instead of waiting for its button.
+            // The follow-up goes before the record is committed: what the worker does next
+            // does not change what is durable (a crash before the commit leaves the
+            // invocation unrecorded, to be redone, whenever the worker was told), and a
+            // rebooting worker no longer waits out the fsync.
             let follow = if oneshot {
                 if v1 && self.has_work(worker) {
                     FollowUp::Reboot
@@ -610,6 +611,9 @@ impl<D: VmDriver> Run<D> {
             if oneshot || !answer.answered {
                 stale = Some(session.id);
             }
+            let retry = self
+                .finalize(&job, Some(worker), Some(&answer), None, cold_start_ms)
+                .await;
             if retry {
                 let mut job = job;
                 job.attempt += 1;

@@ -69,6 +69,43 @@ macro_rules! forward {
 }
 
 impl Store {
+    /// The spec of `kind/name` parsed as `T` (on SQLite, the cached parse while its text is
+    /// unchanged); `None` when there is no such object.
+    pub fn spec_of<T: serde::de::DeserializeOwned + Send + Sync + 'static>(
+        &mut self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<std::sync::Arc<T>>> {
+        match self {
+            Store::Sqlite(s) => s.spec_of(kind, name),
+            Store::Etcd(e) => e
+                .get(kind, name)?
+                .map(|o| super::specs::parse_stored(&o))
+                .transpose(),
+        }
+    }
+
+    /// Every object of `kind`, by name, with its spec parsed as `T` and its status's `health`.
+    pub fn specs_of_kind<T: serde::de::DeserializeOwned + Send + Sync + 'static>(
+        &mut self,
+        kind: Kind,
+    ) -> Result<Vec<super::specs::SpecEntry<T>>> {
+        match self {
+            Store::Sqlite(s) => s.specs_of_kind(kind),
+            Store::Etcd(e) => e
+                .list(Some(kind))?
+                .iter()
+                .map(|o| {
+                    Ok(super::specs::SpecEntry {
+                        name: o.name.clone(),
+                        spec: super::specs::parse_stored(o)?,
+                        health: super::specs::stored_health(o),
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// The store of `dir` (its SQLite file, created and migrated as needed), or the etcd store
     /// this process selected.
     pub fn open(dir: &Path) -> Result<Store> {

@@ -17,6 +17,7 @@ pub mod lock;
 mod migrations;
 mod objects;
 mod requests;
+pub mod specs;
 
 pub use backend::{Store, select, select_declared, selected_etcd};
 pub use etcd::EtcdLocation;
@@ -26,6 +27,7 @@ pub use lock::{LockError, StateLock};
 pub use objects::{ApplyOutcome, DesiredObject, StoredObject};
 
 use rusqlite::Connection;
+use rusqlite::config::DbConfig;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    specs: specs::SpecCache,
 }
 
 /// `--state-dir`, else `$MICROFAAS_STATE_DIR` (clap reads it), else `$XDG_STATE_HOME/microfaas`,
@@ -127,9 +130,20 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sq)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
+        // Plans that do not depend on bound values. Without this, the bundled SQLite marks
+        // statements such as `... WHERE kind = ?1 ORDER BY name` to be re-prepared whenever
+        // they are bound again, so every cached statement was compiled anew on each use.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(sq)?;
+        // Room for every statement the engine and the gateway cache (the default is 16).
+        conn.set_prepared_statement_cache_capacity(64);
         migrations::run(&mut conn, &path)?;
         feed::install(&mut conn, &path).map_err(sq)?;
-        Ok(SqliteStore { conn, path })
+        Ok(SqliteStore {
+            conn,
+            path,
+            specs: specs::SpecCache::default(),
+        })
     }
 
     pub(crate) fn sq(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -188,6 +202,41 @@ impl SqliteStore {
 mod tests {
     use super::*;
     use crate::manifest::Kind;
+
+    /// A cached statement bound again is not compiled again (it was, on every use, until the
+    /// query planner stability guarantee was turned on).
+    #[test]
+    fn cached_statements_are_not_reprepared_when_bound_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = SqliteStore::open(dir.path()).expect("open");
+        store
+            .apply(
+                &[DesiredObject::new(Kind::Worker, "w", serde_json::json!({}))],
+                None,
+                false,
+                false,
+            )
+            .expect("apply");
+        for phase in ["Ready", "Busy", "Ready", "Busy"] {
+            store.list(Some(Kind::Worker)).expect("list");
+            store
+                .set_status(Kind::Worker, "w", &serde_json::json!({"phase": phase}))
+                .expect("status");
+            store
+                .record_event(Kind::Worker, "w", EventType::Normal, "R", phase)
+                .expect("event");
+        }
+        let sql = format!(
+            "SELECT {} FROM objects WHERE kind = ?1 ORDER BY name",
+            objects::COLUMNS
+        );
+        let st = store.conn.prepare_cached(&sql).expect("cached");
+        assert_eq!(
+            st.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "the listing was compiled again"
+        );
+    }
 
     /// Observations skip the fsync; everything else must still be written with FULL.
     #[test]

@@ -80,7 +80,7 @@ impl ApplyOutcome {
 /// spec, labels, annotations, generation, owner, source of a stored object.
 type ExistingRow = (String, String, String, i64, Option<String>, Option<String>);
 
-const COLUMNS: &str = "kind, name, labels, annotations, spec, generation, status, owner, source, created_at, updated_at";
+pub(super) const COLUMNS: &str = "kind, name, labels, annotations, spec, generation, status, owner, source, created_at, updated_at";
 
 fn parse_json(what: &str, text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt {

@@ -26,14 +26,16 @@ impl SqliteStore {
     }
 
     pub fn deletion_requested(&self, kind: Kind, name: &str) -> Result<bool> {
+        // Cached: every reconcile asks.
         let v: Option<Option<String>> = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT deletion_requested_at FROM objects WHERE kind = ?1 AND name = ?2",
-                params![kind.as_str(), name],
-                |r| r.get(0),
             )
-            .optional()
+            .and_then(|mut st| {
+                st.query_row(params![kind.as_str(), name], |r| r.get(0))
+                    .optional()
+            })
             .map_err(self.sq())?;
         Ok(matches!(v, Some(Some(_))))
     }
