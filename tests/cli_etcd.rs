@@ -6,21 +6,9 @@
 mod support;
 
 use microfaas::store::{Attempt, AttemptStatus, RunCounts, RunPhase, Store};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use support::etcd::EtcdCluster;
-
-/// `microfaasctl ARGS` with its own state dir and the store given by `MICROFAAS_STORE`.
-fn ctl(state: &Path, store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
-        .args(args)
-        .env("MICROFAAS_STATE_DIR", state)
-        .env("MICROFAAS_STORE", store)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run microfaasctl")
-}
+use support::testbed::ctl_on_store as ctl;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -8,24 +8,14 @@
 mod support;
 
 use serde_json::Value;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::etcd::EtcdCluster;
 use support::testbed::Env;
+use support::testbed::ctl_on_store as ctl;
 
 /// Boots under TCG on a loaded two-core machine: be generous, never assert on time.
 const LIMIT: Duration = Duration::from_secs(240);
-
-fn ctl(state: &std::path::Path, store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
-        .args(args)
-        .env("MICROFAAS_STATE_DIR", state)
-        .env("MICROFAAS_STORE", store)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run microfaasctl")
-}
 
 #[test]
 fn serve_keeps_its_testbed_in_etcd_and_another_machine_reads_it() {

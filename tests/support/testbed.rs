@@ -151,6 +151,19 @@ impl Drop for Env {
     }
 }
 
+/// `microfaasctl ARGS` with `state` as its state dir and `store` as `MICROFAAS_STORE`: the CLI
+/// of another machine on a shared (etcd) store.
+pub fn ctl_on_store(state: &std::path::Path, store: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+        .args(args)
+        .env("MICROFAAS_STATE_DIR", state)
+        .env("MICROFAAS_STORE", store)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run microfaasctl")
+}
+
 pub fn ok(out: &Output) {
     assert!(
         out.status.success(),
