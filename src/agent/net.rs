@@ -1,5 +1,6 @@
 //! Bringing the network up without busybox: loopback, then the NIC's address, netmask and
-//! flags with the SIOCSIF* ioctls, a default route with SIOCADDRT, and the hostname.
+//! flags with the SIOCSIF* ioctls, a default route with SIOCADDRT, and the hostname; and
+//! taking it down again before a power-off.
 
 use std::io;
 use std::mem;
@@ -121,6 +122,16 @@ fn ioctl_addr(sock: &OwnedFd, dev: &str, request: libc::Ioctl, ip: Ipv4Addr) -> 
 }
 
 fn set_up(sock: &OwnedFd, dev: &str) -> io::Result<()> {
+    set_flags(sock, dev, |f| {
+        f | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short
+    })
+}
+
+fn set_flags(
+    sock: &OwnedFd,
+    dev: &str,
+    change: impl Fn(libc::c_short) -> libc::c_short,
+) -> io::Result<()> {
     let mut req = ifreq(dev)?;
     // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS read and write the flags member of our ifreq.
     unsafe {
@@ -129,12 +140,39 @@ fn set_up(sock: &OwnedFd, dev: &str) -> io::Result<()> {
             libc::SIOCGIFFLAGS as _,
             &mut req,
         ))?;
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        req.ifr_ifru.ifru_flags = change(req.ifr_ifru.ifru_flags);
         check(libc::ioctl(
             sock.as_raw_fd(),
             libc::SIOCSIFFLAGS as _,
             &mut req,
         ))
+    }
+}
+
+/// Take every interface but loopback down before the machine powers off or reboots.
+///
+/// Why: with the interface up, the kernel's shutdown breaks the virtio device while the NIC's
+/// NAPI poll may still run, and Linux 6.1.192's virtio-net then spins for ever in its TX
+/// clean-up (the ring is broken, so nothing is reclaimed, yet buffers stay "used"): ksoftirqd
+/// livelocks and the VM never powers off. Closing the interface first disables NAPI.
+pub fn take_down_all() {
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return;
+    };
+    let sock = match socket() {
+        Ok(s) => s,
+        Err(e) => return log!("cannot take the network down: {e}"),
+    };
+    for dev in entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+    {
+        if dev == "lo" {
+            continue;
+        }
+        if let Err(e) = set_flags(&sock, &dev, |f| f & !(libc::IFF_UP as libc::c_short)) {
+            log!("{dev}: cannot take down: {e}");
+        }
     }
 }
 

@@ -53,6 +53,7 @@ impl Power {
             PowerAction::PowerOff => libc::LINUX_REBOOT_CMD_POWER_OFF,
             PowerAction::Reboot => libc::LINUX_REBOOT_CMD_RESTART,
         };
+        super::net::take_down_all();
         // SAFETY: sync and reboot take no pointers; reboot only returns on failure.
         unsafe {
             libc::sync();
