@@ -185,6 +185,9 @@ pub struct ParkedStart {
     pub id: String,
     /// Restored from a snapshot (else the boot that took it, or one without a snapshot).
     pub restored: bool,
+    /// The host's entropy reached the kernel and its RNG was reseeded from it.
+    #[serde(default)]
+    pub reseeded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -19,12 +19,16 @@ fn run_succeeded(env: &Env, run: u64) {
     });
 }
 
-/// The start ids of the agents that said hello after a restore, in order.
+/// The start ids of the agents that said hello after a restore, in order; each must say its
+/// RNG was reseeded with the host's entropy.
 fn restored_starts(log: &str) -> Vec<String> {
     log.lines()
         .filter_map(|l| l.split_once("agent connected (resumed from a snapshot, start "))
-        .filter_map(|(_, rest)| rest.split(')').next())
-        .map(str::to_string)
+        .map(|(_, rest)| {
+            let (id, rng) = rest.split_once(", ").unwrap_or((rest, ""));
+            assert!(rng.starts_with("RNG reseeded)"), "{rest}");
+            id.to_string()
+        })
         .collect()
 }
 

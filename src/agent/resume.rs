@@ -106,9 +106,13 @@ pub fn park() {
         log!("console closed while parked; dialling without fresh entropy");
         return;
     };
-    if let Err(e) = mix_entropy(&go.entropy) {
-        log!("could not reseed the RNG: {e}");
-    }
+    let reseeded = match mix_entropy(&go.entropy) {
+        Ok(()) => true,
+        Err(e) => {
+            log!("could not reseed the RNG: {e}");
+            false
+        }
+    };
     set_clock(go.unix_ns);
     let id = random_id();
     let how = if go.restored {
@@ -120,6 +124,7 @@ pub fn park() {
     let _ = START.set(ParkedStart {
         id,
         restored: go.restored,
+        reseeded,
     });
 }
 

@@ -268,7 +268,12 @@ async fn serve_session(
         } else {
             "booted"
         };
-        tracing::info!(%peer, worker = %worker, boot_ms, "agent connected ({how}, start {})", s.id);
+        let rng = if s.reseeded {
+            ", RNG reseeded"
+        } else {
+            ", RNG NOT reseeded"
+        };
+        tracing::info!(%peer, worker = %worker, boot_ms, "agent connected ({how}, start {}{rng})", s.id);
     } else {
         tracing::info!(%peer, worker = %worker, boot_ms, "agent connected");
     }
