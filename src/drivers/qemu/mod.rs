@@ -23,6 +23,7 @@
 //! }
 //! pub async fn probe_accel(binary: &Path) -> Accel;                  // cached per binary
 //! ```
+//! Snapshots of a parked guest (`VmConfig::snapshot`) and restoring them: `snapshot.rs`.
 //!
 //! Invariants the engine relies on:
 //! - A launched QEMU is detached (`-daemonize`: forked, new session, parent exits once set
