@@ -67,7 +67,7 @@ async fn power_on(
     if cfg.snapshot && round_trip_expects_restore(cfg) && how != Launched::FromSnapshot {
         return Err(format!("{}: expected a restore, got {how:?}", cfg.name));
     }
-    let (boot_ms, start) = tokio::time::timeout(BOOT_TIMEOUT, async {
+    let hello = tokio::time::timeout(BOOT_TIMEOUT, async {
         loop {
             match agents.recv().await {
                 Ok(AgentEvent::Connected {
@@ -82,11 +82,13 @@ async fn power_on(
         }
     })
     .await
-    .map_err(|_| format!("no hello within {BOOT_TIMEOUT:?}"))??;
+    .map_err(|_| format!("no hello within {BOOT_TIMEOUT:?}"));
     let total = t.elapsed().as_secs_f64();
+    // Stopped whether it said hello or not: a failed run leaves no QEMU behind.
     driver
         .stop(&cfg.name, StopHow::Kill, Duration::from_secs(10))
         .await?;
+    let (boot_ms, start) = hello??;
     Ok(Sample {
         total,
         guest: boot_ms as f64 / 1000.0,
