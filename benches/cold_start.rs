@@ -1,15 +1,19 @@
 //! `cargo bench --bench cold_start [-- ROUNDS]`: power-on → agent hello through the engine's
 //! own QEMU driver, for the examples' VM (small kernel, PVH `vmlinux`, `microvm`, TCG), cold
 //! (QEMU started at power-on) against standby (a QEMU prepared paused while the worker was off,
-//! resumed at power-on), alternating round by round so both see the same machine load (the
-//! standby is made ready before each round's cold boot, not during it). Each
-//! hello's guest uptime splits the time into "before the guest clock" (QEMU start-up or resume,
-//! firmware, early kernel) and "guest" (kernel boot, /init, dial). Needs the artefacts of
+//! resumed at power-on) against snapshot (`vm.start: snapshot`: a QEMU restored from the
+//! worker's snapshot while it was off, resumed and sent the go line at power-on), round by
+//! round so all see the same machine load (the standbys are made ready before each round's
+//! cold boot, not during it). Each boot's hello guest uptime splits the time into "before the
+//! guest clock" (QEMU start-up or resume, firmware, early kernel) and "guest" (kernel boot,
+//! /init, dial); a restored guest's clock does not start at power-on, so its split is instead
+//! "launch" (QMP `cont` + go line) and "to hello" (the agent's reseed, dial and handshake). Needs the artefacts of
 //! `hack/test-artifacts.sh` (MICROFAAS_TEST_KERNEL, MICROFAAS_TEST_AGENT) and QEMU.
 
+use microfaas::drivers::qemu::snapshot::SNAPSHOT_FILE;
 use microfaas::drivers::qemu::{Accel, VmConfig, VmNet, new_uuid};
 use microfaas::drivers::vms::QemuVms;
-use microfaas::engine::vm::{StopHow, VmDriver};
+use microfaas::engine::vm::{Launched, StopHow, VmDriver};
 use microfaas::image::{BuildOptions, KernelSource, build};
 use microfaas::orchestrator::{AgentEvent, Endpoint};
 use std::net::Ipv4Addr;
@@ -34,32 +38,81 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-/// One power-on: (seconds to hello, guest uptime at hello in seconds).
+fn sorted(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<f64> {
+    let mut v: Vec<f64> = samples.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// One power-on.
+struct Sample {
+    /// Seconds to hello.
+    total: f64,
+    /// Guest uptime at hello, seconds.
+    guest: f64,
+    /// Seconds `launch` took.
+    launch: f64,
+    /// The parked agent's start id, for snapshot workers.
+    start: Option<String>,
+}
+
 async fn power_on(
     driver: &QemuVms,
     cfg: &VmConfig,
     agents: &mut broadcast::Receiver<AgentEvent>,
-) -> Result<(f64, f64), String> {
+) -> Result<Sample, String> {
     let t = Instant::now();
-    driver.launch(cfg).await?;
-    let boot_ms = tokio::time::timeout(BOOT_TIMEOUT, async {
+    let how = driver.launch(cfg).await?;
+    let launch = t.elapsed().as_secs_f64();
+    if cfg.snapshot && round_trip_expects_restore(cfg) && how != Launched::FromSnapshot {
+        return Err(format!("{}: expected a restore, got {how:?}", cfg.name));
+    }
+    let hello = tokio::time::timeout(BOOT_TIMEOUT, async {
         loop {
             match agents.recv().await {
                 Ok(AgentEvent::Connected {
-                    worker, boot_ms, ..
-                }) if worker == cfg.name => return Ok(boot_ms),
+                    worker,
+                    boot_ms,
+                    start,
+                    ..
+                }) if worker == cfg.name => return Ok((boot_ms, start)),
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(e) => return Err(format!("endpoint: {e}")),
             }
         }
     })
     .await
-    .map_err(|_| format!("no hello within {BOOT_TIMEOUT:?}"))??;
+    .map_err(|_| format!("no hello within {BOOT_TIMEOUT:?}"));
     let total = t.elapsed().as_secs_f64();
+    // Stopped whether it said hello or not: a failed run leaves no QEMU behind.
     driver
         .stop(&cfg.name, StopHow::Kill, Duration::from_secs(10))
         .await?;
-    Ok((total, boot_ms as f64 / 1000.0))
+    let (boot_ms, start) = hello??;
+    Ok(Sample {
+        total,
+        guest: boot_ms as f64 / 1000.0,
+        launch,
+        start: start.map(|s| s.id),
+    })
+}
+
+/// A snapshot worker whose snapshot exists is restored, never booted.
+fn round_trip_expects_restore(cfg: &VmConfig) -> bool {
+    cfg.run_dir.join(SNAPSHOT_FILE).is_file()
+}
+
+/// Waits until `driver` has a standby ready for `cfg`.
+async fn standby_ready(driver: &QemuVms, cfg: &VmConfig) -> Result<(), String> {
+    driver.prepare(cfg);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while driver.standby_pid(&cfg.name).is_none() {
+        if Instant::now() > deadline {
+            return Err(format!("{}: no standby within 60 s", cfg.name));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 async fn run(rounds: usize) -> Result<(), String> {
@@ -97,6 +150,12 @@ async fn run(rounds: usize) -> Result<(), String> {
     };
     let cold_cfg = config("cs-cold");
     let warm_cfg = config("cs-standby");
+    let mut snap_cfg = config("cs-snap");
+    snap_cfg.snapshot = true;
+    // Restored at power-on by a driver without standbys (one-off commands): QEMU's start-up
+    // and loading the file are on the clock.
+    let mut snap_direct_cfg = config("cs-snap-direct");
+    snap_direct_cfg.snapshot = true;
     let cold_driver = QemuVms::new();
     let standby_driver = QemuVms::new().with_standby();
 
@@ -109,25 +168,42 @@ async fn run(rounds: usize) -> Result<(), String> {
     );
     let mut cold = Vec::new();
     let mut warm = Vec::new();
+    let mut snap = Vec::new();
+    let mut direct = Vec::new();
     let result = async {
+        // The snapshot worker's first power-on boots and takes its snapshot.
+        let t = Instant::now();
+        power_on(&standby_driver, &snap_cfg, &mut agents).await?;
+        let taken = t.elapsed().as_secs_f64();
+        let bytes = std::fs::metadata(snap_cfg.run_dir.join(SNAPSHOT_FILE))
+            .map_err(|e| format!("no snapshot after the first power-on: {e}"))?
+            .len();
+        println!(
+            "first power-on of the snapshot worker (boot + snapshot): {taken:.3} s to hello; snapshot {:.1} MiB",
+            bytes as f64 / (1 << 20) as f64
+        );
+        power_on(&cold_driver, &snap_direct_cfg, &mut agents).await?;
+        // The snapshot is taken after the agent parks, before it says hello.
+        if !round_trip_expects_restore(&snap_direct_cfg) {
+            return Err("no snapshot after the direct worker's first power-on".into());
+        }
         for round in 0..rounds {
-            // The standby gets ready first, so its start-up does not share the CPU with the
-            // cold boot measured next.
-            standby_driver.prepare(&warm_cfg);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while standby_driver.standby_pid(&warm_cfg.name).is_none() {
-                if Instant::now() > deadline {
-                    return Err(format!("round {round}: no standby within 60 s"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            // The standbys get ready first, so their start-up does not share the CPU with the
+            // boot measured next.
+            standby_ready(&standby_driver, &warm_cfg).await?;
+            standby_ready(&standby_driver, &snap_cfg).await?;
             cold.push(power_on(&cold_driver, &cold_cfg, &mut agents).await?);
             warm.push(power_on(&standby_driver, &warm_cfg, &mut agents).await?);
+            snap.push(power_on(&standby_driver, &snap_cfg, &mut agents).await?);
+            direct.push(power_on(&cold_driver, &snap_direct_cfg, &mut agents).await?);
             eprintln!(
-                "round {}: cold {:.3} s, standby {:.3} s",
+                "round {}: cold {:.3} s, standby {:.3} s, snapshot {:.3} s (start {}), snapshot without standby {:.3} s",
                 round + 1,
-                cold[round].0,
-                warm[round].0
+                cold[round].total,
+                warm[round].total,
+                snap[round].total,
+                snap[round].start.as_deref().unwrap_or("-"),
+                direct[round].total,
             );
         }
         Ok::<_, String>(())
@@ -135,14 +211,18 @@ async fn run(rounds: usize) -> Result<(), String> {
     .await;
     standby_driver.close().await;
     result?;
+    let ids: std::collections::HashSet<_> = snap.iter().filter_map(|s| s.start.clone()).collect();
+    if ids.len() != snap.len() {
+        return Err(format!(
+            "restored agents must draw distinct start ids, got {ids:?} for {} restores",
+            snap.len()
+        ));
+    }
 
-    let summary = |name: &str, samples: &[(f64, f64)]| {
-        let mut total: Vec<f64> = samples.iter().map(|s| s.0).collect();
-        let mut guest: Vec<f64> = samples.iter().map(|s| s.1).collect();
-        let mut before: Vec<f64> = samples.iter().map(|s| s.0 - s.1).collect();
-        for v in [&mut total, &mut guest, &mut before] {
-            v.sort_by(f64::total_cmp);
-        }
+    let summary = |name: &str, samples: &[Sample]| {
+        let total = sorted(samples, |s| s.total);
+        let guest = sorted(samples, |s| s.guest);
+        let before = sorted(samples, |s| s.total - s.guest);
         println!(
             "{name:<9} power-on→hello p50 {:.3} s p95 {:.3} s | before guest clock p50 {:.3} s | guest p50 {:.3} s",
             pct(&total, 50.0),
@@ -154,7 +234,31 @@ async fn run(rounds: usize) -> Result<(), String> {
     };
     let c = summary("cold", &cold);
     let w = summary("standby", &warm);
-    println!("standby / cold p50: {:.2}", w / c);
+    let restored = |name: &str, samples: &[Sample]| {
+        let total = sorted(samples, |s| s.total);
+        let launch = sorted(samples, |s| s.launch);
+        let rest = sorted(samples, |s| s.total - s.launch);
+        println!(
+            "{name:<9} power-on→hello p50 {:.3} s p95 {:.3} s | launch p50 {:.3} s | launch → hello p50 {:.3} s",
+            pct(&total, 50.0),
+            pct(&total, 95.0),
+            pct(&launch, 50.0),
+            pct(&rest, 50.0),
+        );
+        pct(&total, 50.0)
+    };
+    // With a standby the launch is QMP `cont` + the go line; without, QEMU's start-up and
+    // loading the file come first.
+    let r = restored("snapshot", &snap);
+    let d = restored("snapshot without standby", &direct);
+    println!(
+        "standby / cold p50: {:.2}; snapshot / cold p50: {:.2}; without standby / cold p50: {:.2}; {} distinct start ids in {} restores",
+        w / c,
+        r / c,
+        d / c,
+        ids.len(),
+        snap.len()
+    );
     Ok(())
 }
 

@@ -164,6 +164,30 @@ pub struct Hello {
     /// Time since the worker's kernel booted, when hello was sent: the boot-to-ready time.
     pub uptime_ms: u64,
     pub capabilities: Capabilities,
+    /// Set when the agent parked for a snapshot before dialling (`microfaas.snapshot=park`):
+    /// how this start left the park and its random id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<ParkedStart>,
+}
+
+/// What the console says when an agent parks for a snapshot (see `agent::resume`); the host
+/// waits for this text before it snapshots the guest or lets it go.
+pub const PARKED_MARKER: &str = "parked for a snapshot";
+/// What the console says once the parked agent took the host's go line; the host holds the
+/// console socket open until then.
+pub const RELEASED_MARKER: &str = "left the park";
+
+/// A start out of the snapshot park.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedStart {
+    /// 8 random bytes in hex, drawn after the host's entropy was mixed in: differs per start.
+    pub id: String,
+    /// Restored from a snapshot (else the boot that took it, or one without a snapshot).
+    pub restored: bool,
+    /// The host's entropy reached the kernel and its RNG was reseeded from it.
+    #[serde(default)]
+    pub reseeded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -78,6 +78,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                                 Lifecycle::OneShot
                             },
                         },
+                        start: None,
                     })
                 }
             ),

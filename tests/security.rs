@@ -141,6 +141,7 @@ fn hello(worker: &str) -> Message {
             functions: vec![],
             lifecycle: Lifecycle::Warm,
         },
+        start: None,
     })
 }
 

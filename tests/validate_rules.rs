@@ -543,6 +543,25 @@ fn v1_workers_have_distinct_addresses() {
 }
 
 #[test]
+fn snapshots_are_for_x86_64_vms() {
+    expect_error(
+        &VM_WORKER.replace(
+            "kernel: /k\n",
+            "kernel: /k\n    arch: armv7\n    start: snapshot\n",
+        ),
+        9,
+        12,
+        "`start: snapshot` is for x86_64 VMs, not armv7",
+    );
+    expect_error(
+        &VM_WORKER.replace("kernel: /k\n", "kernel: /k\n    start: resume\n"),
+        8,
+        12,
+        "resume",
+    );
+}
+
+#[test]
 fn vm_machine_must_match_its_architecture() {
     expect_error(
         &VM_WORKER.replace(

@@ -223,6 +223,7 @@ impl<'a> Session<'a> {
                     .collect(),
                 lifecycle: cfg.lifecycle,
             },
+            start: super::resume::start().cloned(),
         }))?;
         let nonce = match self.expect("challenge")? {
             Message::Challenge(c) => c.nonce,

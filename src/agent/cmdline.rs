@@ -17,6 +17,8 @@ pub struct KernelArgs {
     pub watchdog_secs: Option<u64>,
     pub failsafe: Option<PowerAction>,
     pub ip: IpSetting,
+    /// `microfaas.snapshot=park`: wait for the host's go line before dialling (agent::resume).
+    pub park: bool,
     /// Values that were present but could not be understood, for the log.
     pub warnings: Vec<String>,
 }
@@ -111,6 +113,12 @@ pub fn parse(cmdline: &str) -> KernelArgs {
             "microfaas.failsafe" => match value.parse() {
                 Ok(a) => k.failsafe = Some(a),
                 Err(e) => k.warnings.push(e),
+            },
+            "microfaas.snapshot" => match value {
+                "park" => k.park = true,
+                _ => k
+                    .warnings
+                    .push(format!("microfaas.snapshot={value}: expected park")),
             },
             "ip" => match parse_ip(value) {
                 Ok(ip) => k.ip = ip,

@@ -2,7 +2,7 @@
 //! up, then dials the orchestrator and runs invocations; as a normal process it does only the
 //! latter. Submodules each do one job: `cmdline` (kernel command line), `args` (command-line
 //! flags), `init` (mounts, modules, reaping), `net`, `power` (reboot, Ctrl-Alt-Del, power
-//! button), `watchdog`, `client` (the protocol session), `runtime` (running a function), `user`, `wasm` and `exec`
+//! button), `resume` (parking for a snapshot), `watchdog`, `client` (the protocol session), `runtime` (running a function), `user`, `wasm` and `exec`
 //! (user functions: WebAssembly modules and static executables).
 
 pub mod args;
@@ -13,6 +13,7 @@ pub mod init;
 pub mod log;
 pub mod net;
 pub mod power;
+pub mod resume;
 pub mod runtime;
 pub mod user;
 pub mod wasm;
@@ -137,6 +138,11 @@ fn boot() -> Config {
     }
     if let Err(e) = net::configure(&k.ip) {
         log!("network set-up failed: {e}");
+    }
+    // After the network (a restored guest must not redo it) and before the watchdog starts
+    // (a parked guest is silent on purpose).
+    if k.park {
+        resume::park();
     }
     config_from_kernel(k)
 }

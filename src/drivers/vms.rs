@@ -6,8 +6,15 @@
 //! itself up before the guest runs its first instruction; a paused QEMU has paid that already.
 //! A standby is the worker's own VM (same uuid, pidfile and QMP socket; the guest never ran), so
 //! adoption finds it like any VM and tells it apart by its run state, `prelaunch`.
+//!
+//! Snapshot workers (`VmConfig::snapshot`): the first power-on boots, snapshots the guest
+//! where its agent parked and lets it go; the standby of such a worker is a QEMU restored
+//! from that snapshot and left paused (run state `paused`), and power-on resumes it and sends
+//! the go line. A snapshot that will not load is deleted and the worker boots instead; the
+//! next launch reports it (`Launched::ColdSnapshotDiscarded`) for the engine's Warning event.
 
-use super::qemu::{Vm, VmConfig, emulator_for};
+use super::qemu::snapshot::{self, Lookup};
+use super::qemu::{Vm, VmConfig, binary_stamp, emulator_for};
 use super::qmp::QmpEvent;
 use crate::engine::vm::{Launched, StopHow, VmDriver};
 use sha2::{Digest, Sha256};
@@ -35,6 +42,8 @@ pub struct QemuVms {
 struct Inner {
     vms: Mutex<HashMap<String, Shared<Vm>>>,
     standbys: Mutex<HashMap<String, Standby>>,
+    /// Snapshots found broken while preparing a standby, until the next launch reports them.
+    discarded: Mutex<HashMap<String, String>>,
     /// Workers with a standby launch queued or under way (one at a time per worker).
     preparing: Mutex<HashSet<String>>,
     /// One launch, adoption or standby change at a time per worker.
@@ -73,6 +82,7 @@ impl QemuVms {
                 arm_binary,
                 vms: Mutex::new(HashMap::new()),
                 standbys: Mutex::new(HashMap::new()),
+                discarded: Mutex::new(HashMap::new()),
                 preparing: Mutex::new(HashSet::new()),
                 gates: Mutex::new(HashMap::new()),
                 exits: broadcast::channel(1024).0,
@@ -128,10 +138,10 @@ impl Inner {
     }
 
     /// Keeps a VM and forwards its exit to the engine.
-    fn track(&self, name: &str, vm: Vm) {
+    fn track(&self, name: &str, vm: Vm) -> Shared<Vm> {
         let mut events = vm.events();
         let vm = Arc::new(tokio::sync::Mutex::new(vm));
-        lock(&self.vms).insert(name.to_string(), vm);
+        lock(&self.vms).insert(name.to_string(), vm.clone());
         let exits = self.exits.clone();
         let name = name.to_string();
         tokio::spawn(async move {
@@ -146,6 +156,7 @@ impl Inner {
                 }
             }
         });
+        vm
     }
 
     fn config(&self, spec: &VmConfig) -> VmConfig {
@@ -183,7 +194,23 @@ impl Inner {
             }
             drop_standby(sb).await;
         }
-        match Vm::launch_paused(cfg).await {
+        let launched = if cfg.snapshot {
+            // Without a snapshot there is no standby: the next power-on boots and takes one.
+            let Lookup::Valid(file) = snapshot::lookup(&cfg.run_dir, &key) else {
+                return;
+            };
+            match restored(cfg, &file).await {
+                Ok(vm) => Ok(vm),
+                Err(e) => {
+                    snapshot::remove(&cfg.run_dir);
+                    lock(&self.discarded).insert(name.clone(), e);
+                    return;
+                }
+            }
+        } else {
+            Vm::launch_paused(cfg).await
+        };
+        match launched {
             Ok(vm) => {
                 let key_file = cfg.run_dir.join(STANDBY_KEY_FILE);
                 if let Err(e) = std::fs::write(&key_file, &key) {
@@ -229,9 +256,94 @@ async fn drop_standby(mut sb: Standby) {
     }
 }
 
+/// A QEMU for `cfg` with the guest state of `file` loaded, paused; the error names the file
+/// (the QEMU is gone by then).
+async fn restored(cfg: &VmConfig, file: &Path) -> Result<Vm, String> {
+    let mut vm = Vm::launch_incoming(cfg)
+        .await
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    match vm.restore(file).await {
+        Ok(()) => Ok(vm),
+        Err(e) => {
+            kill(vm).await;
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Starts a standby's guest; a restored one also gets its go line.
+async fn start_standby(vm: &mut Vm, snapshot: bool) -> Result<(), String> {
+    vm.resume().await.map_err(|e| e.to_string())?;
+    if snapshot {
+        vm.release(true).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn kill(mut vm: Vm) {
+    if let Err(e) = vm.kill() {
+        tracing::warn!("{}: {e}", vm.name());
+    }
+    let _ = vm.wait_exit(Duration::from_secs(5)).await;
+}
+
+/// How long a booting snapshot worker's agent may take to park; the engine's boot timeout
+/// normally kills the VM (and so ends the wait) long before.
+const PARK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// After a snapshot worker's boot: once its agent parks, snapshot it if there is no valid
+/// snapshot for `key` yet, then let it go. Ends quietly if the VM goes away meanwhile.
+async fn snapshot_then_release(vm: Shared<Vm>, cfg: VmConfig, key: String) {
+    let name = &cfg.name;
+    let started = std::time::Instant::now();
+    loop {
+        // Briefly locked, so the engine can stop the VM while it boots.
+        match vm.lock().await.has_parked() {
+            Ok(true) => break,
+            Ok(false) if started.elapsed() < PARK_TIMEOUT => {}
+            Ok(false) => {
+                tracing::warn!("{name}: the agent did not park within {PARK_TIMEOUT:?}");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("{name}: {e}");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut vm = vm.lock().await;
+    if !matches!(snapshot::lookup(&cfg.run_dir, &key), Lookup::Valid(_)) {
+        let file = cfg.run_dir.join(snapshot::SNAPSHOT_FILE);
+        let t = std::time::Instant::now();
+        match vm.take_snapshot(&file).await {
+            Ok(bytes) => match snapshot::write_key(&cfg.run_dir, &key) {
+                Ok(()) => tracing::info!(
+                    "{name}: took a snapshot ({} MiB in {:.3} s): {}",
+                    bytes >> 20,
+                    t.elapsed().as_secs_f64(),
+                    file.display()
+                ),
+                Err(e) => {
+                    tracing::warn!("{name}: snapshot key: {e}");
+                    snapshot::remove(&cfg.run_dir);
+                }
+            },
+            Err(e) => tracing::warn!("{name}: no snapshot: {e}"),
+        }
+        if let Err(e) = vm.cont().await {
+            tracing::warn!("{name}: {e}");
+        }
+    }
+    if let Err(e) = vm.release(false).await {
+        tracing::warn!("{name}: {e}");
+    }
+}
+
 /// What a standby must have been launched with to stand in for `cfg`: everything on QEMU's
 /// command line, plus the size and mtime of the kernel and initrd (a standby holds the files
-/// as they were when it started; a rebuilt image must not boot the old one).
+/// as they were when it started; a rebuilt image must not boot the old one) and of the QEMU
+/// binary. It also keys a snapshot worker's snapshot.
 fn standby_key(cfg: &VmConfig) -> String {
     let stamp = |p: &Path| {
         std::fs::metadata(p)
@@ -239,7 +351,7 @@ fn standby_key(cfg: &VmConfig) -> String {
             .map(|m| (m.len(), m.modified().ok()))
     };
     let text = format!(
-        "{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
+        "{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}",
         cfg.kernel,
         stamp(&cfg.kernel),
         cfg.initrd,
@@ -254,6 +366,8 @@ fn standby_key(cfg: &VmConfig) -> String {
         cfg.uuid,
         cfg.qemu_binary,
         cfg.relay,
+        binary_stamp(&cfg.qemu_binary),
+        cfg.snapshot,
     );
     crate::functions::hex(&Sha256::digest(text.as_bytes())[..16])
 }
@@ -264,24 +378,66 @@ impl VmDriver for QemuVms {
         let cfg = inner.config(spec);
         let gate = inner.gate(&spec.name);
         let _one = gate.lock().await;
+        let key = standby_key(&cfg);
+        let mut discarded = lock(&inner.discarded).remove(&spec.name);
         let standby = lock(&inner.standbys).remove(&spec.name);
         if let Some(mut sb) = standby {
-            if sb.key == standby_key(&cfg) && sb.vm.is_alive() {
-                match sb.vm.resume().await {
+            if sb.key == key && sb.vm.is_alive() {
+                match start_standby(&mut sb.vm, cfg.snapshot).await {
                     Ok(()) => {
                         let _ = std::fs::remove_file(spec.run_dir.join(STANDBY_KEY_FILE));
                         tracing::info!("{}: resumed the standby (pid {})", spec.name, sb.vm.pid());
                         inner.track(&spec.name, sb.vm);
-                        return Ok(Launched::FromStandby);
+                        return Ok(if cfg.snapshot {
+                            Launched::FromSnapshot
+                        } else {
+                            Launched::FromStandby
+                        });
                     }
                     Err(e) => tracing::warn!("{}: standby did not resume: {e}", spec.name),
                 }
             }
             drop_standby(sb).await;
         }
+        if cfg.snapshot {
+            match snapshot::lookup(&cfg.run_dir, &key) {
+                Lookup::Valid(file) => match restored(&cfg, &file).await {
+                    Ok(mut vm) => match start_standby(&mut vm, true).await {
+                        Ok(()) => {
+                            tracing::info!(
+                                "{}: restored from its snapshot (pid {})",
+                                spec.name,
+                                vm.pid()
+                            );
+                            inner.track(&spec.name, vm);
+                            return Ok(Launched::FromSnapshot);
+                        }
+                        Err(e) => {
+                            kill(vm).await;
+                            snapshot::remove(&cfg.run_dir);
+                            discarded = Some(format!("{}: {e}", file.display()));
+                        }
+                    },
+                    Err(e) => {
+                        snapshot::remove(&cfg.run_dir);
+                        discarded = Some(e);
+                    }
+                },
+                Lookup::Stale | Lookup::None => {}
+            }
+        }
         let vm = Vm::launch(&cfg).await.map_err(|e| e.to_string())?;
-        inner.track(&spec.name, vm);
-        Ok(Launched::Cold)
+        let vm = inner.track(&spec.name, vm);
+        if cfg.snapshot {
+            tokio::spawn(snapshot_then_release(vm, cfg, key));
+        }
+        Ok(match discarded {
+            Some(why) => {
+                tracing::warn!("{}: snapshot discarded: {why}", spec.name);
+                Launched::ColdSnapshotDiscarded(why)
+            }
+            None => Launched::Cold,
+        })
     }
 
     async fn adopt(&self, spec: &VmConfig) -> Result<bool, String> {
@@ -297,11 +453,11 @@ impl VmDriver for QemuVms {
         match Vm::adopt(&spec.run_dir, &spec.name, &spec.uuid).await {
             Ok(Some(mut vm)) => {
                 // A previous engine's standby: still one (nothing runs), kept if it fits.
-                if vm
-                    .query_status()
-                    .await
-                    .is_ok_and(|s| s.as_str() == "prelaunch")
-                {
+                // A restored one is `paused` (or `inmigrate` if the engine died loading it).
+                let status = vm.query_status().await.map(|s| s.as_str().to_owned());
+                if status.is_ok_and(|s| {
+                    s == "prelaunch" || (spec.snapshot && (s == "paused" || s == "inmigrate"))
+                }) {
                     let key = std::fs::read_to_string(spec.run_dir.join(STANDBY_KEY_FILE))
                         .unwrap_or_default();
                     tracing::info!("{}: adopted a standby (pid {})", spec.name, vm.pid());

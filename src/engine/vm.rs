@@ -19,12 +19,17 @@ pub enum StopHow {
 }
 
 /// How a launched VM came up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launched {
     /// A new VM process.
     Cold,
     /// The standby `prepare` got ready was resumed.
     FromStandby,
+    /// The guest was restored from the worker's snapshot (a standby or not).
+    FromSnapshot,
+    /// Booted because the worker's snapshot would not load; it was deleted (the message says
+    /// which file and why).
+    ColdSnapshotDiscarded(String),
 }
 
 pub trait VmDriver: Send + Sync + 'static {

@@ -7,7 +7,9 @@ use super::vm::{Launched, Presence, StopHow, VmDriver};
 use super::{Engine, Next, lock};
 use crate::drivers::qemu::{VmConfig, VmNet};
 use crate::manifest::Kind;
-use crate::manifest::types::{LifecycleMode, PowerPolicy, VmNetworkMode, VmSpec, WorkerSpec};
+use crate::manifest::types::{
+    LifecycleMode, PowerPolicy, VmNetworkMode, VmSpec, VmStart, WorkerSpec,
+};
 use crate::store::EventType;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -133,6 +135,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         cfg.cpus = u32::try_from(vm.cpus).unwrap_or(1);
         cfg.machine = vm.machine();
         cfg.accel = vm.accel;
+        cfg.snapshot = vm.start == VmStart::Snapshot;
         if matches!(network, VmNet::User { .. }) {
             cfg.service_forwards =
                 crate::orchestrator::services::guest_forwards(self.cluster().as_ref())
@@ -348,14 +351,26 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     r.boot_started = Some(Instant::now());
                     r.was_ready = false;
                 }
+                if let Launched::ColdSnapshotDiscarded(why) = &how {
+                    self.event(
+                        Kind::Worker,
+                        name,
+                        EventType::Warning,
+                        "SnapshotDiscarded",
+                        &format!(
+                            "the snapshot would not load and was deleted; booting instead: {why}"
+                        ),
+                    );
+                }
                 self.event(
                     Kind::Worker,
                     name,
                     EventType::Normal,
                     "PoweredOn",
                     match how {
-                        Launched::Cold => "VM started",
+                        Launched::Cold | Launched::ColdSnapshotDiscarded(_) => "VM started",
                         Launched::FromStandby => "VM started (standby resumed)",
+                        Launched::FromSnapshot => "VM started (restored from its snapshot)",
                     },
                 );
                 st.set("vm", json!({"uuid": uuid, "specHash": want_hash}))
@@ -629,6 +644,10 @@ fn launch_hash(l: &VmConfig) -> String {
         "{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
         l.kernel, l.initrd, l.cmdline, l.memory_mib, l.cpus, l.machine, l.accel, mode, bridge, mac
     );
+    // Only when set, so VMs that boot keep the hash they had.
+    if l.snapshot {
+        text += "|snapshot";
+    }
     // Only when there are any, so VMs without services keep the hash they had.
     if !l.service_forwards.is_empty() {
         text += &format!("|{:?}", l.service_forwards);

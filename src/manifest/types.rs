@@ -623,6 +623,28 @@ pub struct VmSpec {
     pub accel: Accel,
     #[serde(default)]
     pub network: VmNetwork,
+    /// How a power-on starts the guest: `boot` (the default) boots the kernel every time, as
+    /// MicroFaaS measures; `snapshot` boots once, snapshots the guest where its agent is about
+    /// to dial, and restores that snapshot on later power-ons (x86_64 only).
+    #[serde(default, skip_serializing_if = "VmStart::is_default")]
+    pub start: VmStart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStart {
+    /// A real boot at every power-on.
+    #[default]
+    Boot,
+    /// Restore the worker's own snapshot of a freshly booted guest; the first power-on (and
+    /// any after the kernel, initrd, command line, memory or QEMU changed) boots and takes it.
+    Snapshot,
+}
+
+impl VmStart {
+    fn is_default(&self) -> bool {
+        *self == VmStart::Boot
+    }
 }
 
 fn default_memory() -> Size {

@@ -615,6 +615,16 @@ fn worker(cx: &mut Ctx<'_>, s: &WorkerSpec, opts: Options) {
                 );
             }
         }
+        if vm.start == VmStart::Snapshot && vm.arch != Arch::X86_64 {
+            cx.error(
+                &p("start"),
+                format!(
+                    "`start: snapshot` is for x86_64 VMs, not {}",
+                    enum_name(&vm.arch)
+                ),
+            )
+            .help = Some("use `start: boot` (the default) for armv7 guests".to_string());
+        }
         vm_network(cx, vm);
     }
 }

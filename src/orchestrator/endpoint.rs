@@ -30,6 +30,8 @@ pub enum AgentEvent {
         /// Kernel uptime when the agent said hello: the boot time.
         boot_ms: u64,
         lifecycle: Lifecycle,
+        /// Set when the agent parked for a snapshot before dialling.
+        start: Option<crate::protocol::ParkedStart>,
     },
     Disconnected {
         worker: String,
@@ -245,6 +247,7 @@ async fn serve_session(
     let worker = handle.hello.worker.clone();
     let boot_ms = handle.hello.uptime_ms;
     let lifecycle = handle.hello.capabilities.lifecycle;
+    let start = handle.hello.start.clone();
     // A v1 worker connects once per job: its comings and goings are debug noise.
     let v1 = handle.hello.agent_version == super::v1::AGENT_VERSION;
     if !sessions.insert(handle) {
@@ -259,6 +262,18 @@ async fn serve_session(
     }
     if v1 {
         tracing::debug!(%peer, worker = %worker, "v1 worker connected");
+    } else if let Some(s) = &start {
+        let how = if s.restored {
+            "resumed from a snapshot"
+        } else {
+            "booted"
+        };
+        let rng = if s.reseeded {
+            ", RNG reseeded"
+        } else {
+            ", RNG NOT reseeded"
+        };
+        tracing::info!(%peer, worker = %worker, boot_ms, "agent connected ({how}, start {}{rng})", s.id);
     } else {
         tracing::info!(%peer, worker = %worker, boot_ms, "agent connected");
     }
@@ -266,6 +281,7 @@ async fn serve_session(
         worker: worker.clone(),
         boot_ms,
         lifecycle,
+        start,
     });
     let reason = done_rx
         .await

@@ -311,6 +311,7 @@ mod tests {
             protocol_version: crate::protocol::PROTOCOL_VERSION,
             uptime_ms: 0,
             capabilities: Capabilities::default(),
+            start: None,
         };
         let (done, _) = oneshot::channel();
         (

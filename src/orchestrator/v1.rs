@@ -67,6 +67,7 @@ pub async fn accept(
             lifecycle: Lifecycle::OneShot,
             ..Capabilities::default()
         },
+        start: None,
     };
     let (done, done_rx) = oneshot::channel();
     let handle = session::spawn_with(id, hello, done, move |rx, retiring| {

@@ -189,6 +189,7 @@ fn serve(
                 functions: Vec::new(),
                 lifecycle: Lifecycle::Warm,
             },
+            start: None,
         }),
     )?;
     let other = |m: Option<Message>| std::io::Error::other(format!("unexpected {m:?}"));

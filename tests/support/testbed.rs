@@ -173,3 +173,96 @@ pub fn ok(out: &Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Boots under TCG on a loaded two-core machine: be generous, never assert on time.
+pub const LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(started.elapsed() < LIMIT, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A `serve` a test started; killed (by its PID) if the test fails before [`stop`].
+pub struct Daemon(pub Option<std::process::Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// SIGTERM to the daemon; it must exit cleanly.
+pub fn stop(mut daemon: Daemon) {
+    let Some(mut child) = daemon.0.take() else {
+        return;
+    };
+    // SAFETY: signalling the daemon this test started and has not reaped.
+    unsafe {
+        libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGTERM);
+    }
+    let s = child.wait().expect("wait");
+    assert!(s.success(), "serve stopped with {s}");
+}
+
+impl Env {
+    /// `serve -f FILE` on this state dir, its log in `LOG` under the temp dir.
+    pub fn serve(&self, file: &str, log: &str) -> Daemon {
+        let log = std::fs::File::create(self.dir.path().join(log)).expect("log");
+        Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+            .args(["serve", "-f", file])
+            .env("MICROFAAS_STATE_DIR", &self.state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(|c| Daemon(Some(c)))
+            .expect("serve")
+    }
+
+    /// `m.yaml`: the cluster, `workers` (labelled pool=t) and workload `w`, one call of
+    /// float_operations on them.
+    pub fn one_call_manifest(&self, workers: &str) -> String {
+        let text = format!(
+            "{}{workers}---\napiVersion: microfaas.dev/v1alpha1\nkind: Function\nmetadata: {{name: fl}}\nspec: {{runtime: builtin, handler: float_operations, timeout: 30s}}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Workload\nmetadata: {{name: w}}\nspec:\n  functions: [{{function: fl, count: 1}}]\n  workers: {{matchLabels: {{pool: t}}}}\n",
+            self.cluster(""),
+        );
+        self.write("m.yaml", &text)
+    }
+
+    /// A copy of the PVH kernel in the temp dir, whose mtime a test may change.
+    pub fn own_kernel(&self) -> PathBuf {
+        let kernel = self.dir.path().join("vmlinux");
+        std::fs::copy(&self.vmlinux, &kernel).expect("copy the kernel");
+        kernel
+    }
+
+    /// A log written by [`Env::serve`] so far.
+    pub fn log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(log)).unwrap_or_default()
+    }
+
+    /// An object's status (`get KIND NAME -o json`), or null.
+    pub fn status(&self, kind: &str, name: &str) -> Value {
+        let out = self.ctl(&["get", kind, name, "-o", "json"]);
+        serde_json::from_slice::<Value>(&out.stdout).map_or(Value::Null, |v| v["status"].clone())
+    }
+}
+
+/// "Rebuilds" a file: same path, size and content, an mtime 5 s in the future.
+pub fn touch_later(path: &Path) {
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(later))
+        .expect("set mtime");
+}

@@ -13,16 +13,33 @@ pub(crate) fn escape_opt(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
+/// How a launched guest starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// At once.
+    Run,
+    /// A standby: waits for QMP `cont`, its console in `console.next.log` meanwhile.
+    Paused,
+    /// A standby whose guest state comes from a snapshot (`-incoming defer`, then QMP
+    /// `migrate-incoming`): otherwise the same as `Paused`.
+    Incoming,
+}
+
 /// `accel` must already be resolved (never `Auto`). `host_tsc_khz` is what a `microvm` guest
-/// under TCG is told its TSC runs at (see `tsc.rs`). `paused`: a standby, whose guest waits for
-/// QMP `cont` and whose console goes to `console.next.log` meanwhile.
+/// under TCG is told its TSC runs at (see `tsc.rs`).
+///
+/// A snapshot worker's (`cfg.snapshot`) console is a socket as well as its log file: the host
+/// writes the go line into it (see `agent::resume`). Every start of such a worker has the same
+/// devices and kernel command line, which is what lets a snapshot of one boot be restored by
+/// a later QEMU.
 pub(crate) fn build(
     cfg: &VmConfig,
     files: &RunFiles,
     accel: Accel,
     host_tsc_khz: Option<u32>,
-    paused: bool,
+    start: Start,
 ) -> Vec<OsString> {
+    let paused = start != Start::Run;
     let mut a: Vec<OsString> = Vec::new();
     let mut arg = |s: &dyn AsRef<std::ffi::OsStr>| a.push(s.as_ref().to_owned());
     // Nothing from the host's default config or default devices: what runs is exactly what
@@ -79,15 +96,24 @@ pub(crate) fn build(
     if paused {
         arg(&"-S");
     }
+    if start == Start::Incoming {
+        arg(&"-incoming");
+        arg(&"defer");
+    }
+    let log = escape_opt(if paused {
+        &files.console_next
+    } else {
+        &files.console
+    });
     arg(&"-chardev");
-    arg(&format!(
-        "file,id=console,path={}",
-        escape_opt(if paused {
-            &files.console_next
-        } else {
-            &files.console
-        })
-    ));
+    arg(&if cfg.snapshot {
+        format!(
+            "socket,id=console,path={},server=on,wait=off,logfile={log}",
+            escape_opt(&files.console_sock)
+        )
+    } else {
+        format!("file,id=console,path={log}")
+    });
     arg(&"-serial");
     arg(&"chardev:console");
     arg(&"-chardev");
@@ -175,12 +201,16 @@ pub fn emulator_for<'a>(machine: Machine, x86: &'a Path, arm: &'a Path) -> &'a P
 /// under TCG: without a calibration source it stalls at boot, and its watchdog would later
 /// demote the (correct) TSC for jiffies, leaving the agent a 10 ms clock to time functions by.
 fn kernel_cmdline(cfg: &VmConfig, accel: Accel, host_tsc_khz: Option<u32>) -> String {
-    match (cfg.machine, accel, host_tsc_khz) {
+    let mut line = match (cfg.machine, accel, host_tsc_khz) {
         (Machine::Microvm, Accel::Tcg | Accel::Auto, Some(khz)) => {
             format!("{} tsc_early_khz={khz} tsc=reliable", cfg.cmdline)
         }
         _ => cfg.cmdline.clone(),
+    };
+    if cfg.snapshot {
+        line.push_str(" microfaas.snapshot=park");
     }
+    line
 }
 
 #[cfg(test)]
@@ -224,7 +254,7 @@ mod tests {
             &RunFiles::new(&c.run_dir),
             Accel::Tcg,
             None,
-            false,
+            Start::Run,
         ));
         assert_eq!(
             after(&args, "-netdev"),
@@ -261,7 +291,7 @@ mod tests {
             &RunFiles::new(&c.run_dir),
             Accel::Kvm,
             Some(2_300_000),
-            false,
+            Start::Run,
         ));
         assert_eq!(after(&args, "-accel"), ["kvm"]);
         assert_eq!(after(&args, "-cpu"), ["host"]);
@@ -289,7 +319,7 @@ mod tests {
                 &RunFiles::new(&c.run_dir),
                 Accel::Tcg,
                 None,
-                false,
+                Start::Run,
             ));
             after(&args, "-device")[0].to_string()
         };
@@ -309,8 +339,8 @@ mod tests {
     fn a_standby_waits_for_cont_and_keeps_the_last_console() {
         let c = cfg();
         let files = RunFiles::new(&c.run_dir);
-        let cold = strings(build(&c, &files, Accel::Tcg, None, false));
-        let paused = strings(build(&c, &files, Accel::Tcg, None, true));
+        let cold = strings(build(&c, &files, Accel::Tcg, None, Start::Run));
+        let paused = strings(build(&c, &files, Accel::Tcg, None, Start::Paused));
         assert!(!cold.iter().any(|a| a == "-S"));
         assert!(paused.iter().any(|a| a == "-S"));
         assert!(
@@ -328,6 +358,42 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_worker_parks_and_restores_with_the_same_machine() {
+        let mut c = cfg();
+        c.snapshot = true;
+        let files = RunFiles::new(&c.run_dir);
+        let boot = strings(build(&c, &files, Accel::Tcg, Some(2_299_966), Start::Run));
+        let restore = strings(build(
+            &c,
+            &files,
+            Accel::Tcg,
+            Some(2_299_966),
+            Start::Incoming,
+        ));
+        assert!(after(&boot, "-append")[0].ends_with(" microfaas.snapshot=park"));
+        assert!(after(&boot, "-chardev").contains(
+            &"socket,id=console,path=/state/vms/vm-0/console.sock,server=on,wait=off,logfile=/state/vms/vm-0/console.log"
+        ));
+        assert!(after(&boot, "-incoming").is_empty());
+        assert_eq!(after(&restore, "-incoming"), ["defer"]);
+        assert!(restore.iter().any(|a| a == "-S"));
+        // A snapshot only loads into the same machine: everything else is identical.
+        let rest = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .filter(|a| {
+                    !["-S", "-incoming", "defer"].contains(&a.as_str()) && !a.contains("logfile=")
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(rest(&boot), rest(&restore));
+        // Workers that boot are unchanged.
+        c.snapshot = false;
+        let plain = strings(build(&c, &files, Accel::Tcg, Some(2_299_966), Start::Run));
+        assert!(!after(&plain, "-append")[0].contains("microfaas.snapshot"));
+    }
+
+    #[test]
     fn arm_virt_uses_mmio_virtio_and_no_tsc() {
         let mut c = cfg();
         c.machine = Machine::Virt;
@@ -336,7 +402,7 @@ mod tests {
             &RunFiles::new(&c.run_dir),
             Accel::Tcg,
             Some(2_299_966),
-            false,
+            Start::Run,
         ));
         assert_eq!(after(&args, "-machine"), ["virt"]);
         assert_eq!(after(&args, "-device"), ["virtio-net-device,netdev=net0"]);
@@ -360,19 +426,19 @@ mod tests {
         let mut c = cfg();
         c.machine = Machine::Microvm;
         let files = RunFiles::new(&c.run_dir);
-        let tcg = strings(build(&c, &files, Accel::Tcg, Some(2_299_966), false));
+        let tcg = strings(build(&c, &files, Accel::Tcg, Some(2_299_966), Start::Run));
         assert_eq!(
             after(&tcg, "-append"),
             ["console=ttyS0 microfaas.worker=vm-0 tsc_early_khz=2299966 tsc=reliable"]
         );
         // KVM gives the guest kvmclock; other machines have HPET and the ACPI PM timer.
-        let kvm = strings(build(&c, &files, Accel::Kvm, Some(2_299_966), false));
+        let kvm = strings(build(&c, &files, Accel::Kvm, Some(2_299_966), Start::Run));
         assert_eq!(
             after(&kvm, "-append"),
             ["console=ttyS0 microfaas.worker=vm-0"]
         );
         c.machine = Machine::Pc;
-        let pc = strings(build(&c, &files, Accel::Tcg, Some(2_299_966), false));
+        let pc = strings(build(&c, &files, Accel::Tcg, Some(2_299_966), Start::Run));
         assert_eq!(
             after(&pc, "-append"),
             ["console=ttyS0 microfaas.worker=vm-0"]

@@ -23,6 +23,7 @@
 //! }
 //! pub async fn probe_accel(binary: &Path) -> Accel;                  // cached per binary
 //! ```
+//! Snapshots of a parked guest (`VmConfig::snapshot`) and restoring them: `snapshot.rs`.
 //!
 //! Invariants the engine relies on:
 //! - A launched QEMU is detached (`-daemonize`: forked, new session, parent exits once set
@@ -41,6 +42,7 @@
 mod args;
 mod probe;
 mod process;
+pub mod snapshot;
 mod tsc;
 
 use std::io;
@@ -96,6 +98,9 @@ pub struct VmConfig {
     /// User networking: more forwards, one per declared service (`guest ip, guest port,
     /// HOST:PORT target`), relayed like the orchestrator's. The guest reaches nothing else.
     pub service_forwards: Vec<(Ipv4Addr, u16, String)>,
+    /// Start from a snapshot of this worker's own freshly booted guest when there is a valid
+    /// one (manifest `vm.start: snapshot`; see `snapshot.rs`).
+    pub snapshot: bool,
 }
 
 impl VmConfig {
@@ -117,6 +122,7 @@ impl VmConfig {
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             relay: None,
             service_forwards: Vec::new(),
+            snapshot: false,
         }
     }
 }
@@ -142,6 +148,8 @@ pub struct RunFiles {
     pub console: PathBuf,
     /// The console of a standby, until it is resumed.
     pub console_next: PathBuf,
+    /// A snapshot worker's console socket (the go line goes in there).
+    pub console_sock: PathBuf,
     pub stderr: PathBuf,
 }
 
@@ -153,6 +161,7 @@ impl RunFiles {
             qmp: run_dir.join("qmp.sock"),
             console: run_dir.join("console.log"),
             console_next: run_dir.join("console.next.log"),
+            console_sock: run_dir.join("console.sock"),
             stderr: run_dir.join("qemu.stderr"),
         }
     }
@@ -254,6 +263,8 @@ pub enum QemuError {
     },
     #[error("cannot signal QEMU pid {pid}: {source}")]
     Signal { pid: i32, source: io::Error },
+    #[error("snapshot {path}: {why}")]
+    Snapshot { path: PathBuf, why: String },
     #[error(transparent)]
     Qmp(#[from] QmpError),
 }
@@ -296,13 +307,13 @@ impl Vm {
     /// The guest is running by then; whether it boots is for the engine to observe (agent
     /// connection, boot timeout).
     pub async fn launch(cfg: &VmConfig) -> Result<Vm, QemuError> {
-        Self::start(cfg, false).await
+        Self::start(cfg, args::Start::Run).await
     }
 
     /// Like [`Vm::launch`], but the guest does not start (`-S`, run state `prelaunch`): QEMU's
     /// own start-up is paid now, and [`Vm::resume`] later boots the guest at once.
     pub async fn launch_paused(cfg: &VmConfig) -> Result<Vm, QemuError> {
-        Self::start(cfg, true).await
+        Self::start(cfg, args::Start::Paused).await
     }
 
     /// Starts the guest of a VM from [`Vm::launch_paused`]; its console becomes `console.log`.
@@ -324,7 +335,8 @@ impl Vm {
         Ok(())
     }
 
-    async fn start(cfg: &VmConfig, paused: bool) -> Result<Vm, QemuError> {
+    async fn start(cfg: &VmConfig, how: args::Start) -> Result<Vm, QemuError> {
+        let paused = how != args::Start::Run;
         let binary = resolve_binary(&cfg.qemu_binary)?;
         if !cfg.kernel.is_file() {
             return Err(QemuError::KernelNotFound(cfg.kernel.clone()));
@@ -339,8 +351,10 @@ impl Vm {
             path: files.dir.clone(),
             source,
         })?;
-        if files.qmp.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(QemuError::SocketPathTooLong(files.qmp.clone()));
+        for sock in [&files.qmp, &files.console_sock] {
+            if sock.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(QemuError::SocketPathTooLong(sock.clone()));
+            }
         }
         // Never two QEMUs for one worker: a live one on this run directory must be adopted
         // (or stopped) first. Anything else there is left over from a dead one.
@@ -362,7 +376,7 @@ impl Vm {
             path: files.stderr.clone(),
             source,
         })?;
-        let argv = args::build(cfg, &files, accel, tsc::host_tsc_khz(), paused);
+        let argv = args::build(cfg, &files, accel, tsc::host_tsc_khz(), how);
         tracing::debug!(
             "launching {} for {} ({accel:?}): {argv:?}",
             binary.display(),
@@ -649,6 +663,13 @@ fn tail(path: &Path) -> String {
         }
         Err(e) => format!("({}: {e})", path.display()),
     }
+}
+
+/// Size and mtime of the QEMU binary `binary` resolves to: an upgraded QEMU may not load a
+/// snapshot (or accept a standby's config) of the old one.
+pub fn binary_stamp(binary: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+    let m = std::fs::metadata(resolve_binary(binary).ok()?).ok()?;
+    Some((m.len(), m.modified().ok()))
 }
 
 /// A path is used as given; a bare name is looked up in `PATH` (so a missing QEMU is reported
