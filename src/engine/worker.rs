@@ -30,6 +30,12 @@ pub struct WorkerRuntime {
     pub busy: bool,
     /// The function it runs while busy (shown as the worker's `function`).
     pub function: Option<String>,
+    /// The stored status was last written saying Busy.
+    pub busy_shown: bool,
+    /// Calls sent to it so far (tells a call that is still running from a later one).
+    pub calls: u64,
+    /// Its power policy as of its last reconcile (`None`: not reconciled yet).
+    pub power: Option<PowerPolicy>,
     /// The agent connected since the last launch: later disconnects are not boot failures.
     pub was_ready: bool,
     /// Calls its agent failed in a row, over boots (see `quarantine.rs`).
@@ -38,25 +44,53 @@ pub struct WorkerRuntime {
     pub quarantine: Option<String>,
 }
 
+/// How long a call runs before the worker's stored status says Busy. A shorter call is not
+/// worth two status writes (Busy, then Ready again) that nobody could have seen: energy
+/// charges calls from their records, not from this phase.
+pub const BUSY_SHOWN_AFTER: Duration = Duration::from_millis(100);
+
 impl<D: VmDriver, P: Presence> Engine<D, P> {
-    /// Marks the worker busy running `function`, or idle with `None`.
+    /// Marks the worker busy running `function`, or idle with `None`. The status follows only
+    /// for calls that last [`BUSY_SHOWN_AFTER`], or that a reconcile meanwhile showed as Busy.
     pub fn set_busy(&self, worker: &str, function: Option<&str>) {
-        {
-            let mut rt = lock(&self.runtime);
-            let r = rt.entry(worker.to_string()).or_default();
-            r.busy = function.is_some();
-            r.function = function.map(str::to_string);
+        let key = (Kind::Worker, worker.to_string());
+        let mut rt = lock(&self.runtime);
+        let r = rt.entry(worker.to_string()).or_default();
+        r.busy = function.is_some();
+        r.function = function.map(str::to_string);
+        if function.is_none() {
+            if std::mem::take(&mut r.busy_shown) {
+                drop(rt);
+                self.queue.add(key);
+            }
+            return;
         }
-        self.queue.add((Kind::Worker, worker.to_string()));
+        r.calls = r.calls.wrapping_add(1);
+        let call = r.calls;
+        drop(rt);
+        let (runtime, queue) = (self.runtime.clone(), self.queue.clone());
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.queue.add(key);
+            return;
+        };
+        handle.spawn(async move {
+            tokio::time::sleep(BUSY_SHOWN_AFTER).await;
+            let still = lock(&runtime)
+                .get(&key.1)
+                .is_some_and(|r| r.busy && r.calls == call);
+            if still {
+                queue.add(key);
+            }
+        });
     }
 
-    /// The function a busy worker runs (null when idle), for its status.
-    pub(super) fn current_function(&self, worker: &str) -> serde_json::Value {
-        json!(
-            lock(&self.runtime)
-                .get(worker)
-                .and_then(|r| r.function.clone())
-        )
+    /// Whether the worker's status is to say Busy, and the function it runs (null when idle);
+    /// remembered, so that the call's end rewrites the status only when it said Busy.
+    pub(super) fn busy_for_status(&self, worker: &str) -> (bool, serde_json::Value) {
+        let mut rt = lock(&self.runtime);
+        let r = rt.entry(worker.to_string()).or_default();
+        r.busy_shown = r.busy;
+        (r.busy, json!(r.function.clone()))
     }
 
     fn launch_spec(
@@ -166,6 +200,10 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         };
         let spec: WorkerSpec =
             serde_json::from_value(obj.spec.clone()).map_err(|e| format!("stored spec: {e}"))?;
+        lock(&self.runtime)
+            .entry(name.to_string())
+            .or_default()
+            .power = Some(spec.power);
         self.presence.declare_v1(name, v1_address(&spec));
         let mut st = Status::from_value(&obj.status);
         let mut health = st
@@ -365,16 +403,14 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     .condition("Ready", CondStatus::False, "Booting", "");
                 next = Next::RequeueAfter(boot_timeout);
             } else if connected {
-                let (busy, first) = {
+                let first = {
                     let mut rt = lock(&self.runtime);
                     let r = rt.entry(name.to_string()).or_default();
                     r.failures = 0;
                     let first = !std::mem::replace(&mut r.was_ready, true);
-                    (
-                        r.busy,
-                        first.then(|| r.boot_started.map(|t| t.elapsed())).flatten(),
-                    )
+                    first.then(|| r.boot_started.map(|t| t.elapsed())).flatten()
                 };
+                let (busy, function) = self.busy_for_status(name);
                 if let Some(boot) = first {
                     st.set("bootSeconds", json!(boot.as_secs_f64()));
                     self.event(
@@ -393,7 +429,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     json!({"uuid": uuid, "specHash": running_hash.unwrap_or(want_hash)}),
                 )
                 .set_phase(if busy { "Busy" } else { "Ready" })
-                .set("function", self.current_function(name))
+                .set("function", function)
                 .condition("PoweredOn", CondStatus::True, "Running", "")
                 .condition("AgentConnected", CondStatus::True, "Connected", "")
                 .condition("Ready", CondStatus::True, "AgentConnected", "")
@@ -493,7 +529,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
         }
         st.observed(obj.generation);
-        self.write_status(Kind::Worker, name, st.into_value());
+        self.write_changed_status(Kind::Worker, name, &obj.status, st.into_value());
         Ok(next)
     }
 
