@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vm::{Presence, VmDriver};
 
-pub use worker::WorkerRuntime;
+pub use worker::{BUSY_SHOWN_AFTER, WorkerRuntime};
 
 pub type Key = (Kind, String);
 
