@@ -294,6 +294,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .min(Duration::from_secs(2));
         let quarantine_after = u32::try_from(defaults.quarantine_after).unwrap_or(3);
         let running = self.driver.is_running(name);
+        // The status this reconcile last wrote, when it wrote one on the way (the stored one
+        // otherwise): the final write is skipped only when it would change nothing.
+        let mut written: Option<serde_json::Value> = None;
         let connected = running && self.presence.is_connected(name);
         // An operator's request (`microfaasctl power`, the web view) wins over the policy until
         // it is done; what it leaves holds until the spec changes, as on boards.
@@ -364,6 +367,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 // lets the next engine adopt this VM rather than start a second one.
                 st.set_phase("PoweringOn")
                     .set("vm", json!({"uuid": uuid, "specHash": want_hash}));
+                written = Some(st.clone().into_value());
                 self.write_status(Kind::Worker, name, st.clone().into_value());
                 let how = match self.driver.launch(&launch).await {
                     Ok(how) => how,
@@ -487,6 +491,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             st.set("power", json!("Off"));
             if running {
                 st.set_phase("PoweringOff");
+                written = Some(st.clone().into_value());
                 self.write_status(Kind::Worker, name, st.clone().into_value());
                 self.power_off(name, connected).await;
             }
@@ -529,7 +534,8 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
         }
         st.observed(obj.generation);
-        self.write_changed_status(Kind::Worker, name, &obj.status, st.into_value());
+        let stored = written.as_ref().unwrap_or(&obj.status);
+        self.write_changed_status(Kind::Worker, name, stored, st.into_value());
         Ok(next)
     }
 
