@@ -252,3 +252,53 @@ async fn marked_objects_are_torn_down_then_removed() {
     );
     let _ = w.stop.send(true);
 }
+
+/// The phases recorded for `worker` so far (its status writes' phase changes).
+fn phases(w: &World, worker: &str) -> Vec<String> {
+    w.engine
+        .with_store(|s| s.phase_history(worker, 0, i64::MAX))
+        .expect("phase history")
+        .into_iter()
+        .map(|p| p.phase)
+        .collect()
+}
+
+/// A call shorter than `BUSY_SHOWN_AFTER` writes no Busy (nor the Ready after it); one that
+/// lasts longer is shown Busy with its function, and Ready again once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_call_that_lasts_is_shown_busy() {
+    use microfaas::engine::BUSY_SHOWN_AFTER;
+    let w = world(&workers(1, "On"));
+    until(&w, Duration::from_secs(5), |p, _| p == "Ready").await;
+    // Reconciles still queued from the boot would show any call Busy (rightly): let them end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = phases(&w, "vm-0");
+    assert_eq!(
+        before.last().map(String::as_str),
+        Some("Ready"),
+        "{before:?}"
+    );
+
+    w.engine.set_busy("vm-0", Some("short"));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    w.engine.set_busy("vm-0", None);
+    tokio::time::sleep(BUSY_SHOWN_AFTER * 3).await;
+    assert_eq!(
+        phases(&w, "vm-0"),
+        before,
+        "a short call changed the status"
+    );
+
+    w.engine.set_busy("vm-0", Some("long"));
+    until(&w, Duration::from_secs(5), |p, _| p == "Busy").await;
+    let o = w.engine.get(Kind::Worker, "vm-0").expect("vm-0");
+    assert_eq!(o.status["function"], "long");
+    w.engine.set_busy("vm-0", None);
+    until(&w, Duration::from_secs(5), |p, _| p == "Ready").await;
+    let o = w.engine.get(Kind::Worker, "vm-0").expect("vm-0");
+    assert!(o.status["function"].is_null(), "{}", o.status);
+    let mut want = before.clone();
+    want.extend(["Busy".to_string(), "Ready".to_string()]);
+    assert_eq!(phases(&w, "vm-0"), want);
+    let _ = w.stop.send(true);
+}

@@ -12,7 +12,7 @@ use microfaas::store::{AttemptStatus, RunPhase};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::faulty::{Fault, FaultyDriver};
-use support::host::{AgentProcs, Host, declare_one_worker, loopback};
+use support::host::{AgentProcs, Host, body_text, declare_one_worker, http, loopback, objects};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -229,27 +229,40 @@ fn fill(file: &Path) {
 }
 
 fn attempts_so_far<D: microfaas::engine::vm::VmDriver>(h: &Host<D>) -> usize {
+    records(h, "w").len()
+}
+
+/// Waits (until `T` after `started`) for the engine to name a full disk as its storage fault.
+async fn full_disk_named<D: microfaas::engine::vm::VmDriver>(h: &Host<D>, started: Instant) {
+    let fault = loop {
+        if let Some(f) = h.engine.storage_fault() {
+            break f;
+        }
+        assert!(started.elapsed() < T, "the full disk went unnoticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(fault.contains("full"), "{fault}");
+}
+
+/// The records of the latest run of `workload`.
+fn records<D: microfaas::engine::vm::VmDriver>(
+    h: &Host<D>,
+    workload: &str,
+) -> Vec<microfaas::store::Attempt> {
     h.engine
         .with_store(|s| {
-            let run = s.latest_run("w")?.map_or(0, |r| r.run);
-            s.attempts("w", run)
+            let run = s.latest_run(workload)?.map_or(0, |r| r.run);
+            s.attempts(workload, run)
         })
-        .map_or(0, |a| a.len())
+        .unwrap_or_default()
 }
 
 /// The invocation ids recorded so far in the latest run of `w`, with their attempt numbers.
 fn recorded_ids<D: microfaas::engine::vm::VmDriver>(h: &Host<D>) -> Vec<(String, u32)> {
-    h.engine
-        .with_store(|s| {
-            let run = s.latest_run("w")?.map_or(0, |r| r.run);
-            s.attempts("w", run)
-        })
-        .map(|a| {
-            a.into_iter()
-                .map(|a| (a.invocation_id, a.attempt))
-                .collect()
-        })
-        .unwrap_or_default()
+    records(h, "w")
+        .into_iter()
+        .map(|a| (a.invocation_id, a.attempt))
+        .collect()
 }
 
 /// The disk fills in the middle of a workload: the engine names the failure and takes no new
@@ -276,14 +289,7 @@ async fn a_full_disk_pauses_the_engine_until_space_is_back_then_the_workload_fin
     }
     let filler = state.join("filler");
     fill(&filler);
-    let fault = loop {
-        if let Some(f) = h.engine.storage_fault() {
-            break f;
-        }
-        assert!(started.elapsed() < T, "the full disk went unnoticed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(fault.contains("full"), "{fault}");
+    full_disk_named(&h, started).await;
     let before = recorded_ids(&h);
     // While the disk stays full: no new work, the fault stays named.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -343,6 +349,77 @@ async fn a_full_disk_pauses_the_engine_until_space_is_back_then_the_workload_fin
         .expect("integrity_check");
     assert_eq!(check, "ok");
     drop(db);
+    drop(disk);
+}
+
+/// The disk fills while the gateway takes calls: the call whose record cannot be committed
+/// waits (its record retried, no 200 without it); every call after it is refused 503 naming
+/// the fault, run nowhere and recorded nowhere; once space is back the waiting call gets its
+/// 200 and calls are answered 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_answers_503_while_storage_fails_and_200_once_it_recovers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let disk = Tmpfs::mount(&state, "8m");
+    let yaml = "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {name: c}\nspec:\n  defaults: {powerOnHoldoff: 0s}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {name: vm-0}\nspec: {power: On, lifecycle: {mode: Warm}, vm: {kernel: /k}}\n---\napiVersion: microfaas.dev/v1alpha1\nkind: Function\nmetadata: {name: fl}\nspec: {runtime: builtin, handler: float_operations}\n";
+    microfaas::store::Store::open(&state)
+        .expect("store")
+        .apply(&objects(yaml), None, false, false)
+        .expect("apply");
+    let driver = AgentProcs::new(agent());
+    let h = Host::start(&state, driver.clone(), &loopback("fault-token")).await;
+    let started = Instant::now();
+    while h.endpoint.sessions.connected().is_empty() {
+        assert!(started.elapsed() < T, "the agent never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = h.url("/function/fl");
+    let input = br#"{"n": 1}"#.to_vec();
+    let r = http("POST", &url, true, input.clone()).await;
+    assert_eq!(r.status, 200, "{}", body_text(&r));
+    let first = r.header("x-call-id").expect("call id").to_string();
+
+    let filler = state.join("filler");
+    fill(&filler);
+    let (u, i) = (url.clone(), input.clone());
+    let waiting = tokio::spawn(async move { http("POST", &u, true, i).await });
+    full_disk_named(&h, started).await;
+    for _ in 0..3 {
+        let r = http("POST", &url, true, input.clone()).await;
+        assert_eq!(r.status, 503, "{}", body_text(&r));
+        assert!(
+            body_text(&r).contains("cannot record invocations") && body_text(&r).contains("full"),
+            "{}",
+            body_text(&r)
+        );
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the call whose record could not be committed was answered"
+    );
+
+    std::fs::remove_file(&filler).expect("free space");
+    let r = waiting.await.expect("waiting call");
+    assert_eq!(r.status, 200, "{}", body_text(&r));
+    let second = r.header("x-call-id").expect("call id").to_string();
+    assert!(h.engine.storage_fault().is_none());
+    let r = http("POST", &url, true, input).await;
+    assert_eq!(r.status, 200, "{}", body_text(&r));
+    let third = r.header("x-call-id").expect("call id").to_string();
+
+    let mut recorded: Vec<(String, AttemptStatus)> = records(&h, "gateway")
+        .into_iter()
+        .map(|a| (a.invocation_id, a.status))
+        .collect();
+    recorded.sort();
+    let mut want: Vec<(String, AttemptStatus)> = [first, second, third]
+        .into_iter()
+        .map(|id| (id, AttemptStatus::Succeeded))
+        .collect();
+    want.sort();
+    assert_eq!(recorded, want, "the 503s must leave no records");
+    h.stop().await;
+    driver.kill_all();
     drop(disk);
 }
 

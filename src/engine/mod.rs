@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vm::{Presence, VmDriver};
 
-pub use worker::WorkerRuntime;
+pub use worker::{BUSY_SHOWN_AFTER, WorkerRuntime};
 
 pub type Key = (Kind, String);
 
@@ -52,14 +52,16 @@ pub struct Config {
 
 pub struct Engine<D: VmDriver, P: Presence> {
     pub store: Arc<Mutex<Store>>,
-    /// Commits invocation attempts in groups, through `store`.
+    /// Commits invocation attempts in groups, on its own SQLite connection (through `store`
+    /// on etcd).
     pub recorder: Committer,
     pub driver: Arc<D>,
     pub presence: Arc<P>,
     pub queue: Arc<WorkQueue<Key>>,
     pub cfg: Config,
     backoff: Mutex<Backoff<Key>>,
-    runtime: Mutex<HashMap<String, WorkerRuntime>>,
+    /// Shared with the timers of [`Self::set_busy`].
+    runtime: Arc<Mutex<HashMap<String, WorkerRuntime>>>,
     /// OnDemand workers currently wanted on, with how many requests hold them.
     demand: Mutex<HashMap<String, usize>>,
     /// Bumped after every status write, so waiters (apply) re-check convergence.
@@ -96,9 +98,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<D: VmDriver, P: Presence> Engine<D, P> {
     pub fn new(store: Store, driver: Arc<D>, presence: Arc<P>, cfg: Config) -> Arc<Self> {
+        let writer = match store.recorder_connection() {
+            Some(Ok(own)) => Some(Arc::new(Mutex::new(own))),
+            Some(Err(e)) => {
+                tracing::warn!("invocation recorder shares the engine's connection: {e}");
+                None
+            }
+            None => None,
+        };
         let store = Arc::new(Mutex::new(store));
         Arc::new(Engine {
-            recorder: Committer::start(store.clone()),
+            recorder: Committer::start(writer.unwrap_or_else(|| store.clone())),
             store,
             driver,
             presence,
@@ -108,7 +118,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 Duration::from_millis(500),
                 Duration::from_secs(30),
             )),
-            runtime: Mutex::new(HashMap::new()),
+            runtime: Arc::new(Mutex::new(HashMap::new())),
             demand: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
             starter: Mutex::new(None),
@@ -309,26 +319,64 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         self.bump();
     }
 
+    /// [`Self::write_status`] when `status` differs from `stored`; only the waiters are told
+    /// otherwise (a reconcile that changed nothing still counts as one for them).
+    pub fn write_changed_status(
+        &self,
+        kind: Kind,
+        name: &str,
+        stored: &serde_json::Value,
+        status: serde_json::Value,
+    ) {
+        if *stored == status {
+            self.bump();
+        } else {
+            self.write_status(kind, name, status);
+        }
+    }
+
     pub fn get(&self, kind: Kind, name: &str) -> Option<StoredObject> {
         self.with_store(|s| s.get(kind, name)).ok().flatten()
     }
 
     /// Asks for an OnDemand worker to be on (counted; `release` undoes one request).
     pub fn want(&self, worker: &str) {
-        *lock(&self.demand).entry(worker.to_string()).or_insert(0) += 1;
-        self.queue.add((Kind::Worker, worker.to_string()));
+        let first = {
+            let mut d = lock(&self.demand);
+            let n = d.entry(worker.to_string()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            self.demand_changed(worker);
+        }
     }
 
     pub fn release(&self, worker: &str) {
         let mut d = lock(&self.demand);
-        if let Some(n) = d.get_mut(worker) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                d.remove(worker);
+        let last = match d.get_mut(worker) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
             }
+            None => false,
+        };
+        if last {
+            d.remove(worker);
         }
         drop(d);
-        self.queue.add((Kind::Worker, worker.to_string()));
+        if last {
+            self.demand_changed(worker);
+        }
+    }
+
+    /// A worker became wanted or unwanted: only an OnDemand one (or one not reconciled yet)
+    /// is powered by that, so only then is a reconcile worth its reads and status write.
+    fn demand_changed(&self, worker: &str) {
+        let power = lock(&self.runtime).get(worker).and_then(|r| r.power);
+        if power.is_none_or(|p| p == crate::manifest::types::PowerPolicy::OnDemand) {
+            self.queue.add((Kind::Worker, worker.to_string()));
+        }
     }
 
     pub fn wanted(&self, worker: &str) -> bool {

@@ -32,6 +32,12 @@ pub struct WorkerRuntime {
     pub busy: bool,
     /// The function it runs while busy (shown as the worker's `function`).
     pub function: Option<String>,
+    /// The stored status was last written saying Busy.
+    pub busy_shown: bool,
+    /// Calls sent to it so far (tells a call that is still running from a later one).
+    pub calls: u64,
+    /// Its power policy as of its last reconcile (`None`: not reconciled yet).
+    pub power: Option<PowerPolicy>,
     /// The agent connected since the last launch: later disconnects are not boot failures.
     pub was_ready: bool,
     /// Calls its agent failed in a row, over boots (see `quarantine.rs`).
@@ -40,25 +46,53 @@ pub struct WorkerRuntime {
     pub quarantine: Option<String>,
 }
 
+/// How long a call runs before the worker's stored status says Busy. A shorter call is not
+/// worth two status writes (Busy, then Ready again) that nobody could have seen: energy
+/// charges calls from their records, not from this phase.
+pub const BUSY_SHOWN_AFTER: Duration = Duration::from_millis(100);
+
 impl<D: VmDriver, P: Presence> Engine<D, P> {
-    /// Marks the worker busy running `function`, or idle with `None`.
+    /// Marks the worker busy running `function`, or idle with `None`. The status follows only
+    /// for calls that last [`BUSY_SHOWN_AFTER`], or that a reconcile meanwhile showed as Busy.
     pub fn set_busy(&self, worker: &str, function: Option<&str>) {
-        {
-            let mut rt = lock(&self.runtime);
-            let r = rt.entry(worker.to_string()).or_default();
-            r.busy = function.is_some();
-            r.function = function.map(str::to_string);
+        let key = (Kind::Worker, worker.to_string());
+        let mut rt = lock(&self.runtime);
+        let r = rt.entry(worker.to_string()).or_default();
+        r.busy = function.is_some();
+        r.function = function.map(str::to_string);
+        if function.is_none() {
+            if std::mem::take(&mut r.busy_shown) {
+                drop(rt);
+                self.queue.add(key);
+            }
+            return;
         }
-        self.queue.add((Kind::Worker, worker.to_string()));
+        r.calls = r.calls.wrapping_add(1);
+        let call = r.calls;
+        drop(rt);
+        let (runtime, queue) = (self.runtime.clone(), self.queue.clone());
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.queue.add(key);
+            return;
+        };
+        handle.spawn(async move {
+            tokio::time::sleep(BUSY_SHOWN_AFTER).await;
+            let still = lock(&runtime)
+                .get(&key.1)
+                .is_some_and(|r| r.busy && r.calls == call);
+            if still {
+                queue.add(key);
+            }
+        });
     }
 
-    /// The function a busy worker runs (null when idle), for its status.
-    pub(super) fn current_function(&self, worker: &str) -> serde_json::Value {
-        json!(
-            lock(&self.runtime)
-                .get(worker)
-                .and_then(|r| r.function.clone())
-        )
+    /// Whether the worker's status is to say Busy, and the function it runs (null when idle);
+    /// remembered, so that the call's end rewrites the status only when it said Busy.
+    pub(super) fn busy_for_status(&self, worker: &str) -> (bool, serde_json::Value) {
+        let mut rt = lock(&self.runtime);
+        let r = rt.entry(worker.to_string()).or_default();
+        r.busy_shown = r.busy;
+        (r.busy, json!(r.function.clone()))
     }
 
     fn launch_spec(
@@ -169,6 +203,10 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         };
         let spec: WorkerSpec =
             serde_json::from_value(obj.spec.clone()).map_err(|e| format!("stored spec: {e}"))?;
+        lock(&self.runtime)
+            .entry(name.to_string())
+            .or_default()
+            .power = Some(spec.power);
         self.presence.declare_v1(name, v1_address(&spec));
         let mut st = Status::from_value(&obj.status);
         let mut health = st
@@ -259,6 +297,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .min(Duration::from_secs(2));
         let quarantine_after = u32::try_from(defaults.quarantine_after).unwrap_or(3);
         let running = self.driver.is_running(name);
+        // The status this reconcile last wrote, when it wrote one on the way (the stored one
+        // otherwise): the final write is skipped only when it would change nothing.
+        let mut written: Option<serde_json::Value> = None;
         let connected = running && self.presence.is_connected(name);
         // An operator's request (`microfaasctl power`, the web view) wins over the policy until
         // it is done; what it leaves holds until the spec changes, as on boards.
@@ -329,6 +370,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 // lets the next engine adopt this VM rather than start a second one.
                 st.set_phase("PoweringOn")
                     .set("vm", json!({"uuid": uuid, "specHash": want_hash}));
+                written = Some(st.clone().into_value());
                 self.write_status(Kind::Worker, name, st.clone().into_value());
                 let how = match self.driver.launch(&launch).await {
                     Ok(how) => how,
@@ -380,16 +422,14 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     .condition("Ready", CondStatus::False, "Booting", "");
                 next = Next::RequeueAfter(boot_timeout);
             } else if connected {
-                let (busy, first) = {
+                let first = {
                     let mut rt = lock(&self.runtime);
                     let r = rt.entry(name.to_string()).or_default();
                     r.failures = 0;
                     let first = !std::mem::replace(&mut r.was_ready, true);
-                    (
-                        r.busy,
-                        first.then(|| r.boot_started.map(|t| t.elapsed())).flatten(),
-                    )
+                    first.then(|| r.boot_started.map(|t| t.elapsed())).flatten()
                 };
+                let (busy, function) = self.busy_for_status(name);
                 if let Some(boot) = first {
                     st.set("bootSeconds", json!(boot.as_secs_f64()));
                     self.event(
@@ -408,7 +448,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     json!({"uuid": uuid, "specHash": running_hash.unwrap_or(want_hash)}),
                 )
                 .set_phase(if busy { "Busy" } else { "Ready" })
-                .set("function", self.current_function(name))
+                .set("function", function)
                 .condition("PoweredOn", CondStatus::True, "Running", "")
                 .condition("AgentConnected", CondStatus::True, "Connected", "")
                 .condition("Ready", CondStatus::True, "AgentConnected", "")
@@ -466,6 +506,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             st.set("power", json!("Off"));
             if running {
                 st.set_phase("PoweringOff");
+                written = Some(st.clone().into_value());
                 self.write_status(Kind::Worker, name, st.clone().into_value());
                 self.power_off(name, connected).await;
             }
@@ -508,7 +549,8 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
         }
         st.observed(obj.generation);
-        self.write_status(Kind::Worker, name, st.into_value());
+        let stored = written.as_ref().unwrap_or(&obj.status);
+        self.write_changed_status(Kind::Worker, name, stored, st.into_value());
         Ok(next)
     }
 

@@ -17,7 +17,7 @@ use crate::manifest::types::{
     Defaults, FunctionSpec, LifecycleMode, Runtime, WorkerProtocol, WorkerSpec, WorkloadSpec,
 };
 use crate::protocol::RUNTIME_BUILTIN;
-use crate::store::invocations::{AttemptStatus, RunCounts, RunPhase};
+use crate::store::invocations::{Attempt, AttemptStatus, RunCounts, RunPhase};
 use crate::store::{EventType, clock};
 use crate::workload::{Planned, generate};
 use serde_json::json;
@@ -360,7 +360,9 @@ impl<D: VmDriver> Run<D> {
             if !why.is_empty() {
                 err = format!("{err} ({why})");
             }
-            self.finalize(&job, None, None, Some(err), None).await;
+            // Never retried: there is no worker left.
+            let record = self.record_of(&job, None, None, Some(err), None);
+            self.commit(&record, false).await;
         }
     }
 
@@ -398,15 +400,15 @@ impl<D: VmDriver> Run<D> {
         None
     }
 
-    /// Records an attempt; true when the job should be tried again on another worker.
-    async fn finalize(
+    /// The durable record of an attempt of `job`.
+    fn record_of(
         &self,
         job: &Job,
         worker: Option<&str>,
         answer: Option<&Answer>,
         lost_reason: Option<String>,
         cold_start_ms: Option<i64>,
-    ) -> bool {
+    ) -> Attempt {
         let slot = Slot {
             workload: &self.workload,
             run: self.run,
@@ -415,13 +417,21 @@ impl<D: VmDriver> Run<D> {
             attempt: job.attempt,
             queued_ms: job.queued_ms,
         };
-        let record =
-            attempt::attempt_record(&slot, &job.call, worker, answer, lost_reason, cold_start_ms);
-        attempt::record(&self.engine, &record).await;
+        attempt::attempt_record(&slot, &job.call, worker, answer, lost_reason, cold_start_ms)
+    }
+
+    /// Whether the invocation of `record` is tried again on another worker.
+    fn retries(&self, record: &Attempt) -> bool {
+        matches!(record.status, AttemptStatus::Lost | AttemptStatus::Timeout)
+            && record.attempt < self.max_attempts
+            && record.worker.is_some()
+    }
+
+    /// Commits `record` durably, then counts it: the run ends (`remaining` 0) only once every
+    /// record is committed, whether committed in line or in the background.
+    async fn commit(&self, record: &Attempt, retry: bool) {
+        attempt::record(&self.engine, record).await;
         let status = record.status;
-        let retry = matches!(status, AttemptStatus::Lost | AttemptStatus::Timeout)
-            && job.attempt < self.max_attempts
-            && worker.is_some();
         if !retry {
             let mut sh = lock(&self.shared);
             sh.remaining = sh.remaining.saturating_sub(1);
@@ -429,7 +439,7 @@ impl<D: VmDriver> Run<D> {
                 AttemptStatus::Succeeded => sh.counts.succeeded += 1,
                 _ => sh.counts.failed += 1,
             }
-            if job.attempt > 1 {
+            if record.attempt > 1 {
                 sh.counts.retried += 1;
             }
             let counts = sh.counts;
@@ -454,7 +464,6 @@ impl<D: VmDriver> Run<D> {
             }
             self.wake.notify_waiters();
         }
-        retry
     }
 
     fn take_job(&self, worker: &str) -> Option<Option<Job>> {
@@ -611,9 +620,14 @@ impl<D: VmDriver> Run<D> {
             if oneshot || !answer.answered {
                 stale = Some(session.id);
             }
-            let retry = self
-                .finalize(&job, Some(worker), Some(&answer), None, cold_start_ms)
-                .await;
+            // The record commits in the background while this worker takes its next job
+            // (its fsync shared with the other workers' records): the run counts it, and
+            // ends, only once it is committed, so a crash meanwhile leaves it unrecorded and
+            // redone, as before, never recorded twice.
+            let record = self.record_of(&job, Some(worker), Some(&answer), None, cold_start_ms);
+            let retry = self.retries(&record);
+            let this = Arc::clone(self);
+            tokio::spawn(async move { this.commit(&record, retry).await });
             if retry {
                 let mut job = job;
                 job.attempt += 1;

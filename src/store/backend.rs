@@ -119,6 +119,16 @@ impl Store {
         Ok(Store::Etcd(Box::new(EtcdStore::open(location)?)))
     }
 
+    /// A second connection for the invocation recorder, so its fsyncs do not hold up this
+    /// store's users: SQLite's WAL lets them read (and wait only briefly to write) meanwhile.
+    /// `None` for etcd, whose writes are remote calls the recorder may as well share.
+    pub fn recorder_connection(&self) -> Option<Result<Store>> {
+        match self {
+            Store::Sqlite(s) => Some(s.another_connection().map(Store::Sqlite)),
+            Store::Etcd(_) => None,
+        }
+    }
+
     /// The SQLite file, or the etcd URL (`etcd://ENDPOINTS/PREFIX`).
     pub fn path(&self) -> &Path {
         match self {

@@ -1,10 +1,10 @@
 //! Group commit of invocation attempts. One thread takes every record queued since its last
 //! commit, writes them in one IMMEDIATE transaction — one fsync under `synchronous=FULL` — and
 //! answers each caller only then: an acknowledged record survives a crash, and N callers
-//! recording together share one fsync instead of paying N. It writes through the engine's own
-//! connection (taking its lock per batch): on a second connection, the engine's status writes
-//! and the batches fought over SQLite's write lock, and the loser sleeps in the busy handler
-//! (1, 2, 5, 10 ms ...), which cost more than the fsyncs saved.
+//! recording together share one fsync instead of paying N. The engine gives it a connection of
+//! its own (`Store::recorder_connection`): on the engine's, every reconcile and every call's
+//! reads waited behind its fsyncs. Under WAL readers go on during a commit; writers (status,
+//! events) wait for it in the store's short-sleep busy handler.
 
 use super::{Attempt, Store};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,7 +51,7 @@ pub struct Committer {
 pub const UNLIMITED: usize = usize::MAX;
 
 impl Committer {
-    /// Starts the committer for `store`, which others keep using between its batches.
+    /// Starts the committer writing through `store` (others may use it between batches).
     pub fn start(store: Arc<Mutex<Store>>) -> Committer {
         let (tx, rx) = mpsc::channel();
         let max_batch = Arc::new(AtomicUsize::new(UNLIMITED));

@@ -422,12 +422,11 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 let first = !std::mem::replace(&mut r.was_ready, true);
                 (first, r.on.take().map(|a| a.since))
             });
-            let busy = {
-                let mut rt = lock(&self.runtime);
-                let r = rt.entry(name.to_string()).or_default();
-                r.failures = 0;
-                r.busy
-            };
+            lock(&self.runtime)
+                .entry(name.to_string())
+                .or_default()
+                .failures = 0;
+            let (busy, function) = self.busy_for_status(name);
             if first {
                 let msg = match since {
                     Some(at) => {
@@ -440,7 +439,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 self.event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
             }
             st.set_phase(if busy { "Busy" } else { "Ready" })
-                .set("function", self.current_function(name))
+                .set("function", function)
                 .set("failedBoots", Value::Null)
                 .condition("PoweredOn", CondStatus::True, "AgentConnected", "")
                 .condition("AgentConnected", CondStatus::True, "Connected", "")
