@@ -50,6 +50,18 @@ pub struct Args {
     /// On SIGTERM/SIGINT, how long workload runs in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// This orchestrator's name on a shared etcd store: workers whose `orchestrators` list it
+    /// (or have none) may be held by it. Default: the host name.
+    #[arg(long, env = "MICROFAAS_ORCHESTRATOR")]
+    name: Option<String>,
+    /// TTL of the etcd lease under which it holds workers: another orchestrator takes them
+    /// over this long after this one stops renewing it (killed, cut off from etcd).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// Where agents dial in, instead of the Cluster's `orchestrator.listen` (each
+    /// orchestrator sharing a store listens on its own host).
+    #[arg(long)]
+    listen: Option<String>,
     /// Log line format on stderr (info level unless -v or RUST_LOG say otherwise).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -59,8 +71,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::manifest::quantity::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// The host name, as the default orchestrator name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
 pub fn run(args: Args, state_dir: &Path) -> CmdResult {
+    let name = args.name.clone().unwrap_or_else(host_name);
+    crate::manifest::load::check_orchestrator_name(&name).map_err(|why| {
+        Failure::invalid(format!(
+            "orchestrator name `{name}` (--name, MICROFAAS_ORCHESTRATOR or the host name) {why}"
+        ))
+    })?;
+    if args.lease_ttl < Duration::from_secs(1) {
+        return Err(Failure::invalid(
+            "--lease-ttl must be at least 1s (etcd leases count whole seconds)",
+        ));
+    }
     let opts = ServeOptions {
+        name,
+        lease_ttl: args.lease_ttl,
+        listen: args.listen.clone(),
         files: args.files.files.clone(),
         fs_checks: !args.files.no_fs_checks,
         watch: args.watch,

@@ -18,6 +18,7 @@
 //! retried on conflict), so two writers never lose each other's updates.
 
 pub mod client;
+pub mod lease;
 mod gateway;
 mod objects;
 mod records;
