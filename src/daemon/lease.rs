@@ -148,10 +148,13 @@ impl State {
         tracing::info!(orchestrator = %self.own.name, reason = "QuorumLost", "{msg}");
         let clusters = self.store.list(Some(Kind::Cluster)).unwrap_or_default();
         for c in clusters {
-            if let Err(e) =
-                self.store
-                    .record_event(Kind::Cluster, &c.name, EventType::Warning, "QuorumLost", &msg)
-            {
+            if let Err(e) = self.store.record_event(
+                Kind::Cluster,
+                &c.name,
+                EventType::Warning,
+                "QuorumLost",
+                &msg,
+            ) {
                 tracing::warn!("cannot record event: {e}");
             }
         }

@@ -627,7 +627,7 @@ fn orchestrators(cx: &mut Ctx<'_>, names: &[String]) {
     for (i, n) in names.iter().enumerate() {
         let path = [Key("orchestrators"), Index(i)];
         if let Err(why) = crate::manifest::load::check_orchestrator_name(n) {
-            cx.error(&path, format!("orchestrator name `{n}` {why}"));
+            cx.error(&path, format!("orchestrator name `{n}`: {why}"));
         } else if names[..i].contains(n) {
             cx.error(&path, format!("orchestrator `{n}` is listed twice"));
         }

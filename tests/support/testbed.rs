@@ -112,6 +112,27 @@ impl Env {
         )
     }
 
+    /// The Function `float-operations` and a Workload `wl` of `count` calls of it at `rate`,
+    /// two at a time.
+    pub fn float_workload(count: u32, rate: &str) -> String {
+        format!(
+            "---
+apiVersion: microfaas.dev/v1alpha1
+kind: Function
+metadata: {{name: float-operations}}
+spec: {{runtime: builtin, handler: float_operations, timeout: 60s}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Workload
+metadata: {{name: wl}}
+spec:
+  functions: [{{function: float-operations, count: {count}}}]
+  arrival: {{pattern: fixed, rate: {rate}}}
+  concurrency: 2
+"
+        )
+    }
+
     pub fn write(&self, name: &str, text: &str) -> String {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).expect("write manifest");

@@ -28,8 +28,12 @@ pub struct Leases {
 
 /// etcd answers int64 fields as strings.
 fn int(v: Option<&Value>) -> i64 {
-    v.and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64()))
-        .unwrap_or(0)
+    v.and_then(|v| {
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| v.as_i64())
+    })
+    .unwrap_or(0)
 }
 
 impl Leases {

@@ -18,8 +18,8 @@
 //! retried on conflict), so two writers never lose each other's updates.
 
 pub mod client;
-pub mod lease;
 mod gateway;
+pub mod lease;
 mod objects;
 mod records;
 mod rest;
