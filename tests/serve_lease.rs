@@ -124,9 +124,11 @@ fn report(reader: &Path, url: &str) -> Option<Value> {
 
 #[test]
 fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() {
+    // The testbed first: it runs one test at a time, so no other test's etcd takes the port
+    // of a member this one stops and restarts.
+    let env = Env::new();
     let cluster = EtcdCluster::start(3);
     let url = cluster.url("lease");
-    let env = Env::new();
     let total = 24;
     let m = manifest(&env, &cluster, "lease", &["vm-0", "vm-1"], total);
     let f = env.write("m.yaml", &m);
@@ -232,9 +234,9 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
 
 #[test]
 fn without_etcd_quorum_no_power_is_pressed_until_it_is_back() {
+    let env = Env::new();
     let mut cluster = EtcdCluster::start(3);
     let url = cluster.url("quorum");
-    let env = Env::new();
     let m = manifest(&env, &cluster, "quorum", &["vm-0"], 0);
     let f = env.write("m.yaml", &m);
     let reader = tempfile::tempdir().expect("tmp");
