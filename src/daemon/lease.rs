@@ -21,18 +21,26 @@ use std::time::{Duration, Instant};
 /// A running keeper; `stop` ends it and revokes the lease, so others take over at once.
 pub struct Keeper {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// The renewing half and, on its own thread and connection, the claiming half: a claim round
+/// over many objects must never delay a renewal (the engine stops acting after TTL/2 without
+/// one).
 struct State {
     own: Arc<Ownership>,
     leases: Leases,
     store: EtcdStore,
     queue: Arc<WorkQueue<Key>>,
     ttl: Duration,
-    lease: Option<i64>,
+    /// The lease, shared by both halves (`None`: none yet, or it expired).
+    lease: Arc<std::sync::Mutex<Option<i64>>>,
     /// Since when etcd has not renewed the lease, and the first error.
     cut_off: Option<(Instant, String)>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Keeper {
@@ -44,28 +52,50 @@ impl Keeper {
         queue: Arc<WorkQueue<Key>>,
         ttl: Duration,
     ) -> Result<Keeper> {
-        let mut st = State {
-            leases: Leases::new(location),
-            store: EtcdStore::open(location)?,
-            own,
-            queue,
-            ttl,
-            lease: None,
-            cut_off: None,
+        let lease = Arc::new(std::sync::Mutex::new(None));
+        let half = || -> Result<State> {
+            Ok(State {
+                leases: Leases::new(location),
+                store: EtcdStore::open(location)?,
+                own: own.clone(),
+                queue: queue.clone(),
+                ttl,
+                lease: lease.clone(),
+                cut_off: None,
+            })
         };
-        st.tick();
+        let (mut renewer, mut claimer) = (half()?, half()?);
+        renewer.renew_tick();
+        claimer.claim_tick();
         let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
         let period = (ttl / 5).clamp(Duration::from_millis(200), Duration::from_secs(2));
-        let thread = std::thread::Builder::new()
-            .name("lease-keeper".into())
+        let spawn = |name: &str, stop: Arc<AtomicBool>, mut f: Box<dyn FnMut() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(period);
+                        f();
+                    }
+                })
+                .map_err(|e| StoreError::Etcd(format!("cannot start the lease keeper: {e}")))
+        };
+        let claims = spawn(
+            "lease-claims",
+            stop.clone(),
+            Box::new(move || claimer.claim_tick()),
+        )?;
+        let s2 = stop.clone();
+        let renewals = std::thread::Builder::new()
+            .name("lease-renewals".into())
             .spawn(move || {
                 while !s2.load(Ordering::Relaxed) {
                     std::thread::sleep(period);
-                    st.tick();
+                    renewer.renew_tick();
                 }
-                if let Some(l) = st.lease
-                    && let Err(e) = st.leases.revoke(l)
+                let held = *lock(&renewer.lease);
+                if let Some(l) = held
+                    && let Err(e) = renewer.leases.revoke(l)
                 {
                     tracing::warn!("cannot revoke the etcd lease (it expires by itself): {e}");
                 }
@@ -73,14 +103,14 @@ impl Keeper {
             .map_err(|e| StoreError::Etcd(format!("cannot start the lease keeper: {e}")))?;
         Ok(Keeper {
             stop,
-            thread: Some(thread),
+            threads: vec![claims, renewals],
         })
     }
 
     /// Stops renewing and revokes the lease: everything held is free for the others.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
     }
@@ -93,7 +123,7 @@ impl Drop for Keeper {
 }
 
 impl State {
-    fn tick(&mut self) {
+    fn renew_tick(&mut self) {
         let started = Instant::now();
         match self.renew() {
             Ok(()) => {
@@ -101,8 +131,9 @@ impl State {
                 if let Some((since, why)) = self.cut_off.take() {
                     self.back(since, &why);
                 }
-                if let Err(e) = self.claim_round() {
-                    tracing::warn!("cannot claim workers: {e}");
+                // Reconciles skipped while the renewal was late.
+                for k in self.own.take_deferred() {
+                    self.queue.add(k);
                 }
             }
             Err(e) => {
@@ -118,9 +149,19 @@ impl State {
         }
     }
 
+    fn claim_tick(&mut self) {
+        if !self.own.acting() {
+            return;
+        }
+        if let Err(e) = self.claim_round() {
+            tracing::warn!("cannot claim workers: {e}");
+        }
+    }
+
     /// Keeps the lease alive, or gets a new one when it expired (its claims went with it).
     fn renew(&mut self) -> Result<()> {
-        if let Some(l) = self.lease {
+        let held = *lock(&self.lease);
+        if let Some(l) = held {
             if self.leases.keep_alive(l)? {
                 return Ok(());
             }
@@ -130,10 +171,10 @@ impl State {
                 "the etcd lease expired: everything this orchestrator held is free for others; claiming anew"
             );
             self.own.lost();
-            self.lease = None;
+            *lock(&self.lease) = None;
         }
         let secs = i64::try_from(self.ttl.as_secs()).unwrap_or(10).max(1);
-        self.lease = Some(self.leases.grant(secs)?);
+        *lock(&self.lease) = Some(self.leases.grant(secs)?);
         Ok(())
     }
 
@@ -165,7 +206,7 @@ impl State {
 
     /// Holds every eligible worker and workload nobody holds; gives up keys of objects gone.
     fn claim_round(&mut self) -> Result<()> {
-        let Some(lease) = self.lease else {
+        let Some(lease) = *lock(&self.lease) else {
             return Ok(());
         };
         let me = Holder {

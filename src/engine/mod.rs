@@ -378,7 +378,11 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     async fn reconcile(self: &Arc<Self>, key: &Key) -> Result<Next, String> {
         // Another orchestrator's, or no lease renewed lately (no etcd quorum): hands off.
         // The lease keeper queues what it gains or gets back.
-        if !self.may_act(key.0, &key.1) {
+        if self
+            .ownership
+            .get()
+            .is_some_and(|o| !o.may_reconcile(key.0, &key.1))
+        {
             return Ok(Next::Done);
         }
         if self.deletion_requested(key) {

@@ -15,6 +15,9 @@ struct State {
     owned: BTreeSet<Key>,
     /// The last time the lease was renewed, `None` while there is no lease.
     renewed: Option<Instant>,
+    /// Held objects whose reconcile was skipped for want of a recent renewal: queued again
+    /// at the next one.
+    deferred: BTreeSet<Key>,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,7 @@ impl Ownership {
             state: Mutex::new(State {
                 owned: BTreeSet::new(),
                 renewed: None,
+                deferred: BTreeSet::new(),
             }),
         }
     }
@@ -68,6 +72,26 @@ impl Ownership {
             }
             _ => true,
         }
+    }
+
+    /// Like [`Self::may_act`]; a held object refused only because the lease was not renewed
+    /// lately is remembered, to be reconciled at the next renewal.
+    pub fn may_reconcile(&self, kind: Kind, name: &str) -> bool {
+        if self.may_act(kind, name) {
+            return true;
+        }
+        let key = (kind, name.to_string());
+        let mut st = lock(&self.state);
+        if !matches!(kind, Kind::Worker | Kind::Workload) || st.owned.contains(&key) {
+            st.deferred.insert(key);
+        }
+        false
+    }
+
+    pub fn take_deferred(&self) -> Vec<Key> {
+        std::mem::take(&mut lock(&self.state).deferred)
+            .into_iter()
+            .collect()
     }
 
     /// Whether `kind/name` is held by this engine (acting or not).
@@ -117,6 +141,14 @@ mod tests {
         o.renewed(Instant::now() - Duration::from_secs(6));
         assert!(!o.may_act(Kind::Worker, "w"), "renewal older than TTL/2");
         assert!(!o.may_act(Kind::Switch, "tor"));
+        assert!(!o.may_reconcile(Kind::Worker, "w"));
+        assert!(!o.may_reconcile(Kind::Worker, "other"));
+        assert_eq!(
+            o.take_deferred(),
+            vec![w.clone()],
+            "only what it holds waits"
+        );
+        assert!(o.take_deferred().is_empty());
         o.renewed(Instant::now());
         o.lost();
         assert!(!o.may_act(Kind::Worker, "w"));
