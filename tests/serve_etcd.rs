@@ -40,7 +40,7 @@ spec:
 {}",
         env.kernel.display(),
         env.initrd.display(),
-        Env::float_workload(5, "10/s")
+        Env::builtin_workload("float_operations", 5, "10/s", "")
     );
     let f = env.write("m.yaml", &manifest);
     let log = env.dir.path().join("serve.log");

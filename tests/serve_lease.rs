@@ -101,7 +101,13 @@ fn manifest(
         m.push_str(&env.vm(w, "On", "128Mi", &env.initrd));
     }
     if count > 0 {
-        m.push_str(&Env::float_workload(count, "2/s"));
+        // Long enough under TCG that the kill finds invocations in flight.
+        m.push_str(&Env::builtin_workload(
+            "cascading_sha256",
+            count,
+            "2/s",
+            "{rounds: 100000}",
+        ));
     }
     m
 }
@@ -228,6 +234,10 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
     let events = ctl(reader.path(), &url, &["describe", "workload", "wl"]);
     let text = String::from_utf8_lossy(&events.stdout);
     assert!(text.contains("Resumed"), "{text}");
+    eprintln!(
+        "{}",
+        text.lines().find(|l| l.contains("Resumed")).unwrap_or("")
+    );
     drop(b);
     drop(a);
 }

@@ -281,12 +281,13 @@ async fn run_workload<D: VmDriver>(
             EventType::Normal,
             "Resumed",
             &format!(
-                "run {run} carried on by orchestrator {}: {} of {} invocations were recorded, {} in flight are retried, on {} workers",
+                "run {run} carried on by orchestrator {} on {} workers: {} of {} invocations were recorded; the other {} (those in flight included) are sent now, {} of them as retries of a recorded attempt",
                 engine.ownership().map_or("", |o| o.name.as_str()),
+                workers.len(),
                 done.counts.succeeded + done.counts.failed,
                 total,
-                done.retry.len(),
-                workers.len()
+                total.saturating_sub(usize::try_from(done.counts.succeeded + done.counts.failed).unwrap_or(0)),
+                done.retry.len()
             ),
         ),
         None => engine.event(

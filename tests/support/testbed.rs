@@ -112,21 +112,26 @@ impl Env {
         )
     }
 
-    /// The Function `float-operations` and a Workload `wl` of `count` calls of it at `rate`,
-    /// two at a time.
-    pub fn float_workload(count: u32, rate: &str) -> String {
+    /// A builtin Function `fn` running `handler` and a Workload `wl` of `count` calls of it at
+    /// `rate`, two at a time, each with `input` (JSON; empty: the generated inputs).
+    pub fn builtin_workload(handler: &str, count: u32, rate: &str, input: &str) -> String {
+        let inputs = if input.is_empty() {
+            String::new()
+        } else {
+            format!(", inputs: [{input}]")
+        };
         format!(
             "---
 apiVersion: microfaas.dev/v1alpha1
 kind: Function
-metadata: {{name: float-operations}}
-spec: {{runtime: builtin, handler: float_operations, timeout: 60s}}
+metadata: {{name: fn}}
+spec: {{runtime: builtin, handler: {handler}, timeout: 120s}}
 ---
 apiVersion: microfaas.dev/v1alpha1
 kind: Workload
 metadata: {{name: wl}}
 spec:
-  functions: [{{function: float-operations, count: {count}}}]
+  functions: [{{function: fn, count: {count}{inputs}}}]
   arrival: {{pattern: fixed, rate: {rate}}}
   concurrency: 2
 "
