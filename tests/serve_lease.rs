@@ -328,3 +328,30 @@ fn without_etcd_quorum_no_power_is_pressed_until_it_is_back() {
     cluster.start_member(0);
     drop(s);
 }
+
+#[test]
+fn a_bad_orchestrator_name_is_refused_on_a_shared_store() {
+    let cluster = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("c.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: t}}\nspec:\n  orchestrator: {{listen: 127.0.0.1:0}}\n  store: {{etcd: {{endpoints: [{}], prefix: bad}}}}\n",
+            cluster.endpoints().join(", ")
+        ),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+        .args(["serve", "-f"])
+        .arg(&f)
+        .args(["--name", "Rack_A"])
+        .env("MICROFAAS_STATE_DIR", dir.path().join("state"))
+        .env_remove("MICROFAAS_STORE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("orchestrator name `Rack_A`"), "{err}");
+}

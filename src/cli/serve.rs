@@ -80,11 +80,6 @@ fn host_name() -> String {
 
 pub fn run(args: Args, state_dir: &Path) -> CmdResult {
     let name = args.name.clone().unwrap_or_else(host_name);
-    crate::manifest::load::check_orchestrator_name(&name).map_err(|why| {
-        Failure::invalid(format!(
-            "orchestrator name `{name}` (--name, MICROFAAS_ORCHESTRATOR or the host name) {why}"
-        ))
-    })?;
     if args.lease_ttl < Duration::from_secs(1) {
         return Err(Failure::invalid(
             "--lease-ttl must be at least 1s (etcd leases count whole seconds)",

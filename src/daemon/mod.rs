@@ -117,6 +117,15 @@ impl<D: VmDriver> Daemon<D> {
         hopts.resync = opts.resync;
         hopts.listen = opts.listen.clone();
         let shared = crate::store::selected_etcd().cloned();
+        // Only a shared store needs the name (a host name that is no valid one is fine alone).
+        if shared.is_some() {
+            crate::manifest::load::check_orchestrator_name(&opts.name).map_err(|why| {
+                DaemonError::Start(format!(
+                    "orchestrator name `{}` (--name, MICROFAAS_ORCHESTRATOR or the host name): {why}",
+                    opts.name
+                ))
+            })?;
+        }
         let ownership = shared.as_ref().map(|_| {
             Arc::new(crate::engine::ownership::Ownership::new(
                 &opts.name,
