@@ -110,15 +110,9 @@ impl<D: VmDriver> Daemon<D> {
             ));
         }
         declare::select_declared_store(&loaded);
-        let mut store = Store::open(state_dir)?;
-        let declared = declare::declare(&mut store, &loaded, &opts.files, opts.prune, false)?;
-        let mut hopts = HostOptions::new(state_dir);
-        hopts.default_initrd = opts.default_initrd.clone();
-        hopts.resync = opts.resync;
-        hopts.listen = opts.listen.clone();
-        let shared = crate::store::selected_etcd().cloned();
-        // Only a shared store needs the name (a host name that is no valid one is fine alone).
-        if shared.is_some() {
+        // Only a shared store needs the name (a host name that is no valid one is fine alone),
+        // checked before anything is stored.
+        if crate::store::selected_etcd().is_some() {
             crate::manifest::load::check_orchestrator_name(&opts.name).map_err(|why| {
                 DaemonError::Start(format!(
                     "orchestrator name `{}` (--name, MICROFAAS_ORCHESTRATOR or the host name): {why}",
@@ -126,6 +120,13 @@ impl<D: VmDriver> Daemon<D> {
                 ))
             })?;
         }
+        let mut store = Store::open(state_dir)?;
+        let declared = declare::declare(&mut store, &loaded, &opts.files, opts.prune, false)?;
+        let mut hopts = HostOptions::new(state_dir);
+        hopts.default_initrd = opts.default_initrd.clone();
+        hopts.resync = opts.resync;
+        hopts.listen = opts.listen.clone();
+        let shared = crate::store::selected_etcd().cloned();
         let ownership = shared.as_ref().map(|_| {
             Arc::new(crate::engine::ownership::Ownership::new(
                 &opts.name,
