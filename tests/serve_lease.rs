@@ -352,3 +352,93 @@ fn a_bad_orchestrator_name_is_refused_on_a_shared_store() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("orchestrator name `Rack_A`"), "{err}");
 }
+
+/// Without QEMU (workers kept Off): a worker listing only `orch-b` is never held by `orch-a`,
+/// even when `orch-a` starts first; and SIGTERM revokes the lease, so `orch-b` takes the rest
+/// over long before a 30 s TTL could expire.
+#[test]
+fn eligibility_is_honoured_and_sigterm_hands_over_at_once() {
+    let cluster = EtcdCluster::start(3);
+    let dir = tempfile::tempdir().expect("tmp");
+    let worker = |name: &str, extra: &str| {
+        format!(
+            "---\napiVersion: microfaas.dev/v1alpha1\nkind: Worker\nmetadata: {{name: {name}}}\nspec:\n  power: Off\n  vm: {{kernel: /nonexistent/k}}\n{extra}"
+        )
+    };
+    let m = format!(
+        "apiVersion: microfaas.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: t}}\nspec:\n  store: {{etcd: {{endpoints: [{}], prefix: elig}}}}\n{}{}",
+        cluster.endpoints().join(", "),
+        worker("any", ""),
+        worker("only-b", "  orchestrators: [orch-b]\n"),
+    );
+    let f = dir.path().join("m.yaml");
+    std::fs::write(&f, m).expect("write");
+    let f = f.display().to_string();
+    let store = Store::open_etcd(&cluster.location("elig")).expect("open");
+    let serve = |name: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let log = dir.path().join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+            .args(["serve", "--no-fs-checks", "-f", &f, "--name", name])
+            .args([
+                "--lease-ttl",
+                "30s",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("MICROFAAS_STATE_DIR", dir.path().join(name))
+            .env_remove("MICROFAAS_STORE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("serve");
+        Serve {
+            child,
+            log,
+            state: dir.path().join(name),
+        }
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool, limit: Duration, log: &dyn Fn() -> String| {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < limit, "{what}:\n{}", log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        t.elapsed()
+    };
+    let mut a = serve("orch-a");
+    wait_for(
+        "orch-a did not claim `any`",
+        &|| holder(&store, Kind::Worker, "any").as_deref() == Some("orch-a"),
+        LIMIT,
+        &|| a.log(),
+    );
+    let b = serve("orch-b");
+    wait_for(
+        "orch-b did not claim `only-b`",
+        &|| holder(&store, Kind::Worker, "only-b").as_deref() == Some("orch-b"),
+        LIMIT,
+        &|| b.log(),
+    );
+    let only_b = store.events(Kind::Worker, "only-b", 50).expect("events");
+    assert!(
+        !only_b.iter().any(|e| e.message.contains("orch-a")),
+        "{only_b:?}"
+    );
+    a.signal(libc::SIGTERM);
+    let took = wait_for(
+        "orch-b did not take `any` over after orch-a's SIGTERM",
+        &|| holder(&store, Kind::Worker, "any").as_deref() == Some("orch-b"),
+        Duration::from_secs(20),
+        &|| b.log(),
+    );
+    eprintln!("handover after SIGTERM: {:.1} s", took.as_secs_f64());
+    let st = a.child.wait().expect("wait");
+    assert!(st.success(), "{st}\n{}", a.log());
+    drop(b);
+}
