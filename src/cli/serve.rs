@@ -25,13 +25,18 @@ files is torn down and deleted only with --prune.
 While serve runs, `apply`, `delete` and `rerun` store desired state and wait for this daemon to
 converge it; `get`, `describe`, `logs` and `report` read its live status.
 
+On a shared etcd store several serves run side by side: each, named by --name, holds the
+workers whose `orchestrators` name it (or name none) under an etcd lease (--lease-ttl) and
+acts only on those; another takes them over when it stops renewing the lease.
+
 Signals: SIGHUP re-reads the files now. SIGTERM/SIGINT start no new workload runs, give runs in
 flight --grace to finish, then leave workers as Cluster.spec.shutdownPolicy says
 (LeaveRunning: the next engine adopts them; PowerOff) and exit 0.
 
 Examples:
   microfaasctl serve -f manifests/ --watch
-  microfaasctl serve -f cluster.yaml --watch --prune --resync 1m --log-format json")]
+  microfaasctl serve -f cluster.yaml --watch --prune --resync 1m --log-format json
+  microfaasctl serve -f lab/ --name rack-a --listen 10.0.0.21:63302 --lease-ttl 10s")]
 pub struct Args {
     #[command(flatten)]
     files: FileArgs,
