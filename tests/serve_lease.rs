@@ -203,8 +203,13 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
             "the run did not finish:\n{}",
             b.log()
         );
-        if let Some(r) = report(reader.path(), &url)
-            && r["phase"] != "Running"
+        let finished = store
+            .latest_run("wl")
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.phase != microfaas::store::RunPhase::Running);
+        if finished
+            && let Some(r) = report(reader.path(), &url)
             && r["total"] == total
             && r["succeeded"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0)
                 == u64::from(total)

@@ -59,6 +59,17 @@ struct Run<D: VmDriver> {
     handed_over: std::sync::atomic::AtomicBool,
 }
 
+/// What became of an attempt's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// Recorded; the invocation is done.
+    Final,
+    /// Recorded; the invocation is tried again with the next attempt number.
+    Retry,
+    /// Not recorded (the workload is no longer held here): sent again as the same attempt.
+    Resend,
+}
+
 /// What a resumed run finds recorded: invocations with a final record (not sent again), the
 /// next attempt number of those in flight when their orchestrator stopped, and the counts.
 #[derive(Default)]
@@ -533,7 +544,7 @@ impl<D: VmDriver> Run<D> {
         answer: Option<&Answer>,
         lost_reason: Option<String>,
         cold_start_ms: Option<i64>,
-    ) -> bool {
+    ) -> Recorded {
         let slot = Slot {
             workload: &self.workload,
             run: self.run,
@@ -544,7 +555,18 @@ impl<D: VmDriver> Run<D> {
         };
         let record =
             attempt::attempt_record(&slot, &job.call, worker, answer, lost_reason, cold_start_ms);
-        attempt::record(&self.engine, &record).await;
+        let recorded = attempt::record(&self.engine, &record).await;
+        // Not recorded because this orchestrator does not hold the workload (its lease expired
+        // while etcd was cut off): nothing durable says it ran, so it counts for nothing here
+        // and is sent again by whoever carries the run on (this one, once it holds it again).
+        if !recorded
+            && self
+                .engine
+                .ownership()
+                .is_some_and(|o| !o.holds(Kind::Workload, &self.workload))
+        {
+            return Recorded::Resend;
+        }
         let status = record.status;
         let retry = matches!(status, AttemptStatus::Lost | AttemptStatus::Timeout)
             && job.attempt < self.max_attempts
@@ -581,7 +603,11 @@ impl<D: VmDriver> Run<D> {
             }
             self.wake.notify_waiters();
         }
-        retry
+        if retry {
+            Recorded::Retry
+        } else {
+            Recorded::Final
+        }
     }
 
     fn handed_over(&self) -> bool {
@@ -767,15 +793,19 @@ impl<D: VmDriver> Run<D> {
             if oneshot || !answer.answered {
                 stale = Some(session.id);
             }
-            let retry = self
+            match self
                 .finalize(&job, Some(worker), Some(&answer), None, cold_start_ms)
-                .await;
-            if retry {
-                let mut job = job;
-                job.attempt += 1;
-                job.tried.push(worker.to_string());
-                job.queued_ms = clock::now_millis();
-                self.enqueue(job, None).await;
+                .await
+            {
+                Recorded::Final => {}
+                Recorded::Retry => {
+                    let mut job = job;
+                    job.attempt += 1;
+                    job.tried.push(worker.to_string());
+                    job.queued_ms = clock::now_millis();
+                    self.enqueue(job, None).await;
+                }
+                Recorded::Resend => self.enqueue(job, None).await,
             }
         }
         if holding {
