@@ -37,22 +37,10 @@ spec:
   power: On
   lifecycle: {{mode: Warm}}
   vm: {{kernel: {}, initrd: {}, memory: 128Mi, machine: pc, accel: tcg}}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Function
-metadata: {{name: float-operations}}
-spec: {{runtime: builtin, handler: float_operations, timeout: 60s}}
----
-apiVersion: microfaas.dev/v1alpha1
-kind: Workload
-metadata: {{name: wl}}
-spec:
-  functions: [{{function: float-operations, count: 5}}]
-  arrival: {{pattern: fixed, rate: 10/s}}
-  concurrency: 2
-",
+{}",
         env.kernel.display(),
-        env.initrd.display()
+        env.initrd.display(),
+        Env::builtin_workload("float_operations", 5, "10/s", "")
     );
     let f = env.write("m.yaml", &manifest);
     let log = env.dir.path().join("serve.log");

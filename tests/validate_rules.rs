@@ -853,3 +853,29 @@ fn cluster_store_etcd_endpoints_prefix_and_unknown_fields() {
         "tls",
     );
 }
+
+#[test]
+fn orchestrator_names_are_checked_where_they_are_written() {
+    // VM_WORKER is 7 lines: `orchestrators` is on line 8.
+    expect_error(
+        &format!("{VM_WORKER}  orchestrators: [rack-a, Rack_B]\n"),
+        8,
+        27,
+        "orchestrator name `Rack_B`",
+    );
+    expect_error(
+        &format!("{VM_WORKER}  orchestrators:\n    - rack-a\n    - rack-a\n"),
+        10,
+        7,
+        "`rack-a` is listed twice",
+    );
+    // In a WorkerSet's template too.
+    expect_error(
+        &format!(
+            "{HEAD}kind: WorkerSet\nmetadata: {{name: s}}\nspec:\n  replicas: 2\n  template:\n    spec:\n      vm: {{kernel: /k}}\n      orchestrators: [\"\"]\n"
+        ),
+        9,
+        23,
+        "must not be empty",
+    );
+}

@@ -25,13 +25,18 @@ files is torn down and deleted only with --prune.
 While serve runs, `apply`, `delete` and `rerun` store desired state and wait for this daemon to
 converge it; `get`, `describe`, `logs` and `report` read its live status.
 
+On a shared etcd store several serves run side by side: each, named by --name, holds the
+workers whose `orchestrators` name it (or name none) under an etcd lease (--lease-ttl) and
+acts only on those; another takes them over when it stops renewing the lease.
+
 Signals: SIGHUP re-reads the files now. SIGTERM/SIGINT start no new workload runs, give runs in
 flight --grace to finish, then leave workers as Cluster.spec.shutdownPolicy says
 (LeaveRunning: the next engine adopts them; PowerOff) and exit 0.
 
 Examples:
   microfaasctl serve -f manifests/ --watch
-  microfaasctl serve -f cluster.yaml --watch --prune --resync 1m --log-format json")]
+  microfaasctl serve -f cluster.yaml --watch --prune --resync 1m --log-format json
+  microfaasctl serve -f lab/ --name rack-a --listen 10.0.0.21:63302 --lease-ttl 10s")]
 pub struct Args {
     #[command(flatten)]
     files: FileArgs,
@@ -50,6 +55,18 @@ pub struct Args {
     /// On SIGTERM/SIGINT, how long workload runs in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// This orchestrator's name on a shared etcd store: workers whose `orchestrators` list it
+    /// (or have none) may be held by it. Default: the host name.
+    #[arg(long, env = "MICROFAAS_ORCHESTRATOR")]
+    name: Option<String>,
+    /// TTL of the etcd lease under which it holds workers: another orchestrator takes them
+    /// over this long after this one stops renewing it (killed, cut off from etcd).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// Where agents dial in, instead of the Cluster's `orchestrator.listen` (each
+    /// orchestrator sharing a store listens on its own host).
+    #[arg(long)]
+    listen: Option<String>,
     /// Log line format on stderr (info level unless -v or RUST_LOG say otherwise).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -59,8 +76,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::manifest::quantity::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// The host name, as the default orchestrator name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
 pub fn run(args: Args, state_dir: &Path) -> CmdResult {
+    let name = args.name.clone().unwrap_or_else(host_name);
+    if args.lease_ttl < Duration::from_secs(1) {
+        return Err(Failure::invalid(
+            "--lease-ttl must be at least 1s (etcd leases count whole seconds)",
+        ));
+    }
     let opts = ServeOptions {
+        name,
+        lease_ttl: args.lease_ttl,
+        listen: args.listen.clone(),
         files: args.files.files.clone(),
         fs_checks: !args.files.no_fs_checks,
         watch: args.watch,

@@ -28,6 +28,11 @@ pub struct HostOptions {
     /// Period of the resync that re-queues every object.
     pub resync: Duration,
     pub concurrency: usize,
+    /// Where agents dial in, instead of `Cluster.spec.orchestrator.listen` (`serve --listen`:
+    /// each orchestrator sharing a store listens on its own host).
+    pub listen: Option<String>,
+    /// On a store shared with other orchestrators: act only on what this holds.
+    pub ownership: Option<Arc<crate::engine::ownership::Ownership>>,
 }
 
 impl HostOptions {
@@ -37,6 +42,8 @@ impl HostOptions {
             default_initrd: None,
             resync: Duration::from_secs(10),
             concurrency: 8,
+            listen: None,
+            ownership: None,
         }
     }
 }
@@ -98,10 +105,12 @@ impl<D: VmDriver> Host<D> {
     pub async fn start(store: Store, driver: Arc<D>, opts: HostOptions) -> Result<Self, String> {
         let cluster = stored_cluster(&store);
         let token = cluster_token(cluster.as_ref(), &opts.state_dir)?;
-        let listen = cluster.as_ref().map_or_else(
-            || "127.0.0.1:63302".to_string(),
-            |c| c.orchestrator.listen.clone(),
-        );
+        let listen = opts.listen.clone().unwrap_or_else(|| {
+            cluster.as_ref().map_or_else(
+                || "127.0.0.1:63302".to_string(),
+                |c| c.orchestrator.listen.clone(),
+            )
+        });
         let endpoint = Endpoint::bind(&listen, token.clone().into_bytes())
             .await
             .map_err(|e| format!("cannot listen for agents on {listen}: {e}"))?;
@@ -118,6 +127,9 @@ impl<D: VmDriver> Host<D> {
                 resync: opts.resync,
             },
         );
+        if let Some(o) = &opts.ownership {
+            engine.set_ownership(o.clone());
+        }
         let events = endpoint.events_sender();
         let e2 = engine.clone();
         engine.set_starter(Arc::new(move |name| {

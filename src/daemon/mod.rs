@@ -9,6 +9,7 @@
 
 pub mod declare;
 pub mod host;
+pub mod lease;
 pub mod watch;
 
 use crate::engine::vm::VmDriver;
@@ -35,6 +36,12 @@ pub struct ServeOptions {
     /// How long runs in flight may take to finish on SIGTERM/SIGINT.
     pub grace: Duration,
     pub default_initrd: Option<PathBuf>,
+    /// This orchestrator's name on a shared store (`--name`, default the host name).
+    pub name: String,
+    /// TTL of its etcd lease: others take over its workers this long after it stops renewing.
+    pub lease_ttl: Duration,
+    /// Agent endpoint address instead of the Cluster's `orchestrator.listen`.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +66,8 @@ pub struct Daemon<D: VmDriver> {
     revisions: BTreeMap<(Kind, String), String>,
     /// Undeclared objects already reported, so each is logged once per change of the set.
     undeclared: Vec<(Kind, String)>,
+    /// On a shared etcd store: the lease and claims of this orchestrator.
+    keeper: Option<lease::Keeper>,
     _lock: StateLock,
 }
 
@@ -101,14 +110,42 @@ impl<D: VmDriver> Daemon<D> {
             ));
         }
         declare::select_declared_store(&loaded);
+        // Only a shared store needs the name (a host name that is no valid one is fine alone),
+        // checked before anything is stored.
+        if crate::store::selected_etcd().is_some() {
+            crate::manifest::load::check_orchestrator_name(&opts.name).map_err(|why| {
+                DaemonError::Start(format!(
+                    "orchestrator name `{}` (--name, MICROFAAS_ORCHESTRATOR or the host name): {why}",
+                    opts.name
+                ))
+            })?;
+        }
         let mut store = Store::open(state_dir)?;
         let declared = declare::declare(&mut store, &loaded, &opts.files, opts.prune, false)?;
         let mut hopts = HostOptions::new(state_dir);
         hopts.default_initrd = opts.default_initrd.clone();
         hopts.resync = opts.resync;
+        hopts.listen = opts.listen.clone();
+        let shared = crate::store::selected_etcd().cloned();
+        let ownership = shared.as_ref().map(|_| {
+            Arc::new(crate::engine::ownership::Ownership::new(
+                &opts.name,
+                opts.lease_ttl,
+            ))
+        });
+        hopts.ownership = ownership.clone();
         let host = Host::start(Store::open(state_dir)?, driver, hopts)
             .await
             .map_err(DaemonError::Start)?;
+        let keeper = match (&shared, ownership) {
+            (Some(loc), Some(own)) => Some(lease::Keeper::start(
+                loc,
+                own,
+                host.engine.queue.clone(),
+                opts.lease_ttl,
+            )?),
+            _ => None,
+        };
         tracing::info!(
             pid = std::process::id(),
             agents = %host.agent_addr(),
@@ -121,6 +158,7 @@ impl<D: VmDriver> Daemon<D> {
             revisions: store.desired_revisions()?,
             store,
             undeclared: Vec::new(),
+            keeper,
             _lock: lock,
         };
         daemon.report(&declared);
@@ -378,6 +416,9 @@ impl<D: VmDriver> Daemon<D> {
                 }
                 while set.join_next().await.is_some() {}
             }
+        }
+        if let Some(k) = self.keeper.take() {
+            let _ = tokio::task::spawn_blocking(move || k.stop()).await;
         }
         self.host.shutdown().await;
         tracing::info!("stopped");

@@ -76,6 +76,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     /// in its status; the next engine powers it on again if its spec wants it on. Boards go
     /// through their own teardown (agent first, then the button), which records their power.
     pub async fn power_off_for_shutdown(&self, name: &str) {
+        if !self.may_act(Kind::Worker, name) {
+            return;
+        }
         let Some(obj) = self.get(Kind::Worker, name) else {
             return;
         };

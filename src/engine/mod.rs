@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod board;
 mod lifecycle;
 pub mod operator;
+pub mod ownership;
 pub mod quarantine;
 pub mod queue;
 pub mod status;
@@ -84,6 +85,8 @@ pub struct Engine<D: VmDriver, P: Presence> {
     /// Set while an invocation cannot be recorded (disk full, I/O error): meanwhile no work is
     /// taken, since nothing it does could be recorded. Cleared when a retried record commits.
     storage_fault: Mutex<Option<(String, std::time::Instant)>>,
+    /// On a store shared by several orchestrators: what this one holds (unset: everything).
+    ownership: std::sync::OnceLock<Arc<ownership::Ownership>>,
 }
 
 /// Status field set by `microfaasctl rerun` and cleared when the new run starts.
@@ -129,6 +132,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             reconcile_errors: Mutex::new(HashMap::new()),
             queue_depths: Mutex::new(HashMap::new()),
             storage_fault: Mutex::new(None),
+            ownership: std::sync::OnceLock::new(),
         })
     }
 
@@ -168,6 +172,21 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     /// Why invocations cannot be recorded, while they cannot.
     pub fn storage_fault(&self) -> Option<String> {
         lock(&self.storage_fault).as_ref().map(|f| f.0.clone())
+    }
+
+    /// Shares the store with other orchestrators: act only on what `o` holds, while it holds
+    /// it. Set once, before the engine runs.
+    pub fn set_ownership(&self, o: Arc<ownership::Ownership>) {
+        let _ = self.ownership.set(o);
+    }
+
+    pub fn ownership(&self) -> Option<&Arc<ownership::Ownership>> {
+        self.ownership.get()
+    }
+
+    /// Whether this engine may power, reconcile or dispatch to `kind/name` now.
+    pub fn may_act(&self, kind: Kind, name: &str) -> bool {
+        self.ownership.get().is_none_or(|o| o.may_act(kind, name))
     }
 
     /// Failed reconciles per kind since this engine started.
@@ -215,6 +234,19 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .with_store(|s| s.latest_run(name))
             .map_err(|e| e.to_string())?;
         let in_progress = lock(&self.running).contains(name);
+        // On a shared store a run left by an orchestrator that lost its lease is carried on
+        // here: this engine holds the workload now, so no one else runs it.
+        let resume = self.ownership.get().is_some();
+        if let Some(run) = &latest
+            && run.phase == crate::store::invocations::RunPhase::Running
+            && !in_progress
+            && resume
+            && let Some(start) = lock(&self.starter).clone()
+        {
+            lock(&self.running).insert(name.to_string());
+            start(name.to_string());
+            return Ok(Next::Done);
+        }
         if let Some(run) = &latest
             && run.phase == crate::store::invocations::RunPhase::Running
             && !in_progress
@@ -392,6 +424,15 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     }
 
     async fn reconcile(self: &Arc<Self>, key: &Key) -> Result<Next, String> {
+        // Another orchestrator's, or no lease renewed lately (no etcd quorum): hands off.
+        // The lease keeper queues what it gains or gets back.
+        if self
+            .ownership
+            .get()
+            .is_some_and(|o| !o.may_reconcile(key.0, &key.1))
+        {
+            return Ok(Next::Done);
+        }
         if self.deletion_requested(key) {
             return self.finalize(key).await;
         }

@@ -476,9 +476,27 @@ pub fn check_dns_label(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// An orchestrator's name (`serve --name`, a worker's `orchestrators`): a host name, i.e.
+/// dot-separated RFC 1123 labels, at most 253 characters.
+pub fn check_orchestrator_name(name: &str) -> Result<(), &'static str> {
+    if name.len() > 253 {
+        return Err("must be at most 253 characters");
+    }
+    name.split('.').try_for_each(check_dns_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orchestrator_names_are_host_names() {
+        assert!(check_orchestrator_name("rack-1.lab").is_ok());
+        assert!(check_orchestrator_name("orch").is_ok());
+        assert!(check_orchestrator_name("Rack").is_err());
+        assert!(check_orchestrator_name("a..b").is_err());
+        assert!(check_orchestrator_name("").is_err());
+    }
 
     #[test]
     fn splits_documents_keeping_line_offsets() {

@@ -486,6 +486,12 @@ pub struct WorkerSpec {
     /// A QEMU virtual machine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmSpec>,
+    /// The orchestrators (`serve --name`, default the host name) that may power and dispatch
+    /// to this worker when several share one etcd store; empty: any of them. A board's are
+    /// the ones on the host its power button's GPIO line is wired to, a VM's the ones on the
+    /// host that runs its QEMU. One of them holds it at a time, under an etcd lease.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orchestrators: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

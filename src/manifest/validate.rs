@@ -519,6 +519,7 @@ fn v1_worker(cx: &mut Ctx<'_>, s: &WorkerSpec) {
 }
 
 fn worker(cx: &mut Ctx<'_>, s: &WorkerSpec, opts: Options) {
+    orchestrators(cx, &s.orchestrators);
     cx.one_of(
         &[],
         &[("board", s.board.is_some()), ("vm", s.vm.is_some())],
@@ -631,6 +632,18 @@ fn worker(cx: &mut Ctx<'_>, s: &WorkerSpec, opts: Options) {
 
 /// A VM's network: tap needs a bridge and a way for the agent to get its address; the
 /// address fields mean nothing on user networking (QEMU's guest is always 10.0.2.15).
+/// `orchestrators`: names as `serve --name` takes them (host names), each once.
+fn orchestrators(cx: &mut Ctx<'_>, names: &[String]) {
+    for (i, n) in names.iter().enumerate() {
+        let path = [Key("orchestrators"), Index(i)];
+        if let Err(why) = crate::manifest::load::check_orchestrator_name(n) {
+            cx.error(&path, format!("orchestrator name `{n}`: {why}"));
+        } else if names[..i].contains(n) {
+            cx.error(&path, format!("orchestrator `{n}` is listed twice"));
+        }
+    }
+}
+
 fn vm_network(cx: &mut Ctx<'_>, vm: &VmSpec) {
     let net = &vm.network;
     let p = |f: &'static str| [Key("vm"), Key("network"), Key(f)];

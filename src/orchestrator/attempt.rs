@@ -439,6 +439,18 @@ pub async fn record<D: VmDriver>(engine: &Engine<D, Sessions>, attempt: &Attempt
     let mut wait = RECORD_RETRY_FIRST;
     let mut tries = 0u32;
     loop {
+        // Another orchestrator took the workload over (this one's lease expired): it redoes
+        // what this one had not recorded, so recording it here too could count it twice.
+        if engine.ownership().is_some_and(|o| {
+            o.acting() && !o.holds(crate::manifest::Kind::Workload, &attempt.workload)
+        }) {
+            tracing::warn!(
+                "attempt {}#{} not recorded: the workload is held by another orchestrator now",
+                attempt.invocation_id,
+                attempt.attempt
+            );
+            return false;
+        }
         match engine.recorder.record(attempt.clone()).await {
             Ok(()) => {
                 if tries > 0 {

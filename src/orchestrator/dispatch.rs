@@ -55,6 +55,82 @@ struct Run<D: VmDriver> {
     permits: Semaphore,
     workers: BTreeMap<String, WorkerSpec>,
     last_progress: Mutex<Instant>,
+    /// Set when another orchestrator took the workload over: this run stops, unfinished.
+    handed_over: std::sync::atomic::AtomicBool,
+}
+
+/// What became of an attempt's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// Recorded (and counted, unless the invocation is tried again).
+    Done,
+    /// Not recorded (the workload is no longer held here): sent again as the same attempt.
+    Resend,
+}
+
+/// What a resumed run finds recorded: invocations with a final record (not sent again), the
+/// next attempt number of those in flight when their orchestrator stopped, and the counts.
+#[derive(Default)]
+struct Done {
+    finished: std::collections::HashSet<String>,
+    retry: HashMap<String, u32>,
+    counts: RunCounts,
+}
+
+impl Done {
+    fn of<D: VmDriver>(
+        engine: &Engine<D, Sessions>,
+        workload: &str,
+        run: &crate::store::Run,
+        max_attempts: u32,
+    ) -> Result<Done, String> {
+        let attempts = engine
+            .with_store(|s| s.attempts(workload, run.run))
+            .map_err(|e| e.to_string())?;
+        let mut out = Done::default();
+        let mut last: BTreeMap<String, &crate::store::Attempt> = BTreeMap::new();
+        for a in &attempts {
+            let e = last.entry(a.invocation_id.clone()).or_insert(a);
+            if a.attempt > e.attempt {
+                *e = a;
+            }
+        }
+        for (id, a) in last {
+            // Final: an answer, the last attempt allowed, or one that found no worker.
+            let fin = matches!(a.status, AttemptStatus::Succeeded | AttemptStatus::Failed)
+                || a.attempt >= max_attempts
+                || a.worker.is_none();
+            if fin {
+                match a.status {
+                    AttemptStatus::Succeeded => out.counts.succeeded += 1,
+                    _ => out.counts.failed += 1,
+                }
+                if a.attempt > 1 {
+                    out.counts.retried += 1;
+                }
+                out.finished.insert(id);
+            } else {
+                out.retry.insert(id, a.attempt + 1);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The run to carry on instead of starting one: on a shared store, the current generation's
+/// run still `Running` (its orchestrator lost its lease; this one holds the workload now).
+fn resumable<D: VmDriver>(
+    engine: &Engine<D, Sessions>,
+    name: &str,
+    generation: i64,
+) -> Result<Option<crate::store::Run>, String> {
+    if engine.ownership().is_none() {
+        return Ok(None);
+    }
+    let latest = engine
+        .with_store(|s| s.latest_run(name))
+        .map_err(|e| e.to_string())?;
+    Ok(latest.filter(|r| r.phase == RunPhase::Running && r.generation == generation))
 }
 
 /// How often a run's progress is written to the store while it runs.
@@ -127,6 +203,12 @@ async fn run_workload<D: VmDriver>(
         .into_iter()
         .filter(|w| spec.workers.matches(&w.labels))
         .filter(attempt::health_good)
+        // On a shared store, only the workers this orchestrator holds (their agents dial it).
+        .filter(|w| {
+            engine
+                .ownership()
+                .is_none_or(|o| o.holds(Kind::Worker, &w.name))
+        })
         // Boards and VMs alike: the engine powers either on for `want` and off for `release`.
         .filter_map(|w| {
             Some((
@@ -136,9 +218,13 @@ async fn run_workload<D: VmDriver>(
         })
         .collect();
 
-    let run = engine
-        .with_store(|s| s.start_run(name, obj.generation))
-        .map_err(|e| e.to_string())?;
+    let resumed = resumable(&engine, name, obj.generation)?;
+    let run = match &resumed {
+        Some(r) => r.run,
+        None => engine
+            .with_store(|s| s.start_run(name, obj.generation))
+            .map_err(|e| e.to_string())?,
+    };
     let mut st = Status::from_value(&obj.status);
     st.set(crate::engine::RERUN, serde_json::Value::Null);
     if workers.is_empty() {
@@ -189,22 +275,43 @@ async fn run_workload<D: VmDriver>(
             return Ok(());
         }
     };
-    engine.event(
-        Kind::Workload,
-        name,
-        EventType::Normal,
-        "Started",
-        &format!(
-            "run {run}: {} invocations on {} workers",
-            plan.len(),
-            workers.len()
-        ),
-    );
-
     let max_attempts = u32::try_from(spec.max_attempts.unwrap_or(defaults.max_attempts))
         .unwrap_or(3)
         .max(1);
     let total = plan.len();
+    let done = match &resumed {
+        Some(r) => Done::of(&engine, name, r, max_attempts)?,
+        None => Done::default(),
+    };
+    match &resumed {
+        Some(_) => engine.event(
+            Kind::Workload,
+            name,
+            EventType::Normal,
+            "Resumed",
+            &format!(
+                "run {run} carried on by orchestrator {} on {} workers: {} of {} invocations were recorded; the other {} (those in flight included) are sent now, {} of them as retries of a recorded attempt",
+                engine.ownership().map_or("", |o| o.name.as_str()),
+                workers.len(),
+                done.counts.succeeded + done.counts.failed,
+                total,
+                total.saturating_sub(usize::try_from(done.counts.succeeded + done.counts.failed).unwrap_or(0)),
+                done.retry.len()
+            ),
+        ),
+        None => engine.event(
+            Kind::Workload,
+            name,
+            EventType::Normal,
+            "Started",
+            &format!(
+                "run {run}: {} invocations on {} workers",
+                plan.len(),
+                workers.len()
+            ),
+        ),
+    }
+    let finished = usize::try_from(done.counts.succeeded + done.counts.failed).unwrap_or(0);
     let r = Arc::new(Run {
         engine: engine.clone(),
         workload: name.to_string(),
@@ -216,10 +323,10 @@ async fn run_workload<D: VmDriver>(
                 .keys()
                 .map(|w| (w.clone(), VecDeque::new()))
                 .collect(),
-            remaining: total,
+            remaining: total.saturating_sub(finished),
             counts: RunCounts {
                 total: total as u64,
-                ..RunCounts::default()
+                ..done.counts
             },
             gave_up: Vec::new(),
             unavailable: Vec::new(),
@@ -228,6 +335,7 @@ async fn run_workload<D: VmDriver>(
         permits: Semaphore::new(usize::try_from(spec.concurrency).unwrap_or(1).max(1)),
         workers,
         last_progress: Mutex::new(Instant::now()),
+        handed_over: std::sync::atomic::AtomicBool::new(false),
     });
     r.publish("Running");
 
@@ -238,14 +346,30 @@ async fn run_workload<D: VmDriver>(
         tasks.push(tokio::spawn(async move { r.worker_loop(&w, rx).await }));
     }
 
-    // Release invocations at their planned offsets.
-    let start = tokio::time::Instant::now();
+    // Release invocations at their planned offsets (from the run's start, when resumed).
+    let start = match &resumed {
+        Some(r) => {
+            let behind = u64::try_from(clock::now_millis() - r.started_ms).unwrap_or(0);
+            let now = tokio::time::Instant::now();
+            now.checked_sub(Duration::from_millis(behind))
+                .unwrap_or(now)
+        }
+        None => tokio::time::Instant::now(),
+    };
     for p in plan {
+        let id = format!("{name}-{run}-{}", p.seq);
+        if done.finished.contains(&id) {
+            continue;
+        }
+        if r.handed_over() {
+            break;
+        }
         tokio::time::sleep_until(start + Duration::from_millis(p.at_ms)).await;
         let function = p.function.clone();
         let job = Job {
+            attempt: done.retry.get(&id).copied().unwrap_or(1),
             call: Call {
-                invocation_id: format!("{name}-{run}-{}", p.seq),
+                invocation_id: id,
                 function: function.clone(),
                 handler: handlers.get(&function).cloned().unwrap_or_default(),
                 runtime: codes
@@ -255,7 +379,6 @@ async fn run_workload<D: VmDriver>(
                 input: p.input.clone(),
                 deadline: deadlines.get(&function).copied().unwrap_or(job_timeout),
             },
-            attempt: 1,
             queued_ms: clock::now_millis(),
             tried: Vec::new(),
             planned: p,
@@ -268,6 +391,19 @@ async fn run_workload<D: VmDriver>(
     }
     for t in tasks {
         let _ = t.await;
+    }
+    if r.handed_over() {
+        engine.event(
+            Kind::Workload,
+            name,
+            EventType::Warning,
+            "HandedOver",
+            &format!(
+                "run {run}: orchestrator {} no longer holds the workload; the one that does carries the run on",
+                engine.ownership().map_or("", |o| o.name.as_str())
+            ),
+        );
+        return Ok(());
     }
     let counts = lock(&r.shared).counts;
     let phase = if counts.failed == 0 {
@@ -429,8 +565,20 @@ impl<D: VmDriver> Run<D> {
 
     /// Commits `record` durably, then counts it: the run ends (`remaining` 0) only once every
     /// record is committed, whether committed in line or in the background.
-    async fn commit(&self, record: &Attempt, retry: bool) {
-        attempt::record(&self.engine, record).await;
+    /// `Resend` when it was not recorded because this orchestrator no longer holds the
+    /// workload (its lease expired while etcd was cut off): nothing durable says it ran, so it
+    /// counts for nothing here and is sent again by whoever carries the run on (this one, once
+    /// it holds it again).
+    async fn commit(&self, record: &Attempt, retry: bool) -> Recorded {
+        let recorded = attempt::record(&self.engine, record).await;
+        if !recorded
+            && self
+                .engine
+                .ownership()
+                .is_some_and(|o| !o.holds(Kind::Workload, &self.workload))
+        {
+            return Recorded::Resend;
+        }
         let status = record.status;
         if !retry {
             let mut sh = lock(&self.shared);
@@ -464,9 +612,39 @@ impl<D: VmDriver> Run<D> {
             }
             self.wake.notify_waiters();
         }
+        Recorded::Done
+    }
+
+    fn handed_over(&self) -> bool {
+        self.handed_over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this orchestrator may dispatch to `worker` now; `None` once another one holds
+    /// the workload (the run stops here).
+    fn may_dispatch(&self, worker: &str) -> Option<bool> {
+        let Some(o) = self.engine.ownership() else {
+            return Some(true);
+        };
+        if o.acting() && !o.holds(Kind::Workload, &self.workload) {
+            self.handed_over
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.wake.notify_waiters();
+            return None;
+        }
+        Some(o.may_act(Kind::Workload, &self.workload) && o.may_act(Kind::Worker, worker))
     }
 
     fn take_job(&self, worker: &str) -> Option<Option<Job>> {
+        if self.handed_over() {
+            return None;
+        }
+        // No etcd quorum, or the worker went to another orchestrator: nothing is sent, the
+        // jobs wait (or move on once the worker is given up).
+        match self.may_dispatch(worker) {
+            None => return None,
+            Some(false) => return Some(None),
+            Some(true) => {}
+        }
         let mut sh = lock(&self.shared);
         if sh.remaining == 0 {
             return None;
@@ -627,13 +805,21 @@ impl<D: VmDriver> Run<D> {
             let record = self.record_of(&job, Some(worker), Some(&answer), None, cold_start_ms);
             let retry = self.retries(&record);
             let this = Arc::clone(self);
-            tokio::spawn(async move { this.commit(&record, retry).await });
             if retry {
+                // The next attempt carries the invocation on even if this record turns out
+                // not to be ours to write, so a Resend is not sent a second time.
+                tokio::spawn(async move { this.commit(&record, true).await });
                 let mut job = job;
                 job.attempt += 1;
                 job.tried.push(worker.to_string());
                 job.queued_ms = clock::now_millis();
                 self.enqueue(job, None).await;
+            } else {
+                tokio::spawn(async move {
+                    if this.commit(&record, false).await == Recorded::Resend {
+                        this.enqueue(job, None).await;
+                    }
+                });
             }
         }
         if holding {

@@ -56,17 +56,22 @@ pub enum StoreError {
     NotFound(String),
     #[error("etcd store: {0}")]
     Etcd(String),
+    /// etcd refused a record for what it says (already recorded, its run missing).
+    #[error("etcd store: {0}")]
+    EtcdRefused(String),
 }
 
 impl StoreError {
     /// A record refused for what it says (a duplicate, a run that does not exist), as opposed
     /// to a store that could not write it (disk full, I/O): retrying it cannot help.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Sqlite { source, .. }
-                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
-        )
+        match self {
+            StoreError::Sqlite { source, .. } => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+            }
+            StoreError::EtcdRefused(_) => true,
+            _ => false,
+        }
     }
 }
 

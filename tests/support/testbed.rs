@@ -112,6 +112,32 @@ impl Env {
         )
     }
 
+    /// A builtin Function `fn` running `handler` and a Workload `wl` of `count` calls of it at
+    /// `rate`, two at a time, each with `input` (JSON; empty: the generated inputs).
+    pub fn builtin_workload(handler: &str, count: u32, rate: &str, input: &str) -> String {
+        let inputs = if input.is_empty() {
+            String::new()
+        } else {
+            format!(", inputs: [{input}]")
+        };
+        format!(
+            "---
+apiVersion: microfaas.dev/v1alpha1
+kind: Function
+metadata: {{name: fn}}
+spec: {{runtime: builtin, handler: {handler}, timeout: 120s}}
+---
+apiVersion: microfaas.dev/v1alpha1
+kind: Workload
+metadata: {{name: wl}}
+spec:
+  functions: [{{function: fn, count: {count}{inputs}}}]
+  arrival: {{pattern: fixed, rate: {rate}}}
+  concurrency: 2
+"
+        )
+    }
+
     pub fn write(&self, name: &str, text: &str) -> String {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).expect("write manifest");

@@ -19,6 +19,7 @@
 
 pub mod client;
 mod gateway;
+pub mod lease;
 mod objects;
 mod records;
 mod rest;

@@ -362,7 +362,7 @@ impl EtcdStore {
             .pointer("/responses/0/response_range/kvs")
             .and_then(serde_json::Value::as_array)
             .is_some_and(|k| !k.is_empty());
-        StoreError::Etcd(if run_exists {
+        StoreError::EtcdRefused(if run_exists {
             format!(
                 "attempt {} of invocation {} is already recorded",
                 a.attempt, a.invocation_id
