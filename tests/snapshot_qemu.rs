@@ -144,6 +144,12 @@ fn a_snapshot_worker_restores_its_snapshot_and_boots_when_it_cannot() {
         std::fs::metadata(&snapshot).is_ok_and(|m| m.len() > len / 2),
         "the bad snapshot was replaced"
     );
+
+    // 6: deleting the worker deletes its snapshot.
+    ok(&env.ctl(&["delete", "worker", "vm-0"]));
+    wait_for("the deleted worker's snapshot to go", || {
+        (!snapshot.exists()).then_some(())
+    });
     stop(daemon);
     assert!(env.qemus().is_empty(), "{:?}", env.qemus());
 }

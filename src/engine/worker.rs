@@ -178,8 +178,13 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     .collect();
         }
         cfg.network = network;
-        cfg.run_dir = self.cfg.state_dir.join("vms").join(name);
+        cfg.run_dir = self.run_dir(name);
         Ok(cfg)
+    }
+
+    /// Where a VM worker's pidfile, sockets, console logs and snapshot live.
+    fn run_dir(&self, name: &str) -> PathBuf {
+        self.cfg.state_dir.join("vms").join(name)
     }
 
     /// Whether the worker should be powered now.
@@ -670,6 +675,8 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
         }
         self.driver.discard(name).await;
+        // Nothing would restore it again, and each is the size of the guest's used memory.
+        crate::drivers::qemu::snapshot::remove(&self.run_dir(name));
         lock(&self.runtime).remove(name);
     }
 }
