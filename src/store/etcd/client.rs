@@ -253,8 +253,12 @@ impl Client {
                             .or_else(|| value.get("error"))
                             .and_then(Value::as_str)
                             .map_or_else(|| value.to_string(), str::to_string);
-                        // A member without quorum or leader answers; another may do better.
-                        if message.contains("no leader") || message.contains("timed out") {
+                        // A member without quorum or leader answers (its own timeout, or
+                        // the gateway's deadline on the request); another may do better.
+                        if ["no leader", "timed out", "deadline exceeded"]
+                            .iter()
+                            .any(|m| message.contains(m))
+                        {
                             leaderless = true;
                             last = format!("{endpoint}: {message}");
                             *guard = None;
