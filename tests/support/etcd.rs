@@ -18,13 +18,16 @@ pub struct EtcdCluster {
     members: Vec<Member>,
 }
 
-/// A free loopback port (etcd binds it right after; a collision fails the readiness wait).
-/// Here rather than from `services`, so benches can include this file alone.
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// `n` distinct free loopback ports. The listeners are held until all are chosen: binding and
+/// dropping one at a time can hand out the same port twice (CI once got m1 and m2 on one peer
+/// port). Here rather than from `services`, so benches can include this file alone.
+fn free_tcp_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound port").port())
+        .collect()
 }
 
 fn etcd_binary() -> PathBuf {
@@ -41,21 +44,30 @@ impl EtcdCluster {
             "{} is missing: hack/install-deps.sh installs etcd-server",
             etcd_binary().display()
         );
-        let dir = tempfile::tempdir().expect("etcd temp dir");
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_tcp_port(),
-                peer_port: free_tcp_port(),
-                child: None,
-            })
-            .collect();
-        let mut c = EtcdCluster { dir, members };
-        for i in 0..n {
-            c.spawn(i, "new");
+        // Another process on the machine may take a chosen port before etcd binds it; that
+        // attempt is thrown away and the cluster started again on fresh ports.
+        for attempt in 1.. {
+            let dir = tempfile::tempdir().expect("etcd temp dir");
+            let ports = free_tcp_ports(2 * n);
+            let members: Vec<Member> = (0..n)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client_port: ports[2 * i],
+                    peer_port: ports[2 * i + 1],
+                    child: None,
+                })
+                .collect();
+            let mut c = EtcdCluster { dir, members };
+            for i in 0..n {
+                c.spawn(i, "new");
+            }
+            match c.ready(Duration::from_secs(60)) {
+                Ok(()) => return c,
+                Err(e) if attempt < 3 && e.contains("address already in use") => continue,
+                Err(e) => panic!("{e}"),
+            }
         }
-        c.wait_ready(Duration::from_secs(60));
-        c
+        unreachable!("the start loop returns or panics")
     }
 
     fn initial_cluster(&self) -> String {
@@ -166,24 +178,32 @@ impl EtcdCluster {
     }
 
     fn wait_ready(&mut self, limit: Duration) {
+        if let Err(e) = self.ready(limit) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the running members answer; a member that exits meanwhile is an error
+    /// carrying its log.
+    fn ready(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         while !self.healthy() {
             for m in &mut self.members {
                 if let Some(Ok(Some(st))) = m.child.as_mut().map(Child::try_wait) {
-                    panic!(
+                    return Err(format!(
                         "etcd {} exited ({st}): {}",
                         m.name,
                         std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name)))
                             .unwrap_or_default()
-                    );
+                    ));
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd cluster not healthy within {limit:?}"
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("etcd cluster not healthy within {limit:?}"));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
+        Ok(())
     }
 
     /// Kills member `i` (SIGKILL, by PID) and reaps it.
