@@ -198,3 +198,23 @@ fn leases_and_the_change_feed_work_over_tls() {
     }
     assert!(s.get(Kind::Function, "f").expect("get").is_some());
 }
+
+/// A member that accepts the connection and never answers the handshake: the store gives up
+/// after its I/O timeout, saying so, instead of hanging.
+#[test]
+fn a_silent_endpoint_times_out_the_handshake() {
+    // Never accepted: the kernel completes the TCP handshake into the backlog, and nobody
+    // ever says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = support::etcd::Pki::make(dir.path(), false);
+    let loc = microfaas::store::EtcdLocation {
+        endpoints: vec![addr.to_string()],
+        prefix: "p".into(),
+        tls: Some(pki.files()),
+    };
+    let e = open_err(&loc);
+    says(&e, &[&addr.to_string(), "no TLS handshake within 10s"]);
+    drop(listener);
+}
