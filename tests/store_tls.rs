@@ -21,6 +21,16 @@ fn open_err(loc: &microfaas::store::EtcdLocation) -> String {
     }
 }
 
+/// Stores Function `f`: one write.
+fn apply_function(s: &mut Store) {
+    let f = microfaas::store::DesiredObject::new(
+        Kind::Function,
+        "f",
+        serde_json::json!({"runtime": "exec"}),
+    );
+    s.apply(&[f], None, false, false).expect("apply");
+}
+
 #[track_caller]
 fn says(err: &str, wants: &[&str]) {
     for w in wants {
@@ -123,18 +133,7 @@ fn tls_failures_name_the_endpoint_and_the_reason_and_write_nothing() {
     // none of the above wrote anything
     assert_eq!(cluster.keys_under("t/"), 0);
     // and the right files work
-    let mut s = Store::open_etcd(&good).expect("open over TLS");
-    s.apply(
-        &[microfaas::store::DesiredObject::new(
-            Kind::Function,
-            "f",
-            serde_json::json!({"runtime": "exec"}),
-        )],
-        None,
-        false,
-        false,
-    )
-    .expect("apply over TLS");
+    apply_function(&mut Store::open_etcd(&good).expect("open over TLS"));
     assert!(cluster.keys_under("t/") > 0);
 }
 
@@ -178,19 +177,7 @@ fn leases_and_the_change_feed_work_over_tls() {
     let mut feed = s.changes();
     feed.borrow_and_update();
     // a write from another connection is announced on this one's feed
-    let mut other = Store::open_etcd(&loc).expect("open");
-    other
-        .apply(
-            &[microfaas::store::DesiredObject::new(
-                Kind::Function,
-                "f",
-                serde_json::json!({"runtime": "exec"}),
-            )],
-            None,
-            false,
-            false,
-        )
-        .expect("apply");
+    apply_function(&mut Store::open_etcd(&loc).expect("open"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !feed.has_changed().expect("feed open") {
         assert!(Instant::now() < deadline, "the write was not announced");
