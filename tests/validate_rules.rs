@@ -926,7 +926,7 @@ fn cluster_store_etcd_tls_files() {
         "        ca: missing.pem\n",
         9,
         13,
-        &["ca file", "missing.pem", "cannot be read", "No such file"],
+        &["ca file", "missing.pem", "does not exist"],
     );
     one_error(
         "        ca: garbage.pem\n",

@@ -61,7 +61,10 @@ fn fail(role: Role, path: &Path, reason: impl Into<String>) -> TlsFileError {
 }
 
 fn read(role: Role, path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|e| fail(role, path, format!("cannot be read: {e}")))
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => fail(role, path, "does not exist"),
+        _ => fail(role, path, format!("cannot be read: {e}")),
+    })
 }
 
 fn pem_reason(e: &pem::Error) -> String {
