@@ -1,5 +1,6 @@
 //! A small blocking client for etcd's v3 JSON gateway (`POST /v3/...` on the client port):
-//! one keep-alive HTTP/1.1 connection, moved to the next endpoint when one stops answering.
+//! one keep-alive HTTP/1.1 connection (plain or TLS, see `transport`), moved to the next
+//! endpoint when one stops answering.
 //! Blocking, like SQLite: the store is called from sync code and from inside the runtime
 //! alike, and a short request to a local etcd costs what a SQLite fsync does.
 
