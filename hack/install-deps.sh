@@ -42,13 +42,13 @@ fi
 # chromium/chromium-driver: the web view's browser test (tests/ui_browser.rs); iproute2: the
 # tap test's network namespace and bridge (tests/tap_qemu.rs); etcd-server/etcd-client: the
 # store over etcd (tests/store_conformance.rs and the CLI tests start their own 3-member
-# cluster on loopback).
+# cluster on loopback); openssl: the certificates of the etcd TLS tests (tests/store_tls.rs).
 for p in linux-source-6.1 flex bison libelf-dev bc lz4 cpio kmod snmpd snmp python3-venv \
          make gcc binutils xz-utils patch python3 \
          redis-server postgresql mosquitto mosquitto-clients \
          rustc-web libstd-rust-web-dev:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
          dosfstools mtools fdisk u-boot-tools device-tree-compiler u-boot-qemu \
-         chromium chromium-driver iproute2 etcd-server etcd-client; do
+         chromium chromium-driver iproute2 etcd-server etcd-client openssl; do
   have "$p" || need_apt+=("$p")
 done
 have qemu-system-x86 || need_qemu=1

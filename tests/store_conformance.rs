@@ -1,6 +1,7 @@
 //! The store's behaviour, asserted the same way on both backends: the embedded SQLite file and
-//! a real 3-member etcd cluster on loopback (tests/support/etcd.rs). Then what only a shared
-//! store has: writers racing from several connections, a member down, quorum lost and back.
+//! a real 3-member etcd cluster on loopback (tests/support/etcd.rs), over plain HTTP and over
+//! TLS with client certificates. Then what only a shared store has: writers racing from
+//! several connections, a member down, quorum lost and back.
 
 mod support;
 
@@ -13,7 +14,7 @@ use microfaas::store::{
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::etcd::EtcdCluster;
+use support::etcd::{EtcdCluster, TlsOptions};
 
 fn obj(kind: Kind, name: &str, spec: serde_json::Value) -> DesiredObject {
     DesiredObject::new(kind, name, spec)
@@ -462,6 +463,41 @@ fn etcd_store_conforms_and_shares_state_between_connections() {
     assert!(other.get(Kind::Function, "f1").expect("get").is_some());
     let elsewhere = Store::open_etcd(&cluster.location("elsewhere")).expect("open");
     assert!(elsewhere.list(None).expect("list").is_empty());
+}
+
+/// The same suite over TLS, the members requiring a client certificate; with a member down
+/// the client does the handshake with the next one.
+#[test]
+fn etcd_store_conforms_over_tls_with_client_certificates() {
+    let mut cluster = EtcdCluster::start_tls(
+        3,
+        TlsOptions {
+            client_cert_auth: true,
+        },
+    );
+    let loc = cluster.location("conf-tls");
+    assert_eq!(
+        Store::open_etcd(&loc)
+            .expect("open")
+            .path()
+            .display()
+            .to_string(),
+        cluster.url("conf-tls"),
+        "the store's URL says etcds://"
+    );
+    let mut s = Store::open_etcd(&loc).expect("open etcd over TLS");
+    conformance(&mut s);
+    cluster.stop_member(0);
+    s.apply(
+        &[obj(Kind::Function, "after", json!({}))],
+        None,
+        false,
+        false,
+    )
+    .expect("write with member 0 down");
+    let other = Store::open_etcd(&loc).expect("open etcd over TLS");
+    assert!(other.get(Kind::Function, "after").expect("get").is_some());
+    assert!(other.get(Kind::Function, "f1").expect("get").is_some());
 }
 
 /// Writers on separate connections racing on the same records: compare-and-swap loses no

@@ -4,6 +4,12 @@
 use microfaas::manifest::{Diagnostic, load_and_validate, validate::Options};
 use std::path::PathBuf;
 
+// TLS certificates for the etcd TLS rules, made with openssl (a file of its own: the rest of
+// tests/support is not needed here).
+#[allow(dead_code)]
+#[path = "support/etcd.rs"]
+mod etcd;
+
 const HEAD: &str = "apiVersion: microfaas.dev/v1alpha1\n";
 
 fn check(files: &[(&str, &str)], fs_checks: bool) -> (tempfile::TempDir, Vec<Diagnostic>) {
@@ -845,13 +851,130 @@ fn cluster_store_etcd_endpoints_prefix_and_unknown_fields() {
         15,
         "invalid prefix",
     );
-    // TLS is not supported yet: refused, not ignored
+    // an https:// endpoint needs `tls`, and `tls` takes no http:// endpoint
     expect_error(
-        &cluster("      endpoints: [h1:2379]\n      tls: {ca: /x}\n"),
-        8,
+        &cluster("      endpoints: [\"https://h1:2379\"]\n"),
         7,
-        "tls",
+        19,
+        "is a TLS endpoint: set `tls`",
     );
+    expect_error(
+        &cluster("      endpoints: [\"http://h1:2379\"]\n      tls: {ca: /x}\n"),
+        7,
+        19,
+        "plain-HTTP endpoint, but `tls` is set",
+    );
+    // unknown keys under tls are refused, not ignored
+    expect_error(
+        &cluster("      endpoints: [h1:2379]\n      tls: {ca: /x, insecure: true}\n"),
+        8,
+        21,
+        "insecure",
+    );
+}
+
+/// `Cluster.spec.store.etcd.tls`: files relative to the manifest, read as the store reads
+/// them; each error points at the key of the file at fault.
+#[test]
+fn cluster_store_etcd_tls_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = etcd::Pki::make(dir.path(), true);
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").expect("write");
+    std::fs::write(
+        dir.path().join("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n",
+    )
+    .expect("write");
+    let manifest = |tls: &str| {
+        format!(
+            "{HEAD}kind: Cluster\nmetadata: {{name: c}}\nspec:\n  store:\n    etcd:\n      endpoints: [\"https://127.0.0.1:2379\"]\n      tls:\n{tls}"
+        )
+    };
+    // Written beside the PEM files, so the relative names below are relative to it.
+    let run = |tls: &str| {
+        let m = dir.path().join("m.yaml");
+        std::fs::write(&m, manifest(tls)).expect("write manifest");
+        load_and_validate(&[m], Options { fs_checks: true })
+    };
+    let good = run("        ca: ca.pem\n        cert: client.pem\n        key: client.key\n");
+    assert!(
+        good.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        good.diagnostics
+    );
+    // stored absolute, resolved against the manifest's directory
+    let spec = good.resources[0].spec.to_json();
+    assert_eq!(
+        spec["store"]["etcd"]["tls"]["ca"],
+        pki.ca.display().to_string(),
+        "{spec}"
+    );
+    let one_error = |tls: &str, line: u32, col: u32, wants: &[&str]| {
+        let loaded = run(tls);
+        let errors: Vec<&Diagnostic> = loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
+        assert_eq!(errors.len(), 1, "{tls}: {:#?}", loaded.diagnostics);
+        let text = errors[0].to_string();
+        assert!(
+            text.contains(&format!("m.yaml:{line}:{col}")),
+            "{tls}: {text}"
+        );
+        for w in wants {
+            assert!(text.contains(w), "{tls}: {w:?} missing in {text}");
+        }
+    };
+    one_error(
+        "        ca: missing.pem\n",
+        9,
+        13,
+        &["ca file", "missing.pem", "does not exist"],
+    );
+    one_error(
+        "        ca: garbage.pem\n",
+        9,
+        13,
+        &["garbage.pem", "holds no PEM certificate"],
+    );
+    one_error(
+        "        ca: broken.pem\n",
+        9,
+        13,
+        &["broken.pem", "is not valid PEM"],
+    );
+    one_error(
+        "        ca: ca.pem\n        cert: client.pem\n",
+        10,
+        9,
+        &["`cert` without `key`"],
+    );
+    one_error(
+        "        ca: ca.pem\n        key: client.key\n",
+        10,
+        9,
+        &["`key` without `cert`"],
+    );
+    one_error(
+        "        ca: ca.pem\n        cert: client.pem\n        key: other-client.key\n",
+        11,
+        14,
+        &["key file", "is not the private key of the certificate"],
+    );
+    one_error(
+        "        ca: ca.pem\n        cert: client.key\n        key: client.key\n",
+        10,
+        15,
+        &["cert file", "holds no PEM certificate"],
+    );
+    one_error(
+        "        ca: ca.pem\n        cert: client.pem\n        key: client.pem\n",
+        11,
+        14,
+        &["key file", "holds no PEM private key"],
+    );
+    // without file checks only the structure is checked
+    let m = dir.path().join("m.yaml");
+    std::fs::write(&m, manifest("        ca: missing.pem\n")).expect("write");
+    let loaded = load_and_validate(&[m], Options { fs_checks: false });
+    assert!(loaded.diagnostics.iter().all(|d| !d.is_error()));
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod relay;
 mod report;
 mod schema;
 mod serve;
+mod store_arg;
 mod switch;
 mod validate;
 
@@ -56,12 +57,16 @@ pub struct Cli {
     state_dir: Option<PathBuf>,
 
     /// Keep the desired state and every record in a shared etcd cluster instead of the state
-    /// dir's SQLite file: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix: microfaas).
-    /// Commands then work from any machine that reaches the cluster. `sqlite`: the state dir's
-    /// file, whatever the manifests' Cluster.spec.store says.
+    /// dir's SQLite file: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix: microfaas), or
+    /// etcds://... for TLS (with --etcd-ca, and --etcd-cert/--etcd-key for client-certificate
+    /// auth). Commands then work from any machine that reaches the cluster. `sqlite`: the
+    /// state dir's file, whatever the manifests' Cluster.spec.store says.
     #[arg(long, global = true, env = "MICROFAAS_STORE", value_name = "URL",
-          value_parser = parse_store)]
-    store: Option<StoreArg>,
+          value_parser = store_arg::parse_store)]
+    store: Option<store_arg::StoreArg>,
+
+    #[command(flatten)]
+    etcd_tls: store_arg::EtcdTlsArgs,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -200,23 +205,6 @@ fn init_logging(verbose: u8, daemon: bool, format: serve::LogFormat) {
     };
 }
 
-/// `--store`: the state dir's own SQLite file or an etcd cluster; empty is as if unset (the
-/// manifests' `Cluster.spec.store`, else SQLite).
-#[derive(Debug, Clone)]
-enum StoreArg {
-    Unset,
-    Sqlite,
-    Etcd(crate::store::EtcdLocation),
-}
-
-fn parse_store(s: &str) -> Result<StoreArg, String> {
-    match s.trim() {
-        "" => Ok(StoreArg::Unset),
-        "sqlite" => Ok(StoreArg::Sqlite),
-        url => crate::store::EtcdLocation::parse(url).map(StoreArg::Etcd),
-    }
-}
-
 /// Entry point of the `microfaasctl` binary.
 pub fn main() -> ExitCode {
     // Die quietly on a closed pipe (`microfaasctl get workers | head`), like other CLI tools,
@@ -231,10 +219,12 @@ pub fn main() -> ExitCode {
         _ => init_logging(cli.verbose, false, serve::LogFormat::Text),
     }
     // Before any command opens the store.
-    match cli.store.clone() {
-        Some(StoreArg::Etcd(loc)) => crate::store::select(Some(loc)),
-        Some(StoreArg::Sqlite) => crate::store::select(None),
-        Some(StoreArg::Unset) | None => {}
+    match store_arg::resolve(cli.store.clone(), &cli.etcd_tls) {
+        Ok(Some(choice)) => crate::store::select(choice),
+        Ok(None) => {}
+        Err(e) => Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit(),
     }
     let state_dir = cli
         .state_dir

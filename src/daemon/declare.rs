@@ -36,6 +36,11 @@ pub fn select_declared_store(loaded: &Loaded) {
         let want = crate::store::EtcdLocation {
             endpoints: s.etcd.endpoints.clone(),
             prefix: s.etcd.prefix.trim_matches('/').to_string(),
+            tls: s
+                .etcd
+                .tls
+                .as_ref()
+                .map(crate::manifest::types::EtcdTlsSpec::files),
         };
         if let Some(used) = crate::store::select_declared(want.clone())
             && *used != want

@@ -69,9 +69,9 @@ pub fn validate_text(name: &str, text: String, opts: validate::Options) -> Loade
     loaded
 }
 
-/// Relative VM kernel and initrd paths, services' password files and Function modules are
-/// relative to the manifest that names them, so a repository of manifests works from any
-/// current directory. They are stored absolute.
+/// Relative VM kernel and initrd paths, services' password files, etcd TLS files and Function
+/// modules are relative to the manifest that names them, so a repository of manifests works
+/// from any current directory. They are stored absolute.
 #[cfg(feature = "controller")]
 fn resolve_relative_paths(loaded: &mut Loaded) {
     for res in &mut loaded.resources {
@@ -82,11 +82,18 @@ fn resolve_relative_paths(loaded: &mut Loaded) {
             .and_then(|s| s.path.as_ref())
             .and_then(|p| p.parent().map(|p| p.to_path_buf()));
         if let (Spec::Cluster(c), Some(base)) = (&mut res.spec, &base) {
-            for svc in c.services.values_mut() {
-                if let Some(p) = svc.password_file.as_mut()
-                    && !p.is_empty()
-                    && std::path::Path::new(p).is_relative()
-                {
+            let tls = c.store.as_mut().and_then(|s| s.etcd.tls.as_mut());
+            let tls_files = tls.into_iter().flat_map(|t| {
+                std::iter::once(&mut t.ca)
+                    .chain(&mut t.cert)
+                    .chain(&mut t.key)
+            });
+            let password_files = c
+                .services
+                .values_mut()
+                .filter_map(|svc| svc.password_file.as_mut());
+            for p in password_files.chain(tls_files) {
+                if !p.is_empty() && std::path::Path::new(p).is_relative() {
                     *p = base.join(&*p).display().to_string();
                 }
             }

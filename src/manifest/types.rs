@@ -82,17 +82,52 @@ pub struct StoreSpec {
     pub etcd: EtcdStoreSpec,
 }
 
-/// An etcd (v3.4+) cluster, reached over plain HTTP on its client URLs (TLS is not supported
-/// yet).
+/// An etcd (v3.4+) cluster, reached on its client URLs over plain HTTP, or over TLS when
+/// `tls` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EtcdStoreSpec {
-    /// Client endpoints, `HOST:PORT` (or `http://HOST:PORT`), any member of the cluster.
+    /// Client endpoints, `HOST:PORT` (or `http://HOST:PORT`, with `tls` `https://HOST:PORT`),
+    /// any member of the cluster. With TLS each member's certificate must name its HOST (a
+    /// DNS or IP subject alternative name).
     pub endpoints: Vec<String>,
     /// Key prefix this testbed owns; several testbeds can share one cluster under different
     /// prefixes.
     #[serde(default = "default_etcd_prefix")]
     pub prefix: String,
+    /// TLS to the members (their `--cert-file`); unset: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTlsSpec>,
+}
+
+/// PEM files for TLS to etcd, relative to the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdTlsSpec {
+    /// The CA that signed the members' certificates (their `--trusted-ca-file` CA, usually).
+    pub ca: String,
+    /// A client certificate, for members started with `--client-cert-auth`; with `key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The client certificate's private key; with `cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl EtcdTlsSpec {
+    /// The files, once validation has seen `cert` and `key` come together.
+    pub fn files(&self) -> crate::store::TlsFiles {
+        crate::store::TlsFiles {
+            ca: self.ca.clone().into(),
+            client: match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => Some(crate::store::ClientCert {
+                    cert: cert.into(),
+                    key: key.into(),
+                }),
+                _ => None,
+            },
+        }
+    }
 }
 
 fn default_etcd_prefix() -> String {

@@ -136,6 +136,9 @@ pub fn validate(resources: &[Resource], opts: Options) -> Vec<Diagnostic> {
             Spec::Cluster(s) => {
                 cluster(&mut cx, s);
                 services(&mut cx, s, opts);
+                if let Some(tls) = s.store.as_ref().and_then(|st| st.etcd.tls.as_ref()) {
+                    etcd_tls(&mut cx, tls, opts);
+                }
             }
             Spec::Switch(s) => switch(&mut cx, s),
             Spec::PowerMeter(s) => meter(&mut cx, s),
@@ -272,8 +275,20 @@ fn cluster(cx: &mut Ctx<'_>, s: &ClusterSpec) {
         }
         for (i, ep) in e.endpoints.iter().enumerate() {
             let path = [spec, st, etcd, Key("endpoints"), Index(i)];
-            cx.address(&path, ep.strip_prefix("http://").unwrap_or(ep));
+            cx.address(&path, crate::store::etcd::client::host_port(ep));
+            if ep.starts_with("https://") && e.tls.is_none() {
+                cx.error(
+                    &path,
+                    format!("`{ep}` is a TLS endpoint: set `tls` (at least `ca`)"),
+                );
+            } else if ep.starts_with("http://") && e.tls.is_some() {
+                cx.error(
+                    &path,
+                    format!("`{ep}` is a plain-HTTP endpoint, but `tls` is set"),
+                );
+            }
         }
+
         let prefix = e.prefix.trim_matches('/');
         if prefix.is_empty() || prefix.contains(char::is_whitespace) {
             cx.error(
@@ -284,6 +299,47 @@ fn cluster(cx: &mut Ctx<'_>, s: &ClusterSpec) {
                 ),
             );
         }
+    }
+}
+
+/// `Cluster.spec.store.etcd.tls`: `cert` and `key` together, and with file checks every file
+/// read as the store will read it (PEM that parses, a key that fits its certificate).
+fn etcd_tls(cx: &mut Ctx<'_>, tls: &EtcdTlsSpec, opts: Options) {
+    let base = [Key("spec"), Key("store"), Key("etcd"), Key("tls")];
+    let at = |f: &'static str| {
+        let mut v = base.to_vec();
+        v.push(Key(f));
+        v
+    };
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => {
+            cx.key_error(
+                &at("cert"),
+                "`cert` without `key`: a client certificate needs its private key",
+            );
+        }
+        (None, Some(_)) => {
+            cx.key_error(&at("key"), "`key` without `cert`: set both, or neither");
+        }
+        _ => {}
+    }
+    let named = [
+        ("ca", Some(&tls.ca)),
+        ("cert", tls.cert.as_ref()),
+        ("key", tls.key.as_ref()),
+    ];
+    let mut empty = false;
+    for (field, file) in named {
+        if file.is_some_and(|f| f.trim().is_empty()) {
+            cx.error(&at(field), format!("`{field}`: empty file name"));
+            empty = true;
+        }
+    }
+    if opts.fs_checks
+        && !empty
+        && let Err(e) = tls.files().load()
+    {
+        cx.error(&at(e.role.key()), e.to_string());
     }
 }
 

@@ -20,7 +20,7 @@ mod requests;
 pub mod specs;
 
 pub use backend::{Store, select, select_declared, selected_etcd};
-pub use etcd::EtcdLocation;
+pub use etcd::{ClientCert, EtcdLocation, TlsFiles};
 pub use events::{Event, EventType};
 pub use invocations::{Attempt, AttemptStatus, Run, RunCounts, RunPhase, output_digest};
 pub use lock::{LockError, StateLock};

@@ -1,6 +1,9 @@
 //! A real 3-member etcd cluster (Debian's etcd-server) on loopback with ephemeral ports, in
 //! its own temp dir, for the store-over-etcd tests: members are started and stopped by PID,
-//! one at a time too (a member down, quorum lost, and back).
+//! one at a time too (a member down, quorum lost, and back). [`EtcdCluster::start_tls`] serves
+//! the client URLs over TLS with certificates the `openssl` CLI makes in the same temp dir
+//! (a CA, a member certificate for IP 127.0.0.1, a client certificate, and a second CA
+//! nobody trusts, for the wrong-CA cases).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +19,168 @@ struct Member {
 pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    tls: Option<Pki>,
+}
+
+/// How the members serve their client URLs over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsOptions {
+    /// `--client-cert-auth`: only clients with a certificate of the CA get in.
+    pub client_cert_auth: bool,
+}
+
+/// The certificates of a TLS cluster, PEM files in its temp dir.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that signed none of the above, and a client certificate of it.
+    pub other_ca: PathBuf,
+    pub other_client_cert: PathBuf,
+    pub other_client_key: PathBuf,
+    pub client_cert_auth: bool,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is missing: hack/install-deps.sh installs it");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A P-256 key and a certificate for `cn` signed by `ca` (self-signed when `ca` is `None`).
+fn issue(dir: &std::path::Path, name: &str, cn: &str, ca: Option<&str>, ext: &str) {
+    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+    let subj = format!("/CN={cn}");
+    let Some(ca) = ca else {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-subj",
+                &subj,
+            ],
+        );
+        return;
+    };
+    let (csr, extfile) = (format!("{name}.csr"), format!("{name}.ext"));
+    std::fs::write(dir.join(&extfile), ext).expect("ext file");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subj,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+        ],
+    );
+}
+
+impl Pki {
+    /// Makes every certificate in `dir`.
+    pub fn make(dir: &std::path::Path, client_cert_auth: bool) -> Pki {
+        issue(dir, "ca", "microfaas-test-ca", None, "");
+        issue(dir, "other-ca", "someone-else-ca", None, "");
+        // The member's certificate is also the client certificate of etcd's own JSON gateway
+        // towards its gRPC server, hence clientAuth.
+        issue(
+            dir,
+            "server",
+            "etcd-member",
+            Some("ca"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        );
+        let client_ext = "extendedKeyUsage=clientAuth\n";
+        issue(dir, "client", "microfaas", Some("ca"), client_ext);
+        issue(
+            dir,
+            "other-client",
+            "microfaas",
+            Some("other-ca"),
+            client_ext,
+        );
+        Pki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.pem"),
+            other_client_cert: dir.join("other-client.pem"),
+            other_client_key: dir.join("other-client.key"),
+            client_cert_auth,
+        }
+    }
+
+    /// The files the store uses: the CA, and the client certificate when members want one.
+    pub fn files(&self) -> microfaas::store::TlsFiles {
+        microfaas::store::TlsFiles {
+            ca: self.ca.clone(),
+            client: self.client_cert_auth.then(|| microfaas::store::ClientCert {
+                cert: self.client_cert.clone(),
+                key: self.client_key.clone(),
+            }),
+        }
+    }
+
+    /// etcdctl's TLS flags for these files.
+    fn etcdctl_args(&self) -> Vec<String> {
+        let mut a = vec![format!("--cacert={}", self.ca.display())];
+        if self.client_cert_auth {
+            a.push(format!("--cert={}", self.client_cert.display()));
+            a.push(format!("--key={}", self.client_key.display()));
+        }
+        a
+    }
 }
 
 /// `n` distinct free loopback ports. The listeners are held until all are chosen: binding and
@@ -39,6 +204,15 @@ fn etcd_binary() -> PathBuf {
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster has a leader and answers.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None)
+    }
+
+    /// Starts `n` members serving their client URLs over TLS only (peers stay plain HTTP).
+    pub fn start_tls(n: usize, opts: TlsOptions) -> EtcdCluster {
+        EtcdCluster::start_with(n, Some(opts))
+    }
+
+    fn start_with(n: usize, tls: Option<TlsOptions>) -> EtcdCluster {
         assert!(
             etcd_binary().exists(),
             "{} is missing: hack/install-deps.sh installs etcd-server",
@@ -57,7 +231,8 @@ impl EtcdCluster {
                     child: None,
                 })
                 .collect();
-            let mut c = EtcdCluster { dir, members };
+            let tls = tls.map(|o| Pki::make(dir.path(), o.client_cert_auth));
+            let mut c = EtcdCluster { dir, members, tls };
             for i in 0..n {
                 c.spawn(i, "new");
             }
@@ -85,9 +260,21 @@ impl EtcdCluster {
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name)))
             .expect("etcd log");
         let err = log.try_clone().expect("etcd log");
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(etcd_binary())
+        let mut cmd = Command::new(etcd_binary());
+        if let Some(pki) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca);
+            if pki.client_cert_auth {
+                cmd.arg("--client-cert-auth");
+            }
+        }
+        let child = cmd
             .args(["--name", &m.name, "--data-dir"])
             .arg(&data)
             .args([
@@ -128,30 +315,71 @@ impl EtcdCluster {
             .collect()
     }
 
-    /// `etcd://E1,E2,E3/PREFIX`, as `--store` takes it.
-    pub fn url(&self, prefix: &str) -> String {
-        format!("etcd://{}/{prefix}", self.endpoints().join(","))
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
+    /// `etcd://E1,E2,E3/PREFIX` (`etcds://` over TLS), as `--store` takes it.
+    pub fn url(&self, prefix: &str) -> String {
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://{}/{prefix}", self.endpoints().join(","))
+    }
+
+    /// The certificates, on a TLS cluster.
+    pub fn pki(&self) -> Option<&Pki> {
+        self.tls.as_ref()
+    }
+
+    /// The store's location, with the TLS files on a TLS cluster.
     pub fn location(&self, prefix: &str) -> microfaas::store::EtcdLocation {
         microfaas::store::EtcdLocation {
             endpoints: self.endpoints(),
             prefix: prefix.to_string(),
+            tls: self.tls.as_ref().map(Pki::files),
         }
+    }
+
+    /// etcdctl against the running members (TLS flags included).
+    fn etcdctl(&self) -> Command {
+        let running: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
+            .collect();
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &running.join(",")])
+            .args(self.tls.as_ref().map(Pki::etcdctl_args).unwrap_or_default());
+        c
+    }
+
+    /// How many keys live under `prefix` (read with etcdctl, not with the store under test).
+    pub fn keys_under(&self, prefix: &str) -> usize {
+        let out = self
+            .etcdctl()
+            .args(["get", "--prefix", "--keys-only", prefix])
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
     }
 
     /// The cluster's current revision (every committed write adds one), from the first running
     /// member.
     pub fn revision(&self) -> i64 {
-        let Some(m) = self.members.iter().find(|m| m.child.is_some()) else {
+        if self.members.iter().all(|m| m.child.is_none()) {
             return 0;
-        };
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &format!("http://127.0.0.1:{}", m.client_port),
-            ])
+        }
+        let out = self
+            .etcdctl()
             .args(["endpoint", "status", "--write-out=json"])
             .output()
             .expect("etcdctl");
@@ -161,16 +389,8 @@ impl EtcdCluster {
 
     /// `etcdctl endpoint health` over the running members.
     fn healthy(&self) -> bool {
-        let running: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.child.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect();
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &running.join(","), "--command-timeout=2s"])
-            .args(["endpoint", "health"])
+        self.etcdctl()
+            .args(["--command-timeout=2s", "endpoint", "health"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()

@@ -1,20 +1,18 @@
 //! A small blocking client for etcd's v3 JSON gateway (`POST /v3/...` on the client port):
-//! one keep-alive HTTP/1.1 connection, moved to the next endpoint when one stops answering.
+//! one keep-alive HTTP/1.1 connection (plain or TLS, see `transport`), moved to the next
+//! endpoint when one stops answering.
 //! Blocking, like SQLite: the store is called from sync code and from inside the runtime
 //! alike, and a short request to a local etcd costs what a SQLite fsync does.
 
+use super::tls::TlsFileError;
+pub use super::transport::host_port;
+use super::transport::{Connector, Stream};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
-use std::time::Duration;
-
-/// How long to wait for an endpoint to accept a connection, and for an answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -24,6 +22,10 @@ pub enum EtcdError {
         "etcd ({endpoints}) has no quorum: the members that answer cannot elect a leader or commit ({last})"
     )]
     NoQuorum { endpoints: String, last: String },
+    #[error("TLS with etcd ({endpoints}) failed: {last}")]
+    Tls { endpoints: String, last: String },
+    #[error(transparent)]
+    TlsFiles(#[from] TlsFileError),
     #[error("etcd {endpoint} refused {path}: {message}")]
     Refused {
         endpoint: String,
@@ -40,29 +42,9 @@ pub enum EtcdError {
 
 pub type EtcdResult<T> = std::result::Result<T, EtcdError>;
 
-/// An endpoint as `host:port` (an `http://` in front is accepted and dropped).
-pub fn host_port(endpoint: &str) -> &str {
-    let e = endpoint.strip_prefix("http://").unwrap_or(endpoint);
-    e.trim_end_matches('/')
-}
-
-pub(crate) fn connect(endpoint: &str) -> std::io::Result<TcpStream> {
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for addr in host_port(endpoint).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                return Ok(s);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
 /// Writes one POST with a JSON body.
 pub(crate) fn send_post(
-    s: &mut TcpStream,
+    s: &mut impl Write,
     endpoint: &str,
     path: &str,
     body: &[u8],
@@ -74,7 +56,8 @@ pub(crate) fn send_post(
     );
     let mut msg = head.into_bytes();
     msg.extend_from_slice(body);
-    s.write_all(&msg)
+    s.write_all(&msg)?;
+    s.flush()
 }
 
 /// Status line and the headers that frame the body.
@@ -159,21 +142,23 @@ fn read_body(r: &mut impl BufRead, head: &Head) -> std::io::Result<Vec<u8>> {
 
 struct Conn {
     endpoint: usize,
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Stream>,
 }
 
 /// The connection to an etcd cluster.
 pub struct Client {
     endpoints: Vec<String>,
+    connector: Connector,
     conn: Mutex<Option<Conn>>,
     /// Endpoint to try first when reconnecting (the last that answered).
     preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl Client {
-    pub fn new(endpoints: Vec<String>) -> Client {
+    pub fn new(endpoints: Vec<String>, connector: Connector) -> Client {
         Client {
             endpoints,
+            connector,
             conn: Mutex::new(None),
             preferred: Default::default(),
         }
@@ -206,6 +191,8 @@ impl Client {
         let mut last = String::from("no endpoints");
         // A member answered but could not serve for want of a leader.
         let mut leaderless = false;
+        // A member that failed for a TLS reason: that is what to report, not "unreachable".
+        let mut tls_failed: Option<String> = None;
         // Each endpoint once, plus one retry on a kept-alive connection the peer had closed.
         for i in 0..=n {
             let idx = match guard.as_ref() {
@@ -215,12 +202,9 @@ impl Client {
             let Some(endpoint) = self.endpoints.get(idx) else {
                 break;
             };
-            if guard.is_none() {
-                match connect(endpoint).and_then(|s| {
-                    s.set_read_timeout(Some(IO_TIMEOUT))?;
-                    s.set_write_timeout(Some(IO_TIMEOUT))?;
-                    Ok(s)
-                }) {
+            let fresh = guard.is_none();
+            if fresh {
+                match self.connector.connect(endpoint) {
                     Ok(s) => {
                         *guard = Some(Conn {
                             endpoint: idx,
@@ -229,6 +213,9 @@ impl Client {
                     }
                     Err(e) => {
                         last = format!("{endpoint}: {e}");
+                        if let Some(r) = self.connector.tls_reason(endpoint, &e) {
+                            tls_failed = Some(format!("{endpoint}: {r}"));
+                        }
                         continue;
                     }
                 }
@@ -276,12 +263,23 @@ impl Client {
                 }
                 Err(e) => {
                     last = format!("{endpoint}: {e}");
+                    let reason = match self.connector.is_tls() {
+                        true => self.connector.tls_reason(endpoint, &e),
+                        // A kept-alive connection the member closed is ordinary.
+                        false if fresh => super::transport::plain_to_tls(endpoint, &e),
+                        false => None,
+                    };
+                    if let Some(r) = reason {
+                        tls_failed = Some(format!("{endpoint}: {r}"));
+                    }
                     *guard = None;
                 }
             }
         }
         let endpoints = self.endpoints.join(",");
-        Err(if leaderless {
+        Err(if let Some(last) = tls_failed {
+            EtcdError::Tls { endpoints, last }
+        } else if leaderless {
             EtcdError::NoQuorum { endpoints, last }
         } else {
             EtcdError::Unreachable { endpoints, last }

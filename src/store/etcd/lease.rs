@@ -39,7 +39,11 @@ fn int(v: Option<&Value>) -> i64 {
 impl Leases {
     pub fn new(location: &EtcdLocation) -> Leases {
         Leases {
-            client: Client::new(location.endpoints.clone()),
+            // The store opened first has checked the TLS files.
+            client: Client::new(
+                location.endpoints.clone(),
+                super::transport::Connector::lazy(location.tls.as_ref()),
+            ),
             root: format!("{}/owners/", location.prefix),
         }
     }

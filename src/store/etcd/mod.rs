@@ -15,7 +15,8 @@
 //! - `gwcalls/ID`, `gwscale/FUNCTION` the gateway's queue and replica scale
 //!
 //! Every read-modify-write is a transaction comparing the mod revision read (compare-and-swap,
-//! retried on conflict), so two writers never lose each other's updates.
+//! retried on conflict), so two writers never lose each other's updates. Every connection
+//! (store, lease keeper, watch) is plain HTTP or TLS as the location says (`transport`).
 
 pub mod client;
 mod gateway;
@@ -23,26 +24,47 @@ pub mod lease;
 mod objects;
 mod records;
 mod rest;
+pub mod tls;
+mod transport;
 mod watch;
 
 use super::{Result, StoreError};
 use client::{Client, EtcdError, Kv};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
+pub use tls::{ClientCert, TlsFiles};
+use transport::Connector;
 
-/// Where an etcd store lives: its members' client URLs and the key prefix it owns.
+/// Where an etcd store lives: its members' client URLs, the key prefix it owns, and the TLS
+/// files when its members serve TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdLocation {
     pub endpoints: Vec<String>,
     pub prefix: String,
+    pub tls: Option<TlsFiles>,
+}
+
+/// A store URL as the command line gives it: the TLS files come from other flags, so an
+/// `etcds://` URL only says that TLS is wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedUrl {
+    pub location: EtcdLocation,
+    pub tls: bool,
 }
 
 impl EtcdLocation {
-    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`; the prefix defaults to `microfaas`.
-    pub fn parse(url: &str) -> std::result::Result<EtcdLocation, String> {
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| format!("{url:?}: a store URL starts with etcd://"))?;
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (plain HTTP) or `etcds://...` (TLS); the
+    /// prefix defaults to `microfaas`.
+    pub fn parse(url: &str) -> std::result::Result<ParsedUrl, String> {
+        let (rest, tls) = match (url.strip_prefix("etcd://"), url.strip_prefix("etcds://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => {
+                return Err(format!(
+                    "{url:?}: a store URL starts with etcd:// (or etcds:// for TLS)"
+                ));
+            }
+        };
         let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let endpoints: Vec<String> = hosts
             .split(',')
@@ -61,24 +83,30 @@ impl EtcdLocation {
             }
         }
         let prefix = prefix.trim_matches('/');
-        Ok(EtcdLocation {
-            endpoints,
-            prefix: if prefix.is_empty() {
-                "microfaas".to_string()
-            } else {
-                prefix.to_string()
+        Ok(ParsedUrl {
+            location: EtcdLocation {
+                endpoints,
+                prefix: if prefix.is_empty() {
+                    "microfaas".to_string()
+                } else {
+                    prefix.to_string()
+                },
+                tls: None,
             },
+            tls,
         })
     }
 
     /// The URL form, also the store's `path()` (the change feed's key).
     pub fn url(&self) -> String {
-        format!("etcd://{}/{}", self.endpoints.join(","), self.prefix)
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://{}/{}", self.endpoints.join(","), self.prefix)
     }
 }
 
 pub struct EtcdStore {
     client: Client,
+    connector: Connector,
     location: EtcdLocation,
     /// `PREFIX/`.
     root: String,
@@ -124,8 +152,10 @@ impl EtcdStore {
     /// Connects and checks that a member answers (nothing is created: the layout needs no
     /// schema).
     pub fn open(location: &EtcdLocation) -> Result<EtcdStore> {
+        let connector = Connector::load(location.tls.as_ref()).map_err(EtcdError::from)?;
         let store = EtcdStore {
-            client: Client::new(location.endpoints.clone()),
+            client: Client::new(location.endpoints.clone(), connector.clone()),
+            connector,
             root: format!("{}/", location.prefix),
             path: PathBuf::from(location.url()),
             location: location.clone(),
@@ -155,6 +185,7 @@ impl EtcdStore {
         watch::ensure(
             &self.location.url(),
             &self.location.endpoints,
+            &self.connector,
             &self.root,
             super::feed::sender(&self.path),
         );

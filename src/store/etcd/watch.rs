@@ -5,6 +5,7 @@
 //! listens any more.
 
 use super::client::{self, b64, prefix_end};
+use super::transport::Connector;
 use serde_json::{Value, json};
 use std::io::Read;
 use std::sync::Mutex;
@@ -15,7 +16,13 @@ use tokio::sync::watch;
 static RUNNING: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Starts the watcher for `location` unless one runs; it publishes on `tx`.
-pub fn ensure(location: &str, endpoints: &[String], prefix: &str, tx: watch::Sender<u64>) {
+pub fn ensure(
+    location: &str,
+    endpoints: &[String],
+    connector: &Connector,
+    prefix: &str,
+    tx: watch::Sender<u64>,
+) {
     {
         let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
         if running.iter().any(|l| l == location) {
@@ -24,12 +31,13 @@ pub fn ensure(location: &str, endpoints: &[String], prefix: &str, tx: watch::Sen
         running.push(location.to_string());
     }
     let endpoints = endpoints.to_vec();
+    let connector = connector.clone();
     let prefix = prefix.to_string();
     let location = location.to_string();
     let spawned = std::thread::Builder::new()
         .name("microfaas-etcd-watch".into())
         .spawn(move || {
-            run(&endpoints, &prefix, &tx);
+            run(&endpoints, &connector, &prefix, &tx);
             RUNNING
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -40,18 +48,26 @@ pub fn ensure(location: &str, endpoints: &[String], prefix: &str, tx: watch::Sen
     }
 }
 
-fn run(endpoints: &[String], prefix: &str, tx: &watch::Sender<u64>) {
+fn run(endpoints: &[String], connector: &Connector, prefix: &str, tx: &watch::Sender<u64>) {
     let mut next_rev = 0i64;
     let mut i = 0usize;
+    // The last TLS failure told at warn level: a wrong CA fails every retry alike.
+    let mut told = String::new();
     while tx.receiver_count() > 0 {
         let Some(endpoint) = endpoints.get(i % endpoints.len().max(1)) else {
             return;
         };
         i += 1;
-        match stream(endpoint, prefix, &mut next_rev, tx) {
+        match stream(endpoint, connector, prefix, &mut next_rev, tx) {
             Ok(()) => return,
             Err(e) => {
-                tracing::debug!("etcd watch on {endpoint}: {e}; trying the next member");
+                match connector.tls_reason(endpoint, &e) {
+                    Some(r) if r != told => {
+                        tracing::warn!("etcd watch on {endpoint}: {r}");
+                        told = r;
+                    }
+                    _ => tracing::debug!("etcd watch on {endpoint}: {e}; trying the next member"),
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
@@ -61,11 +77,12 @@ fn run(endpoints: &[String], prefix: &str, tx: &watch::Sender<u64>) {
 /// Follows one member until it fails (`Err`) or nobody listens (`Ok`).
 fn stream(
     endpoint: &str,
+    connector: &Connector,
     prefix: &str,
     next_rev: &mut i64,
     tx: &watch::Sender<u64>,
 ) -> std::io::Result<()> {
-    let mut s = client::connect(endpoint)?;
+    let mut s = connector.connect(endpoint)?;
     let mut create = json!({ "key": b64(prefix.as_bytes()), "range_end": prefix_end(prefix) });
     if *next_rev > 0 {
         create["start_revision"] = json!(next_rev.to_string());
