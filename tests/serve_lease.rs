@@ -1,7 +1,8 @@
 //! Several `serve` processes on one etcd store (a real 3-member cluster on loopback) with real
 //! QEMU (TCG) workers: each holds workers under its etcd lease. Killed with SIGKILL mid-
-//! workload, the other takes its workers and the workload within TTL + 5 s and finishes the
-//! run with every invocation recorded once. One etcd member down changes nothing; with the
+//! workload, the other takes its workers and the workload within TTL + 5 s, stops the VMs the
+//! dead one left running (one QEMU per worker throughout) and finishes the run with every
+//! invocation recorded once. One etcd member down changes nothing; with the
 //! quorum lost the engine presses no power button (a VM that died is not started again)
 //! until etcd is back, then says so and acts again.
 //!
@@ -15,6 +16,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::chaos::qemus;
 use support::etcd::EtcdCluster;
 use support::qemu::running_for;
 use support::testbed::Env;
@@ -123,6 +125,44 @@ fn holder(store: &Store, kind: Kind, name: &str) -> Option<String> {
         .and_then(|e| e.message.rsplit(' ').next().map(str::to_string))
 }
 
+/// Scans /proc every 150 ms for QEMUs of the given state dirs; `stop` returns the workers
+/// seen with more than one QEMU (across all the dirs) in two scans in a row, with their PIDs
+/// (two in a row: a QEMU that has just been quit may still be in /proc for one scan).
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(String, Vec<i32>)>>,
+}
+
+impl Sampler {
+    fn start(states: Vec<PathBuf>) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut found = Vec::new();
+            let mut previous = std::collections::BTreeMap::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let scan: Vec<_> = states.iter().flat_map(|d| qemus(d)).collect();
+                let now = support::chaos::duplicates(&scan);
+                for (worker, pids) in &now {
+                    let entry = (worker.clone(), pids.iter().copied().collect());
+                    if previous.contains_key(worker) && !found.contains(&entry) {
+                        found.push(entry);
+                    }
+                }
+                previous = now;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            found
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(String, Vec<i32>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("sampler")
+    }
+}
+
 fn report(reader: &Path, url: &str) -> Option<Value> {
     let r = ctl(reader, url, &["report", "wl", "--format", "json"]);
     serde_json::from_slice(&r.stdout).ok()
@@ -176,6 +216,21 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
         "b claimed what a held:\n{}",
         b.log()
     );
+    // a's VMs, which outlive it (detached QEMUs in a's state dir).
+    let orphans = qemus(&env.state);
+    assert_eq!(
+        orphans
+            .iter()
+            .map(|q| q.worker.as_str())
+            .collect::<Vec<_>>(),
+        ["vm-0", "vm-1"],
+        "{orphans:?}"
+    );
+    assert!(
+        qemus(&state_b).is_empty(),
+        "b started a VM it does not hold"
+    );
+    let sampler = Sampler::start(vec![env.state.clone(), state_b.clone()]);
     a.signal(libc::SIGKILL);
     let killed = Instant::now();
     let _ = a.child.wait();
@@ -243,6 +298,52 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
         "{}",
         text.lines().find(|l| l.contains("Resumed")).unwrap_or("")
     );
+    // Exactly one QEMU per worker: b stopped each of a's (by the PID a launched, which no
+    // longer runs) before starting its own, and at no time did two run for one worker.
+    let twice = sampler.stop();
+    assert!(twice.is_empty(), "two QEMUs for one worker: {twice:?}");
+    for o in &orphans {
+        assert!(
+            !std::fs::read(format!("/proc/{}/cmdline", o.pid)).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains(&o.uuid) && c.contains(&env.state.display().to_string())
+            }),
+            "a's QEMU {o:?} still runs:\n{}",
+            b.log()
+        );
+        let stopped = store
+            .events(Kind::Worker, &o.worker, 50)
+            .expect("events")
+            .into_iter()
+            .find(|e| e.reason == "OrphanStopped")
+            .map(|e| e.message);
+        assert!(
+            stopped
+                .as_deref()
+                .is_some_and(|m| m.contains(&format!("pid {},", o.pid)) && m.contains("orch-a")),
+            "{}: {stopped:?}\n{}",
+            o.worker,
+            b.log()
+        );
+    }
+    assert!(qemus(&env.state).is_empty(), "{:?}", qemus(&env.state));
+    let now = qemus(&state_b);
+    assert_eq!(
+        now.iter().map(|q| q.worker.as_str()).collect::<Vec<_>>(),
+        ["vm-0", "vm-1"],
+        "{now:?}"
+    );
+    for q in &now {
+        let orphan = orphans
+            .iter()
+            .find(|o| o.worker == q.worker)
+            .expect("orphan");
+        assert_eq!(
+            q.uuid, orphan.uuid,
+            "the same worker's VM, started again by b"
+        );
+        assert_ne!(q.pid, orphan.pid);
+    }
     drop(b);
     drop(a);
 }

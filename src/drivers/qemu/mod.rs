@@ -24,6 +24,7 @@
 //! pub async fn probe_accel(binary: &Path) -> Accel;                  // cached per binary
 //! ```
 //! Snapshots of a parked guest (`VmConfig::snapshot`) and restoring them: `snapshot.rs`.
+//! Stopping a VM another engine on this host left running: `takeover.rs`.
 //!
 //! Invariants the engine relies on:
 //! - A launched QEMU is detached (`-daemonize`: forked, new session, parent exits once set
@@ -43,6 +44,7 @@ mod args;
 mod probe;
 mod process;
 pub mod snapshot;
+pub mod takeover;
 mod tsc;
 
 use std::io;
