@@ -163,6 +163,80 @@ impl Sampler {
     }
 }
 
+/// Starts `orch-a` on manifest `f`, waits until it holds both workers and the workload,
+/// starts `orch-b` (state dir `state_b`), and returns once at least `min` invocations, but
+/// not all `total`, succeeded: mid-run. Also when the run started.
+fn a_holds_then_b_joins(
+    env: &Env,
+    store: &Store,
+    (reader, url): (&Path, &str),
+    (f, state_b): (&str, &Path),
+    total: u32,
+    min: u64,
+) -> (Serve, Serve, Instant) {
+    let a = Serve::start("orch-a", &env.state, f, env.dir.path().join("a.log"));
+    let started = Instant::now();
+    while ["vm-0", "vm-1"]
+        .iter()
+        .any(|w| holder(store, Kind::Worker, w).as_deref() != Some("orch-a"))
+        || holder(store, Kind::Workload, "wl").as_deref() != Some("orch-a")
+    {
+        assert!(started.elapsed() < LIMIT, "a claimed nothing:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let b = Serve::start("orch-b", state_b, f, env.dir.path().join("b.log"));
+    loop {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the run made no progress:\n{}",
+            a.log()
+        );
+        if let Some(r) = report(reader, url)
+            && r["succeeded"].as_u64().unwrap_or(0) >= min
+        {
+            assert!(
+                r["succeeded"].as_u64().unwrap_or(0) < u64::from(total),
+                "the run ended too soon: {r}"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    (a, b, started)
+}
+
+/// Waits (up to LIMIT from `started`) until workload `wl`'s latest run is over and its report
+/// accounts for all `total` invocations; the report. `log`: for the failure message.
+fn finished_report(
+    store: &Store,
+    (reader, url): (&Path, &str),
+    total: u32,
+    started: Instant,
+    log: &dyn Fn() -> String,
+) -> Value {
+    loop {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the run did not finish:\n{}",
+            log()
+        );
+        let finished = store
+            .latest_run("wl")
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.phase != microfaas::store::RunPhase::Running);
+        if finished
+            && let Some(r) = report(reader, url)
+            && r["total"] == total
+            && r["succeeded"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0)
+                == u64::from(total)
+        {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn report(reader: &Path, url: &str) -> Option<Value> {
     let r = ctl(reader, url, &["report", "wl", "--format", "json"]);
     serde_json::from_slice(&r.stdout).ok()
@@ -181,36 +255,14 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
     let reader = tempfile::tempdir().expect("tmp");
     let store = Store::open_etcd(&cluster.location("lease")).expect("open");
     let state_b = env.dir.path().join("state-b");
-    let mut a = Serve::start("orch-a", &env.state, &f, env.dir.path().join("a.log"));
-    // a holds everything before b starts.
-    let started = Instant::now();
-    while ["vm-0", "vm-1"]
-        .iter()
-        .any(|w| holder(&store, Kind::Worker, w).as_deref() != Some("orch-a"))
-        || holder(&store, Kind::Workload, "wl").as_deref() != Some("orch-a")
-    {
-        assert!(started.elapsed() < LIMIT, "a claimed nothing:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let b = Serve::start("orch-b", &state_b, &f, env.dir.path().join("b.log"));
-    // Mid-workload: some invocations recorded, not all.
-    loop {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the run made no progress:\n{}",
-            a.log()
-        );
-        if let Some(r) = report(reader.path(), &url)
-            && r["succeeded"].as_u64().unwrap_or(0) >= 4
-        {
-            assert!(
-                r["succeeded"].as_u64().unwrap_or(0) < u64::from(total),
-                "the run ended before the kill: {r}"
-            );
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let (mut a, b, started) = a_holds_then_b_joins(
+        &env,
+        &store,
+        (reader.path(), &url),
+        (&f, &state_b),
+        total,
+        4,
+    );
     assert!(
         !b.log().contains("reason=\"Claimed\""),
         "b claimed what a held:\n{}",
@@ -252,27 +304,7 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
     };
     eprintln!("takeover after {:.1} s", took.as_secs_f64());
     // The run completes on b, every invocation recorded once.
-    let r = loop {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the run did not finish:\n{}",
-            b.log()
-        );
-        let finished = store
-            .latest_run("wl")
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.phase != microfaas::store::RunPhase::Running);
-        if finished
-            && let Some(r) = report(reader.path(), &url)
-            && r["total"] == total
-            && r["succeeded"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0)
-                == u64::from(total)
-        {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let r = finished_report(&store, (reader.path(), &url), total, started, &|| b.log());
     assert_eq!(r["succeeded"], total, "{r}\n{}", b.log());
     let run = store.latest_run("wl").expect("run").expect("a run");
     assert_eq!(
@@ -344,6 +376,110 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
         );
         assert_ne!(q.pid, orphan.pid);
     }
+    drop(b);
+    drop(a);
+}
+
+/// A worker handed over mid-run: its `orchestrators` list now names only `orch-b`, so
+/// `orch-a`, which runs the workload, gives it up; `orch-a` moves the worker's queued
+/// invocations to the worker it still holds and finishes the run there, every invocation
+/// recorded once, while `orch-b` takes the worker, stopping the VM `orch-a` started (alive,
+/// on this host) before it starts its own.
+#[test]
+fn a_worker_handed_over_mid_run_leaves_no_queue_waiting() {
+    let env = Env::new();
+    let cluster = EtcdCluster::start(3);
+    let url = cluster.url("handover");
+    let total = 16;
+    let with_lists = |vm1: &str| {
+        let m = manifest(&env, &cluster, "handover", &["vm-0", "vm-1"], total);
+        // Each worker document ends with its `vm:` line; the list goes after it, in `spec`.
+        m.replacen(
+            "accel: tcg}\n",
+            "accel: tcg}\n  orchestrators: [orch-a]\n",
+            1,
+        )
+        .replacen(
+            "accel: tcg}\n---",
+            &format!("accel: tcg}}\n  orchestrators: [{vm1}]\n---"),
+            1,
+        )
+    };
+    let before = with_lists("orch-a");
+    assert_eq!(
+        before.matches("orchestrators: [orch-a]").count(),
+        2,
+        "{before}"
+    );
+    let f = env.write("m.yaml", &before);
+    let reader = tempfile::tempdir().expect("tmp");
+    let store = Store::open_etcd(&cluster.location("handover")).expect("open");
+    let state_b = env.dir.path().join("state-b");
+    let (a, b, started) = a_holds_then_b_joins(
+        &env,
+        &store,
+        (reader.path(), &url),
+        (&f, &state_b),
+        total,
+        3,
+    );
+    let after = env.write("m2.yaml", &with_lists("orch-b"));
+    support::testbed::ok(&ctl(
+        reader.path(),
+        &url,
+        &["apply", "-f", &after, "--no-wait"],
+    ));
+    let moved = Instant::now();
+    while holder(&store, Kind::Worker, "vm-1").as_deref() != Some("orch-b") {
+        assert!(
+            moved.elapsed() < Duration::from_secs(60),
+            "b never got vm-1:\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Without the hand-over the jobs queued for vm-1 would wait for ever.
+    let r = finished_report(&store, (reader.path(), &url), total, started, &|| a.log());
+    assert_eq!(r["succeeded"], total, "{r}\n{}", a.log());
+    let run = store.latest_run("wl").expect("run").expect("a run");
+    assert_eq!(
+        (run.run, run.phase),
+        (1, microfaas::store::RunPhase::Succeeded)
+    );
+    let audit = support::chaos::audit(&store, "wl", total as usize, 3);
+    assert_eq!((audit.lost, audit.double_counted), (0, 0), "{audit:?}");
+    let events = store.events(Kind::Workload, "wl", 50).expect("events");
+    let handed = events
+        .iter()
+        .find(|e| e.reason == "WorkerHandedOver")
+        .map(|e| e.message.clone());
+    assert!(
+        handed
+            .as_deref()
+            .is_some_and(|m| m.contains("`vm-1`") && m.contains("orch-a")),
+        "{events:?}"
+    );
+    eprintln!("{}", handed.unwrap_or_default());
+    // vm-1 runs from b's state dir now, and only there.
+    let vm1 = || {
+        qemus(&env.state)
+            .into_iter()
+            .chain(qemus(&state_b))
+            .filter(|q| q.worker == "vm-1")
+            .collect::<Vec<_>>()
+    };
+    let t = Instant::now();
+    while vm1().len() != 1 || qemus(&state_b).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{:?}\n{}",
+            vm1(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(qemus(&env.state).iter().all(|q| q.worker == "vm-0"));
     drop(b);
     drop(a);
 }
