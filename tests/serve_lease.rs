@@ -480,6 +480,18 @@ fn a_worker_handed_over_mid_run_leaves_no_queue_waiting() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(qemus(&env.state).iter().all(|q| q.worker == "vm-0"));
+    let stopped = store
+        .events(Kind::Worker, "vm-1", 50)
+        .expect("events")
+        .into_iter()
+        .find(|e| e.reason == "OrphanStopped")
+        .map(|e| e.message);
+    assert!(
+        stopped.as_deref().is_some_and(|m| m.contains("orch-a")),
+        "{stopped:?}\n{}",
+        b.log()
+    );
+    eprintln!("{}", stopped.unwrap_or_default());
     drop(b);
     drop(a);
 }
