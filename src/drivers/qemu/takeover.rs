@@ -12,6 +12,11 @@ use std::time::Duration;
 
 /// How long a quit or a SIGKILL may take to end the process.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
+/// How long its monitor may take to greet. Short: a free monitor greets at once, and one
+/// that does not is held by the orchestrator that launched the VM (alive, but no longer
+/// holding the worker), so waiting longer would only delay the kill of a VM already proven
+/// to be this worker's by /proc.
+const QMP_WAIT: Duration = Duration::from_secs(2);
 
 /// Stops the QEMU of worker `name` (`uuid`) running from `run_dir`, if there is one; its PID
 /// when one was stopped. A live QEMU there that is not this worker's is left alone (`None`).
@@ -20,7 +25,7 @@ pub async fn stop_foreign(
     name: &str,
     uuid: &str,
 ) -> Result<Option<i32>, QemuError> {
-    let mut vm = match Vm::adopt(run_dir, name, uuid).await {
+    let mut vm = match Vm::adopt_within(run_dir, name, uuid, QMP_WAIT).await {
         Ok(Some(vm)) => vm,
         Ok(None) => return Ok(None),
         // Ours by /proc (uuid and pidfile), but its monitor does not answer: an orchestrator
