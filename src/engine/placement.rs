@@ -7,8 +7,8 @@
 //!   /proc and QMP, `drivers::qemu::takeover`) before this engine starts its own, so there is
 //!   one QEMU per worker. It is not adopted: its agent dials the address and proves the token
 //!   on its kernel command line, which are the dead orchestrator's (its own `--listen` port,
-//!   its state dir's token); a fresh boot costs about a second under TCG, and its in-flight
-//!   call is retried anyway.
+//!   and its state dir's token unless the Cluster names a shared one); a fresh boot costs
+//!   about a second under TCG, and its in-flight call is retried anyway.
 //! - Another host: not touched from here (no PID or socket of it means anything here). Its
 //!   agent powers itself off once it has heard nothing from its orchestrator for the failsafe
 //!   watchdog's time (`microfaas.watchdog`, 120 s by default).
