@@ -1,7 +1,8 @@
 //! Several `serve` processes on one etcd store (a real 3-member cluster on loopback) with real
 //! QEMU (TCG) workers: each holds workers under its etcd lease. Killed with SIGKILL mid-
-//! workload, the other takes its workers and the workload within TTL + 5 s and finishes the
-//! run with every invocation recorded once. One etcd member down changes nothing; with the
+//! workload, the other takes its workers and the workload within TTL + 5 s, stops the VMs the
+//! dead one left running (one QEMU per worker throughout) and finishes the run with every
+//! invocation recorded once. One etcd member down changes nothing; with the
 //! quorum lost the engine presses no power button (a VM that died is not started again)
 //! until etcd is back, then says so and acts again.
 //!
@@ -15,6 +16,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::chaos::qemus;
 use support::etcd::EtcdCluster;
 use support::qemu::running_for;
 use support::testbed::Env;
@@ -123,6 +125,118 @@ fn holder(store: &Store, kind: Kind, name: &str) -> Option<String> {
         .and_then(|e| e.message.rsplit(' ').next().map(str::to_string))
 }
 
+/// Scans /proc every 150 ms for QEMUs of the given state dirs; `stop` returns the workers
+/// seen with more than one QEMU (across all the dirs) in two scans in a row, with their PIDs
+/// (two in a row: a QEMU that has just been quit may still be in /proc for one scan).
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(String, Vec<i32>)>>,
+}
+
+impl Sampler {
+    fn start(states: Vec<PathBuf>) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut found = Vec::new();
+            let mut previous = std::collections::BTreeMap::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let scan: Vec<_> = states.iter().flat_map(|d| qemus(d)).collect();
+                let now = support::chaos::duplicates(&scan);
+                for (worker, pids) in &now {
+                    let entry = (worker.clone(), pids.iter().copied().collect());
+                    if previous.contains_key(worker) && !found.contains(&entry) {
+                        found.push(entry);
+                    }
+                }
+                previous = now;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            found
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(String, Vec<i32>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("sampler")
+    }
+}
+
+/// Starts `orch-a` on manifest `f`, waits until it holds both workers and the workload,
+/// starts `orch-b` (state dir `state_b`), and returns once at least `min` invocations, but
+/// not all `total`, succeeded: mid-run. Also when the run started.
+fn a_holds_then_b_joins(
+    env: &Env,
+    store: &Store,
+    (reader, url): (&Path, &str),
+    (f, state_b): (&str, &Path),
+    total: u32,
+    min: u64,
+) -> (Serve, Serve, Instant) {
+    let a = Serve::start("orch-a", &env.state, f, env.dir.path().join("a.log"));
+    let started = Instant::now();
+    while ["vm-0", "vm-1"]
+        .iter()
+        .any(|w| holder(store, Kind::Worker, w).as_deref() != Some("orch-a"))
+        || holder(store, Kind::Workload, "wl").as_deref() != Some("orch-a")
+    {
+        assert!(started.elapsed() < LIMIT, "a claimed nothing:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let b = Serve::start("orch-b", state_b, f, env.dir.path().join("b.log"));
+    loop {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the run made no progress:\n{}",
+            a.log()
+        );
+        if let Some(r) = report(reader, url)
+            && r["succeeded"].as_u64().unwrap_or(0) >= min
+        {
+            assert!(
+                r["succeeded"].as_u64().unwrap_or(0) < u64::from(total),
+                "the run ended too soon: {r}"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    (a, b, started)
+}
+
+/// Waits (up to LIMIT from `started`) until workload `wl`'s latest run is over and its report
+/// accounts for all `total` invocations; the report. `log`: for the failure message.
+fn finished_report(
+    store: &Store,
+    (reader, url): (&Path, &str),
+    total: u32,
+    started: Instant,
+    log: &dyn Fn() -> String,
+) -> Value {
+    loop {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the run did not finish:\n{}",
+            log()
+        );
+        let finished = store
+            .latest_run("wl")
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.phase != microfaas::store::RunPhase::Running);
+        if finished
+            && let Some(r) = report(reader, url)
+            && r["total"] == total
+            && r["succeeded"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0)
+                == u64::from(total)
+        {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn report(reader: &Path, url: &str) -> Option<Value> {
     let r = ctl(reader, url, &["report", "wl", "--format", "json"]);
     serde_json::from_slice(&r.stdout).ok()
@@ -141,41 +255,34 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
     let reader = tempfile::tempdir().expect("tmp");
     let store = Store::open_etcd(&cluster.location("lease")).expect("open");
     let state_b = env.dir.path().join("state-b");
-    let mut a = Serve::start("orch-a", &env.state, &f, env.dir.path().join("a.log"));
-    // a holds everything before b starts.
-    let started = Instant::now();
-    while ["vm-0", "vm-1"]
-        .iter()
-        .any(|w| holder(&store, Kind::Worker, w).as_deref() != Some("orch-a"))
-        || holder(&store, Kind::Workload, "wl").as_deref() != Some("orch-a")
-    {
-        assert!(started.elapsed() < LIMIT, "a claimed nothing:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let b = Serve::start("orch-b", &state_b, &f, env.dir.path().join("b.log"));
-    // Mid-workload: some invocations recorded, not all.
-    loop {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the run made no progress:\n{}",
-            a.log()
-        );
-        if let Some(r) = report(reader.path(), &url)
-            && r["succeeded"].as_u64().unwrap_or(0) >= 4
-        {
-            assert!(
-                r["succeeded"].as_u64().unwrap_or(0) < u64::from(total),
-                "the run ended before the kill: {r}"
-            );
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let (mut a, b, started) = a_holds_then_b_joins(
+        &env,
+        &store,
+        (reader.path(), &url),
+        (&f, &state_b),
+        total,
+        4,
+    );
     assert!(
         !b.log().contains("reason=\"Claimed\""),
         "b claimed what a held:\n{}",
         b.log()
     );
+    // a's VMs, which outlive it (detached QEMUs in a's state dir).
+    let orphans = qemus(&env.state);
+    assert_eq!(
+        orphans
+            .iter()
+            .map(|q| q.worker.as_str())
+            .collect::<Vec<_>>(),
+        ["vm-0", "vm-1"],
+        "{orphans:?}"
+    );
+    assert!(
+        qemus(&state_b).is_empty(),
+        "b started a VM it does not hold"
+    );
+    let sampler = Sampler::start(vec![env.state.clone(), state_b.clone()]);
     a.signal(libc::SIGKILL);
     let killed = Instant::now();
     let _ = a.child.wait();
@@ -197,27 +304,7 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
     };
     eprintln!("takeover after {:.1} s", took.as_secs_f64());
     // The run completes on b, every invocation recorded once.
-    let r = loop {
-        assert!(
-            started.elapsed() < LIMIT,
-            "the run did not finish:\n{}",
-            b.log()
-        );
-        let finished = store
-            .latest_run("wl")
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.phase != microfaas::store::RunPhase::Running);
-        if finished
-            && let Some(r) = report(reader.path(), &url)
-            && r["total"] == total
-            && r["succeeded"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0)
-                == u64::from(total)
-        {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let r = finished_report(&store, (reader.path(), &url), total, started, &|| b.log());
     assert_eq!(r["succeeded"], total, "{r}\n{}", b.log());
     let run = store.latest_run("wl").expect("run").expect("a run");
     assert_eq!(
@@ -243,6 +330,172 @@ fn a_killed_orchestrators_workers_and_workload_are_taken_over_and_finish_once() 
         "{}",
         text.lines().find(|l| l.contains("Resumed")).unwrap_or("")
     );
+    // Exactly one QEMU per worker: b stopped each of a's (by the PID a launched, which no
+    // longer runs) before starting its own, and at no time did two run for one worker.
+    let twice = sampler.stop();
+    assert!(twice.is_empty(), "two QEMUs for one worker: {twice:?}");
+    for o in &orphans {
+        assert!(
+            !std::fs::read(format!("/proc/{}/cmdline", o.pid)).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains(&o.uuid) && c.contains(&env.state.display().to_string())
+            }),
+            "a's QEMU {o:?} still runs:\n{}",
+            b.log()
+        );
+        let stopped = store
+            .events(Kind::Worker, &o.worker, 50)
+            .expect("events")
+            .into_iter()
+            .find(|e| e.reason == "OrphanStopped")
+            .map(|e| e.message);
+        assert!(
+            stopped
+                .as_deref()
+                .is_some_and(|m| m.contains(&format!("pid {},", o.pid)) && m.contains("orch-a")),
+            "{}: {stopped:?}\n{}",
+            o.worker,
+            b.log()
+        );
+    }
+    assert!(qemus(&env.state).is_empty(), "{:?}", qemus(&env.state));
+    let now = qemus(&state_b);
+    assert_eq!(
+        now.iter().map(|q| q.worker.as_str()).collect::<Vec<_>>(),
+        ["vm-0", "vm-1"],
+        "{now:?}"
+    );
+    for q in &now {
+        let orphan = orphans
+            .iter()
+            .find(|o| o.worker == q.worker)
+            .expect("orphan");
+        assert_eq!(
+            q.uuid, orphan.uuid,
+            "the same worker's VM, started again by b"
+        );
+        assert_ne!(q.pid, orphan.pid);
+    }
+    drop(b);
+    drop(a);
+}
+
+/// A worker handed over mid-run: its `orchestrators` list now names only `orch-b`, so
+/// `orch-a`, which runs the workload, gives it up; `orch-a` moves the worker's queued
+/// invocations to the worker it still holds and finishes the run there, every invocation
+/// recorded once, while `orch-b` takes the worker, stopping the VM `orch-a` started (alive,
+/// on this host) before it starts its own.
+#[test]
+fn a_worker_handed_over_mid_run_leaves_no_queue_waiting() {
+    let env = Env::new();
+    let cluster = EtcdCluster::start(3);
+    let url = cluster.url("handover");
+    let total = 24;
+    let with_lists = |vm1: &str| {
+        // Calls arrive faster than the two workers finish them, so queues build up and
+        // invocations are still to come at the hand-over: without it some would wait on vm-1.
+        let m = manifest(&env, &cluster, "handover", &["vm-0", "vm-1"], total)
+            .replacen("2/s", "8/s", 1);
+        // Each worker document ends with its `vm:` line; the list goes after it, in `spec`.
+        m.replacen(
+            "accel: tcg}\n",
+            "accel: tcg}\n  orchestrators: [orch-a]\n",
+            1,
+        )
+        .replacen(
+            "accel: tcg}\n---",
+            &format!("accel: tcg}}\n  orchestrators: [{vm1}]\n---"),
+            1,
+        )
+    };
+    let before = with_lists("orch-a");
+    assert!(before.contains("8/s"), "{before}");
+    assert_eq!(
+        before.matches("orchestrators: [orch-a]").count(),
+        2,
+        "{before}"
+    );
+    let f = env.write("m.yaml", &before);
+    let reader = tempfile::tempdir().expect("tmp");
+    let store = Store::open_etcd(&cluster.location("handover")).expect("open");
+    let state_b = env.dir.path().join("state-b");
+    let (a, b, started) = a_holds_then_b_joins(
+        &env,
+        &store,
+        (reader.path(), &url),
+        (&f, &state_b),
+        total,
+        3,
+    );
+    let after = env.write("m2.yaml", &with_lists("orch-b"));
+    support::testbed::ok(&ctl(
+        reader.path(),
+        &url,
+        &["apply", "-f", &after, "--no-wait"],
+    ));
+    let moved = Instant::now();
+    while holder(&store, Kind::Worker, "vm-1").as_deref() != Some("orch-b") {
+        assert!(
+            moved.elapsed() < Duration::from_secs(60),
+            "b never got vm-1:\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Without the hand-over the jobs queued for vm-1 would wait for ever.
+    let r = finished_report(&store, (reader.path(), &url), total, started, &|| a.log());
+    assert_eq!(r["succeeded"], total, "{r}\n{}", a.log());
+    let run = store.latest_run("wl").expect("run").expect("a run");
+    assert_eq!(
+        (run.run, run.phase),
+        (1, microfaas::store::RunPhase::Succeeded)
+    );
+    let audit = support::chaos::audit(&store, "wl", total as usize, 3);
+    assert_eq!((audit.lost, audit.double_counted), (0, 0), "{audit:?}");
+    let events = store.events(Kind::Workload, "wl", 50).expect("events");
+    let handed = events
+        .iter()
+        .find(|e| e.reason == "WorkerHandedOver")
+        .map(|e| e.message.clone());
+    assert!(
+        handed.as_deref().is_some_and(|m| m.contains("`vm-1`")
+            && m.contains("orch-a")
+            && !m.contains("its 0 queued")),
+        "{events:?}"
+    );
+    eprintln!("{}", handed.unwrap_or_default());
+    // vm-1 runs from b's state dir now, and only there.
+    let vm1 = || {
+        qemus(&env.state)
+            .into_iter()
+            .chain(qemus(&state_b))
+            .filter(|q| q.worker == "vm-1")
+            .collect::<Vec<_>>()
+    };
+    let t = Instant::now();
+    while vm1().len() != 1 || qemus(&state_b).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{:?}\n{}",
+            vm1(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(qemus(&env.state).iter().all(|q| q.worker == "vm-0"));
+    let stopped = store
+        .events(Kind::Worker, "vm-1", 50)
+        .expect("events")
+        .into_iter()
+        .find(|e| e.reason == "OrphanStopped")
+        .map(|e| e.message);
+    assert!(
+        stopped.as_deref().is_some_and(|m| m.contains("orch-a")),
+        "{stopped:?}\n{}",
+        b.log()
+    );
+    eprintln!("{}", stopped.unwrap_or_default());
     drop(b);
     drop(a);
 }

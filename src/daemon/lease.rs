@@ -226,6 +226,10 @@ impl State {
                         .and_then(|v| serde_json::from_value(v.clone()).ok())
                         .unwrap_or_default();
                     if !eligible(&names, &me.orchestrator) {
+                        // No longer this one's (its list changed): free it for those it names.
+                        if holders.get(&o.name).is_some_and(|h| h.lease == lease) {
+                            self.leases.release(kind, &o.name, lease)?;
+                        }
                         continue;
                     }
                 }

@@ -476,6 +476,15 @@ impl VmDriver for QemuVms {
         self.inner.running(name)
     }
 
+    async fn retire(&self, spec: &VmConfig) -> Result<Option<i32>, String> {
+        // Not this driver's VM (another run directory), but one at a time per worker anyway.
+        let gate = self.inner.gate(&spec.name);
+        let _one = gate.lock().await;
+        super::qemu::takeover::stop_foreign(&spec.run_dir, &spec.name, &spec.uuid)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn stop(&self, name: &str, how: StopHow, wait: Duration) -> Result<bool, String> {
         let inner = &self.inner;
         let Some(vm) = inner.get(name) else {

@@ -7,6 +7,7 @@ pub mod board;
 mod lifecycle;
 pub mod operator;
 pub mod ownership;
+pub mod placement;
 pub mod quarantine;
 pub mod queue;
 pub mod status;

@@ -53,6 +53,13 @@ pub trait VmDriver: Send + Sync + 'static {
     /// `spec` ready in the background, so the next `launch` only has to start the guest.
     /// Returns at once; a driver without standbys ignores it.
     fn prepare(&self, _spec: &VmConfig) {}
+    /// Stops a VM of this worker that another engine on this host launched from
+    /// `spec.run_dir` (not this driver's own directory): its orchestrator died or lost the
+    /// worker. It must prove it is `spec`'s VM (uuid, name) first; anything else there is left
+    /// alone. `Ok(Some(pid))` when one was stopped. A driver without foreign VMs has none.
+    fn retire(&self, _spec: &VmConfig) -> impl Future<Output = Result<Option<i32>, String>> + Send {
+        async { Ok(None) }
+    }
     /// Drops what `prepare` got ready for this worker (it is being deleted).
     fn discard(&self, _name: &str) -> impl Future<Output = ()> + Send {
         async {}

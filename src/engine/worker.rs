@@ -25,6 +25,8 @@ pub struct WorkerRuntime {
     pub boot_started: Option<Instant>,
     /// Since when adoption keeps failing (a QEMU that does not answer on QMP).
     pub adopt_error_since: Option<Instant>,
+    /// Since when a VM another engine left running keeps resisting being stopped.
+    pub retire_error_since: Option<Instant>,
     /// Consecutive failed boots (reset when the agent connects).
     pub failures: u32,
     /// When the VM last stopped, for the power-on holdoff.
@@ -249,6 +251,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .and_then(|h| h.as_str())
             .map(str::to_string);
 
+        // Its VM may run from another orchestrator's state dir (that one died or lost it).
+        if !self.driver.is_running(name)
+            && let Some(next) = self.settle_foreign_vm(name, &mut st, &launch).await
+        {
+            return Ok(next);
+        }
         // A VM of this worker may run without this process knowing it: started by an engine
         // that died, or still starting up. Find it before deciding anything, so there is never
         // a second QEMU for one worker.
@@ -374,7 +382,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 // The uuid is stored before QEMU starts, so a crash right after the launch still
                 // lets the next engine adopt this VM rather than start a second one.
                 st.set_phase("PoweringOn")
-                    .set("vm", json!({"uuid": uuid, "specHash": want_hash}));
+                    .set("vm", self.vm_record(name, &uuid, &want_hash));
                 written = Some(st.clone().into_value());
                 self.write_status(Kind::Worker, name, st.clone().into_value());
                 let how = match self.driver.launch(&launch).await {
@@ -420,7 +428,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                         Launched::FromSnapshot => "VM started (restored from its snapshot)",
                     },
                 );
-                st.set("vm", json!({"uuid": uuid, "specHash": want_hash}))
+                st.set("vm", self.vm_record(name, &uuid, &want_hash))
                     .set_phase("Booting")
                     .condition("PoweredOn", CondStatus::True, "Launched", "")
                     .condition("AgentConnected", CondStatus::False, "Booting", "")
@@ -450,7 +458,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 }
                 st.set(
                     "vm",
-                    json!({"uuid": uuid, "specHash": running_hash.unwrap_or(want_hash)}),
+                    self.vm_record(name, &uuid, &running_hash.unwrap_or(want_hash)),
                 )
                 .set_phase(if busy { "Busy" } else { "Ready" })
                 .set("function", function)

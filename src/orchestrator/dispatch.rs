@@ -669,8 +669,24 @@ impl<D: VmDriver> Run<D> {
             .is_some_and(|q| !q.is_empty())
     }
 
-    /// Gives up on a worker: its queued jobs go to the others.
+    /// Whether `worker` went to another orchestrator while this one carries the run on (it
+    /// acts and holds the workload): nothing here will serve it again in this run.
+    fn held_elsewhere(&self, worker: &str) -> bool {
+        self.engine.ownership().is_some_and(|o| {
+            o.acting() && o.holds(Kind::Workload, &self.workload) && !o.holds(Kind::Worker, worker)
+        })
+    }
+
+    /// Gives up on a worker that could not be made ready: its queued jobs go to the others.
     async fn abandon(&self, worker: &str, why: &attempt::NoSession) {
+        let what = format!("worker `{worker}` could not be made ready ({why})");
+        self.give_up(worker, "WorkerUnavailable", &what, &why.to_string())
+            .await;
+    }
+
+    /// Gives up on `worker` for this run (event `reason`, saying `what`): its queued jobs go
+    /// to the others, or fail naming `why` when there is none.
+    async fn give_up(&self, worker: &str, reason: &str, what: &str, why: &str) {
         let jobs: Vec<Job> = {
             let mut sh = lock(&self.shared);
             sh.gave_up.push(worker.to_string());
@@ -680,7 +696,16 @@ impl<D: VmDriver> Run<D> {
                 .map(|q| q.drain(..).collect())
                 .unwrap_or_default()
         };
-        self.engine.event(Kind::Workload, &self.workload, EventType::Warning, "WorkerUnavailable", &format!("worker `{worker}` could not be made ready ({why}); its {} queued invocations move to other workers", jobs.len()));
+        self.engine.event(
+            Kind::Workload,
+            &self.workload,
+            EventType::Warning,
+            reason,
+            &format!(
+                "{what}; its {} queued invocations move to other workers",
+                jobs.len()
+            ),
+        );
         for mut j in jobs {
             j.tried.push(worker.to_string());
             self.enqueue(j, None).await;
@@ -719,6 +744,20 @@ impl<D: VmDriver> Run<D> {
         let mut stale: Option<u64> = None;
         loop {
             let notified = self.wake.notified();
+            if self.held_elsewhere(worker) {
+                let owner = self.engine.ownership().map_or("", |o| o.name.as_str());
+                let what = format!(
+                    "worker `{worker}` is no longer held by orchestrator {owner}, which runs this workload"
+                );
+                self.give_up(
+                    worker,
+                    "WorkerHandedOver",
+                    &what,
+                    "held by another orchestrator",
+                )
+                .await;
+                break;
+            }
             let job = match self.take_job(worker) {
                 None => break,
                 Some(Some(job)) => job,

@@ -10,6 +10,7 @@
 //!     pub async fn launch_paused(cfg: &VmConfig) -> Result<Vm, QemuError>; // -S: a standby
 //!     pub async fn resume(&mut self) -> Result<(), QemuError>;      // standby → running
 //!     pub async fn adopt(run_dir: &Path, name: &str, uuid: &str) -> Result<Option<Vm>, QemuError>;
+//!     pub async fn adopt_within(run_dir, name, uuid, qmp_timeout) -> ...;   // the same, own QMP wait
 //!     pub fn pid(&self) -> i32;  pub fn name(&self) -> &str;  pub fn uuid(&self) -> &str;
 //!     pub fn files(&self) -> &RunFiles;
 //!     pub async fn query_status(&mut self) -> Result<RunState, QemuError>;
@@ -24,6 +25,7 @@
 //! pub async fn probe_accel(binary: &Path) -> Accel;                  // cached per binary
 //! ```
 //! Snapshots of a parked guest (`VmConfig::snapshot`) and restoring them: `snapshot.rs`.
+//! Stopping a VM another engine on this host left running: `takeover.rs`.
 //!
 //! Invariants the engine relies on:
 //! - A launched QEMU is detached (`-daemonize`: forked, new session, parent exits once set
@@ -43,6 +45,7 @@ mod args;
 mod probe;
 mod process;
 pub mod snapshot;
+pub mod takeover;
 mod tsc;
 
 use std::io;
@@ -461,6 +464,16 @@ impl Vm {
     /// - `Err(Unresponsive)`: our QEMU is alive but QMP does not answer (e.g. another client
     ///   holds the monitor); the engine decides whether to kill it.
     pub async fn adopt(run_dir: &Path, name: &str, uuid: &str) -> Result<Option<Vm>, QemuError> {
+        Self::adopt_within(run_dir, name, uuid, QMP_TIMEOUT).await
+    }
+
+    /// [`Vm::adopt`], waiting at most `qmp_timeout` for the monitor's greeting.
+    pub async fn adopt_within(
+        run_dir: &Path,
+        name: &str,
+        uuid: &str,
+        qmp_timeout: Duration,
+    ) -> Result<Option<Vm>, QemuError> {
         let files = RunFiles::new(run_dir);
         let from_file =
             process::read_pidfile(&files.pidfile).map_err(|source| QemuError::RunDir {
@@ -469,7 +482,7 @@ impl Vm {
             })?;
         match from_file {
             Some(pid) if process::is_our_qemu(pid, uuid, &files.pidfile) => {
-                let qmp = match Qmp::connect(&files.qmp, QMP_TIMEOUT).await {
+                let qmp = match Qmp::connect(&files.qmp, qmp_timeout).await {
                     Ok(qmp) => qmp,
                     // It may have exited between the two checks.
                     Err(_) if !process::alive(pid) => {
