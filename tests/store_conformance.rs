@@ -328,6 +328,14 @@ fn conformance(s: &mut Store) {
     );
     assert!(latest.finished_ms.is_some());
     assert!(s.finish_run("wl", n, RunPhase::Running, &c, "").is_err());
+    // a progress write that arrives after the finish (dispatch tasks race) changes nothing
+    s.set_run_counts("wl", n, &RunCounts::default())
+        .expect("late progress");
+    assert_eq!(
+        s.run("wl", n).expect("run").expect("run 3").counts,
+        c,
+        "a late progress write took back the final counts"
+    );
 
     // energy samples: a window with its neighbours
     for (t, w) in [(1000, 1.0), (2000, 2.0), (3000, 3.0), (4000, 4.0)] {

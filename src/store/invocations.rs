@@ -192,13 +192,14 @@ impl SqliteStore {
         Ok(run)
     }
 
-    /// Updates a running run's counts (progress).
+    /// Updates a running run's counts (progress). A finished run keeps its final counts: a
+    /// progress write that lost the race with `finish_run` must not take them back.
     pub fn set_run_counts(&mut self, workload: &str, run: i64, counts: &RunCounts) -> Result<()> {
         let n = self
             .conn
             .execute(
                 "UPDATE runs SET total = ?3, succeeded = ?4, failed = ?5, retried = ?6
-                 WHERE workload = ?1 AND run = ?2",
+                 WHERE workload = ?1 AND run = ?2 AND phase = 'Running'",
                 params![
                     workload,
                     run,
@@ -209,6 +210,9 @@ impl SqliteStore {
                 ],
             )
             .map_err(self.sq())?;
+        if n == 0 && self.run(workload, run)?.is_some() {
+            return Ok(());
+        }
         found(n, workload, run)
     }
 

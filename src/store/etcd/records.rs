@@ -286,8 +286,12 @@ impl EtcdStore {
         })
     }
 
+    /// A finished run keeps its final counts (see the SQLite store's).
     pub fn set_run_counts(&mut self, workload: &str, run: i64, counts: &RunCounts) -> Result<()> {
         self.update_run(workload, run, |r| {
+            if r.phase != RunPhase::Running.as_str() {
+                return;
+            }
             r.total = counts.total;
             r.succeeded = counts.succeeded;
             r.failed = counts.failed;
