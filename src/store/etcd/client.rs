@@ -13,6 +13,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long to keep asking members that have no leader (a few of etcd's default 1 s election
+/// timeouts), and how often.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
+const ELECTION_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -183,8 +189,24 @@ impl Client {
     /// POSTs `body` to `path` and returns etcd's JSON answer. A connection that fails is
     /// dropped and the request sent to the next endpoint: every request this store sends is
     /// either a read or guarded by a compare, so a repeat cannot apply a write twice.
+    /// Members that answer without a leader are asked again for up to `ELECTION_WAIT`: when
+    /// the leader dies the others need an election timeout to choose the next one, and one
+    /// member down must not fail a request.
     pub fn call(&self, path: &str, body: &Value) -> EtcdResult<Value> {
         let bytes = body.to_string().into_bytes();
+        let started = std::time::Instant::now();
+        loop {
+            match self.call_round(path, &bytes) {
+                Err(EtcdError::NoQuorum { .. }) if started.elapsed() < ELECTION_WAIT => {
+                    std::thread::sleep(ELECTION_POLL);
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// One round of `call`: each endpoint once.
+    fn call_round(&self, path: &str, bytes: &[u8]) -> EtcdResult<Value> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let n = self.endpoints.len().max(1);
         let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
@@ -223,7 +245,7 @@ impl Client {
             let Some(conn) = guard.as_mut() else {
                 continue;
             };
-            match Self::exchange(conn, endpoint, path, &bytes) {
+            match Self::exchange(conn, endpoint, path, bytes) {
                 Ok((head, body)) => {
                     if head.close {
                         *guard = None;
@@ -242,9 +264,14 @@ impl Client {
                             .map_or_else(|| value.to_string(), str::to_string);
                         // A member without quorum or leader answers (its own timeout, or
                         // the gateway's deadline on the request); another may do better.
-                        if ["no leader", "timed out", "deadline exceeded"]
-                            .iter()
-                            .any(|m| message.contains(m))
+                        if [
+                            "no leader",
+                            "leader changed",
+                            "timed out",
+                            "deadline exceeded",
+                        ]
+                        .iter()
+                        .any(|m| message.contains(m))
                         {
                             leaderless = true;
                             last = format!("{endpoint}: {message}");
