@@ -229,21 +229,11 @@ fn serve_on_a_tls_store_and_a_cli_from_another_state_dir() {
     let state_a = tempfile::tempdir().expect("tmp");
     let elsewhere = tempfile::tempdir().expect("tmp");
     let log = dir.path().join("serve.log");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+    let mut serve = support::testbed::serve_command(state_a.path(), &log)
         .current_dir(elsewhere.path())
         .args(["serve", "-f"])
         .arg(&m)
         .args(["--no-fs-checks", "--name", "orch-a", "--lease-ttl", "5s"])
-        .env("MICROFAAS_STATE_DIR", state_a.path())
-        .env_remove("MICROFAAS_STORE")
-        .env_remove("MICROFAAS_ETCD_CA")
-        .env_remove("MICROFAAS_ETCD_CERT")
-        .env_remove("MICROFAAS_ETCD_KEY")
-        .env_remove("MICROFAAS_ORCHESTRATOR")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("serve");
     let serve_log = || std::fs::read_to_string(&log).unwrap_or_default();

@@ -8,7 +8,6 @@
 mod support;
 
 use serde_json::Value;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::etcd::EtcdCluster;
 use support::testbed::Env;
@@ -44,14 +43,8 @@ spec:
     );
     let f = env.write("m.yaml", &manifest);
     let log = env.dir.path().join("serve.log");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+    let mut serve = support::testbed::serve_command(&env.state, &log)
         .args(["serve", "-f", &f])
-        .env("MICROFAAS_STATE_DIR", &env.state)
-        .env_remove("MICROFAAS_STORE")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("serve");
     let serve_log = || std::fs::read_to_string(&log).unwrap_or_default();

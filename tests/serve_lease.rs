@@ -39,17 +39,10 @@ impl Serve {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let child = Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
+        let child = support::testbed::serve_command(state, &log)
             .args(["serve", "-f", manifest, "--name", name])
             .args(["--lease-ttl", &format!("{TTL_S}s")])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("MICROFAAS_STATE_DIR", state)
-            .env_remove("MICROFAAS_STORE")
-            .env_remove("MICROFAAS_ORCHESTRATOR")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("serve");
         Serve {

@@ -292,3 +292,24 @@ pub fn touch_later(path: &Path) {
         .and_then(|f| f.set_modified(later))
         .expect("set mtime");
 }
+
+/// `microfaasctl` set up for a `serve` under test: state dir `state`, stderr to `log`, and
+/// none of the store, TLS, orchestrator or log settings of the environment the tests run in.
+pub fn serve_command(state: &Path, log: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_microfaasctl"));
+    c.env("MICROFAAS_STATE_DIR", state);
+    for var in [
+        "MICROFAAS_STORE",
+        "MICROFAAS_ETCD_CA",
+        "MICROFAAS_ETCD_CERT",
+        "MICROFAAS_ETCD_KEY",
+        "MICROFAAS_ORCHESTRATOR",
+        "RUST_LOG",
+    ] {
+        c.env_remove(var);
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"));
+    c
+}
