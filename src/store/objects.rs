@@ -134,7 +134,8 @@ fn json_text(v: &impl serde::Serialize) -> String {
 }
 
 impl SqliteStore {
-    pub fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>> {
+    /// `kind/name` read from the database (`get` answers from memory when it can).
+    pub(super) fn get_uncached(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>> {
         let sql = format!("SELECT {COLUMNS} FROM objects WHERE kind = ?1 AND name = ?2");
         // Cached statements: the engine reads and writes objects on every reconcile, and
         // parsing the SQL each time was a visible share of a 1,000-worker apply.

@@ -1,9 +1,9 @@
 //! Parsed specs, cached per object: every gateway call and every reconcile read the same few
 //! specs (the Cluster's defaults, the Function, the workers), and parsing their stored JSON
-//! each time was a third of a gateway call's CPU. The stored text is still read every time
-//! and an entry is used only while it is byte for byte the text it was parsed from, so a
-//! change by any connection (`apply` from another process against a running `serve`) is seen
-//! at the next read; what is saved is the parse.
+//! each time was a third of a gateway call's CPU. Below `reads.rs` (which skips the read while
+//! `objects` is unchanged): when a read does happen, an entry is used only while the stored
+//! text is byte for byte what it was parsed from, so a status change costs a comparison, not a
+//! parse.
 
 use super::{Result, SqliteStore, StoreError, StoredObject};
 use crate::manifest::Kind;
@@ -65,7 +65,7 @@ impl SpecCache {
 impl SqliteStore {
     /// The spec of `kind/name` parsed as `T` (the cached parse while its text is unchanged);
     /// `None` when there is no such object.
-    pub fn spec_of<T: DeserializeOwned + Send + Sync + 'static>(
+    pub(super) fn spec_of_uncached<T: DeserializeOwned + Send + Sync + 'static>(
         &mut self,
         kind: Kind,
         name: &str,
@@ -91,7 +91,7 @@ impl SqliteStore {
 
     /// Every object of `kind`, by name, with its spec parsed as `T` (cached parses while
     /// unchanged) and its status's `health`.
-    pub fn specs_of_kind<T: DeserializeOwned + Send + Sync + 'static>(
+    pub(super) fn specs_of_kind_uncached<T: DeserializeOwned + Send + Sync + 'static>(
         &mut self,
         kind: Kind,
     ) -> Result<Vec<SpecEntry<T>>> {

@@ -1,0 +1,233 @@
+//! Reads of `objects` answered from memory while the table is unchanged. Every gateway call
+//! read the Cluster's defaults, its Function (twice), the worker list and its worker's record,
+//! and each read went back to SQLite: the recorder's commits, many a second on another
+//! connection, empty this connection's page cache, so every read refetched pages and parsed
+//! JSON — a quarter of the gateway's CPU. A counter that triggers bump on every change to
+//! `objects` (migration 5), by any connection of any process, says when what was read is
+//! still what is stored: one small read per lookup instead of the lookup.
+//!
+//! The counter is read before the rows, so rows are never older than the version they are
+//! filed under (at worst newer, and the next lookup reads again). Inside a transaction
+//! nothing is cached or answered from the cache: its own uncommitted changes bump the counter
+//! and a rollback would bring the old value back over rows that never were.
+
+use super::specs::SpecEntry;
+use super::{Result, SqliteStore, StoredObject};
+use crate::manifest::Kind;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What one version of `objects` answered.
+#[derive(Default)]
+pub(super) struct ReadCache {
+    version: Option<i64>,
+    objects: HashMap<(Kind, String), Option<StoredObject>>,
+    specs: HashMap<(Kind, String), Option<Arc<dyn Any + Send + Sync>>>,
+    kinds: HashMap<Kind, Arc<dyn Any + Send + Sync>>,
+}
+
+impl ReadCache {
+    /// Forgets everything read under another version than `v`.
+    fn at(&mut self, v: i64) -> &mut ReadCache {
+        if self.version != Some(v) {
+            *self = ReadCache {
+                version: Some(v),
+                ..ReadCache::default()
+            };
+        }
+        self
+    }
+}
+
+/// `specs_of_kind`'s answer as the cache keeps it (cloned out per caller).
+struct KindEntries<T>(Vec<(String, Arc<T>, Option<String>)>);
+
+impl SqliteStore {
+    /// The counter's value now, or `None` inside a transaction (no caching there).
+    fn objects_version(&self) -> Result<Option<i64>> {
+        if !self.conn.is_autocommit() {
+            return Ok(None);
+        }
+        self.conn
+            .prepare_cached("SELECT v FROM objects_version")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map(Some)
+            .map_err(self.sq())
+    }
+
+    /// `kind/name` as stored, from memory while `objects` is unchanged.
+    pub fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>> {
+        let Some(v) = self.objects_version()? else {
+            return self.get_uncached(kind, name);
+        };
+        let key = (kind, name.to_string());
+        if let Some(hit) = self.reads.borrow_mut().at(v).objects.get(&key) {
+            return Ok(hit.clone());
+        }
+        let obj = self.get_uncached(kind, name)?;
+        self.reads
+            .borrow_mut()
+            .at(v)
+            .objects
+            .insert(key, obj.clone());
+        Ok(obj)
+    }
+
+    /// The spec of `kind/name` parsed as `T`, from memory while `objects` is unchanged;
+    /// `None` when there is no such object.
+    pub fn spec_of<T: serde::de::DeserializeOwned + Send + Sync + 'static>(
+        &mut self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<Arc<T>>> {
+        let Some(v) = self.objects_version()? else {
+            return self.spec_of_uncached(kind, name);
+        };
+        let key = (kind, name.to_string());
+        match self.reads.get_mut().at(v).specs.get(&key) {
+            Some(None) => return Ok(None),
+            Some(Some(spec)) => {
+                if let Ok(spec) = spec.clone().downcast::<T>() {
+                    return Ok(Some(spec));
+                }
+            }
+            None => {}
+        }
+        let spec = self.spec_of_uncached::<T>(kind, name)?;
+        let any = spec.clone().map(|s| s as Arc<dyn Any + Send + Sync>);
+        self.reads.get_mut().at(v).specs.insert(key, any);
+        Ok(spec)
+    }
+
+    /// Every object of `kind` by name, its spec parsed as `T` and its status's `health`, from
+    /// memory while `objects` is unchanged.
+    pub fn specs_of_kind<T: serde::de::DeserializeOwned + Send + Sync + 'static>(
+        &mut self,
+        kind: Kind,
+    ) -> Result<Vec<SpecEntry<T>>> {
+        let Some(v) = self.objects_version()? else {
+            return self.specs_of_kind_uncached(kind);
+        };
+        if let Some(hit) = self.reads.get_mut().at(v).kinds.get(&kind)
+            && let Ok(entries) = hit.clone().downcast::<KindEntries<T>>()
+        {
+            return Ok(entries
+                .0
+                .iter()
+                .map(|(name, spec, health)| SpecEntry {
+                    name: name.clone(),
+                    spec: spec.clone(),
+                    health: health.clone(),
+                })
+                .collect());
+        }
+        let entries = self.specs_of_kind_uncached::<T>(kind)?;
+        let kept = KindEntries(
+            entries
+                .iter()
+                .map(|e| (e.name.clone(), e.spec.clone(), e.health.clone()))
+                .collect(),
+        );
+        self.reads
+            .get_mut()
+            .at(v)
+            .kinds
+            .insert(kind, Arc::new(kept));
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DesiredObject, SqliteStore};
+    use crate::manifest::Kind;
+    use serde_json::{Value, json};
+
+    fn function(store: &mut SqliteStore, handler: &str) {
+        store
+            .apply(
+                &[DesiredObject::new(
+                    Kind::Function,
+                    "f",
+                    json!({"runtime": "exec", "handler": handler}),
+                )],
+                None,
+                false,
+                false,
+            )
+            .expect("apply");
+    }
+
+    fn handler(store: &mut SqliteStore) -> Option<String> {
+        let spec = store
+            .spec_of::<Value>(Kind::Function, "f")
+            .expect("spec_of")?;
+        let by_get = store.get(Kind::Function, "f").expect("get")?;
+        assert_eq!(by_get.spec, *spec, "get and spec_of disagree");
+        Some(spec["handler"].as_str().expect("handler").to_string())
+    }
+
+    /// `apply` from another process against a running `serve`: every kind of change on
+    /// another connection is seen at the next read.
+    #[test]
+    fn a_change_by_another_connection_is_seen_at_the_next_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut reader = SqliteStore::open(dir.path()).expect("open");
+        let mut writer = SqliteStore::open(dir.path()).expect("open");
+        function(&mut writer, "one");
+        assert_eq!(handler(&mut reader).as_deref(), Some("one"));
+        assert_eq!(handler(&mut reader).as_deref(), Some("one"));
+        function(&mut writer, "two");
+        assert_eq!(handler(&mut reader).as_deref(), Some("two"));
+
+        let health = |s: &mut SqliteStore| {
+            let all = s.specs_of_kind::<Value>(Kind::Function).expect("kind");
+            assert_eq!(all.len(), 1);
+            all[0].health.clone()
+        };
+        assert_eq!(health(&mut reader), None);
+        writer
+            .set_status(Kind::Function, "f", &json!({"health": "Bad"}))
+            .expect("status");
+        assert_eq!(health(&mut reader).as_deref(), Some("Bad"));
+        assert_eq!(
+            reader
+                .get(Kind::Function, "f")
+                .expect("get")
+                .expect("f")
+                .status["health"],
+            "Bad"
+        );
+
+        writer.delete(Kind::Function, "f").expect("delete");
+        assert_eq!(handler(&mut reader), None);
+        assert!(
+            reader
+                .specs_of_kind::<Value>(Kind::Function)
+                .expect("kind")
+                .is_empty()
+        );
+    }
+
+    /// While `objects` is unchanged the answer comes from memory: a change the counter does
+    /// not see (its trigger dropped behind the store's back) is not seen either, until the
+    /// counter moves.
+    #[test]
+    fn an_unchanged_table_is_answered_from_memory() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = SqliteStore::open(dir.path()).expect("open");
+        function(&mut store, "one");
+        assert_eq!(handler(&mut store).as_deref(), Some("one"));
+        let raw = rusqlite::Connection::open(dir.path().join("state.db")).expect("raw");
+        raw.execute_batch(
+            "DROP TRIGGER objects_version_on_update;
+             UPDATE objects SET spec = '{\"runtime\": \"exec\", \"handler\": \"hidden\"}';",
+        )
+        .expect("hidden change");
+        assert_eq!(handler(&mut store).as_deref(), Some("one"));
+        raw.execute_batch("UPDATE objects_version SET v = v + 1")
+            .expect("bump");
+        assert_eq!(handler(&mut store).as_deref(), Some("hidden"));
+    }
+}
