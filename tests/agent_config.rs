@@ -264,4 +264,10 @@ fn dispatch_outcomes() {
     let slow = invoke("builtin", "cascading_md5", json!({"rounds": u64::MAX}), 50);
     assert_eq!(kind(slow), (Some(ErrorKind::Timeout), true));
     assert!(start.elapsed() < Duration::from_secs(2));
+    // The overrunning job still holds the function thread it ran on: the next call must get
+    // a fresh one, not queue behind it.
+    assert_eq!(
+        kind(invoke("builtin", "matmul", json!({"size": 3}), 1000)),
+        (None, false)
+    );
 }

@@ -1,7 +1,8 @@
 //! Runtime dispatch: runs one invocation with the runtime it names (`builtin`, with the
-//! services the orchestrator bound to it, or `wasm` and `exec` through [`super::user`]) on its
-//! own thread, waits at most its deadline, and turns what happened into a result.
+//! services the orchestrator bound to it, or `wasm` and `exec` through [`super::user`]) on the
+//! function thread, waits at most its deadline, and turns what happened into a result.
 
+use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,6 +18,49 @@ use crate::protocol::{
 
 /// What the function thread runs: the call itself, timed by the thread.
 type Job = Box<dyn FnOnce() -> Result<Value, (ErrorKind, String)> + Send>;
+
+/// What the function thread sends back: the call's result and how long it ran, in µs.
+type Done = (Result<Value, (ErrorKind, String)>, u64);
+
+/// The thread functions run on, kept from one call to the next: starting a thread per call
+/// was a twentieth of a warm loopback call's CPU. It is given up (and the next call starts a
+/// fresh one) when its call overran — the job may still be running — or when it died.
+struct Runner {
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<Done>,
+}
+
+static RUNNER: Mutex<Option<Runner>> = Mutex::new(None);
+
+impl Runner {
+    fn start() -> std::io::Result<Runner> {
+        let (jobs, next) = mpsc::channel::<Job>();
+        let (finished, done) = mpsc::channel();
+        thread::Builder::new().name("fn".into()).spawn(move || {
+            for job in next {
+                // Timed here, around the call only: not the channels.
+                let t = Instant::now();
+                let out = job();
+                let us = t.elapsed().as_micros() as u64;
+                if finished.send((out, us)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(Runner { jobs, done })
+    }
+
+    /// The kept runner, or a new one.
+    fn take() -> std::io::Result<Runner> {
+        let kept = RUNNER.lock().unwrap_or_else(|p| p.into_inner()).take();
+        kept.map_or_else(Runner::start, Ok)
+    }
+
+    /// Keeps this runner for the next call.
+    fn keep(self) {
+        *RUNNER.lock().unwrap_or_else(|p| p.into_inner()) = Some(self);
+    }
+}
 
 /// A user function enforces its deadline itself (fuel slices) and reports a timeout as its
 /// own result; this much later the agent gives up on it as overrun.
@@ -94,27 +138,41 @@ pub fn dispatch(inv: &Invoke) -> Dispatched {
         Err((kind, msg)) => return failure(&inv.id, kind, msg, 0),
     };
 
-    let (tx, rx) = mpsc::channel();
     let started = Instant::now();
-    let spawned = thread::Builder::new()
-        .name(format!("fn:{}", inv.function))
-        .spawn(move || {
-            // Timed here, around the call only: not thread start-up, not the channel.
-            let t = Instant::now();
-            let out = job();
-            let us = t.elapsed().as_micros() as u64;
-            let _ = tx.send((out, us));
-        });
-    if let Err(e) = spawned {
-        let msg = format!("cannot start a thread for the function: {e}");
-        return failure(&inv.id, ErrorKind::Error, msg, 0);
-    }
+    // A kept runner that died since (it cannot have: it is dropped when its job fails to
+    // answer) gets one fresh successor before the call is failed.
+    let runner = Runner::take().and_then(|r| match r.jobs.send(job) {
+        Ok(()) => Ok(r),
+        Err(mpsc::SendError(job)) => {
+            let fresh = Runner::start()?;
+            fresh
+                .jobs
+                .send(job)
+                .map_err(|_| std::io::Error::other("the function thread ended at once"))?;
+            Ok(fresh)
+        }
+    });
+    let runner = match runner {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("cannot start a thread for the function: {e}");
+            return failure(&inv.id, ErrorKind::Error, msg, 0);
+        }
+    };
 
     let waited = if inv.deadline_ms == 0 {
-        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        runner
+            .done
+            .recv()
+            .map_err(|_| RecvTimeoutError::Disconnected)
     } else {
-        rx.recv_timeout(Duration::from_millis(inv.deadline_ms) + grace)
+        runner
+            .done
+            .recv_timeout(Duration::from_millis(inv.deadline_ms) + grace)
     };
+    if waited.is_ok() {
+        runner.keep();
+    }
     match waited {
         Ok((Ok(output), us)) => Dispatched {
             result: InvokeResult {
