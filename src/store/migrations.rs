@@ -120,19 +120,25 @@ const MIGRATIONS: &[&str] = &[
         replicas INTEGER NOT NULL CHECK (replicas >= 0)
      );
      CREATE INDEX invocations_by_function ON invocations (workload, function, id);",
-    // 5: a counter every change to `objects` bumps, by any connection of any process, so
-    // readers can keep what they read until it moves (src/store/reads.rs)
+    // 5: a counter per kind that every change to `objects` of that kind bumps, by any
+    // connection of any process, so readers can keep what they read until it moves
+    // (src/store/reads.rs)
     "CREATE TABLE objects_version (
-        id INTEGER PRIMARY KEY CHECK (id = 0),
+        kind TEXT PRIMARY KEY,
         v INTEGER NOT NULL
      );
-     INSERT INTO objects_version VALUES (0, 0);
-     CREATE TRIGGER objects_version_on_insert AFTER INSERT ON objects
-        BEGIN UPDATE objects_version SET v = v + 1; END;
-     CREATE TRIGGER objects_version_on_update AFTER UPDATE ON objects
-        BEGIN UPDATE objects_version SET v = v + 1; END;
-     CREATE TRIGGER objects_version_on_delete AFTER DELETE ON objects
-        BEGIN UPDATE objects_version SET v = v + 1; END;",
+     CREATE TRIGGER objects_version_on_insert AFTER INSERT ON objects BEGIN
+        INSERT OR IGNORE INTO objects_version VALUES (NEW.kind, 0);
+        UPDATE objects_version SET v = v + 1 WHERE kind = NEW.kind;
+     END;
+     CREATE TRIGGER objects_version_on_update AFTER UPDATE ON objects BEGIN
+        INSERT OR IGNORE INTO objects_version VALUES (NEW.kind, 0);
+        UPDATE objects_version SET v = v + 1 WHERE kind = NEW.kind;
+     END;
+     CREATE TRIGGER objects_version_on_delete AFTER DELETE ON objects BEGIN
+        INSERT OR IGNORE INTO objects_version VALUES (OLD.kind, 0);
+        UPDATE objects_version SET v = v + 1 WHERE kind = OLD.kind;
+     END;",
 ];
 
 pub fn run(conn: &mut Connection, path: &Path) -> Result<()> {

@@ -1,10 +1,12 @@
-//! Reads of `objects` answered from memory while the table is unchanged. Every gateway call
-//! read the Cluster's defaults, its Function (twice), the worker list and its worker's record,
-//! and each read went back to SQLite: the recorder's commits, many a second on another
-//! connection, empty this connection's page cache, so every read refetched pages and parsed
-//! JSON — a quarter of the gateway's CPU. A counter that triggers bump on every change to
-//! `objects` (migration 5), by any connection of any process, says when what was read is
-//! still what is stored: one small read per lookup instead of the lookup.
+//! Reads of `objects` answered from memory while that kind's objects are unchanged. Every
+//! gateway call read the Cluster's defaults, its Function (twice), the worker list and its
+//! worker's record, and each read went back to SQLite: the recorder's commits, many a second
+//! on another connection, empty this connection's page cache, so every read refetched pages
+//! and parsed JSON — a quarter of the gateway's CPU. A counter per kind that triggers bump on
+//! every change to an object of that kind (migration 5), by any connection of any process,
+//! says when what was read is still what is stored: one small read per lookup instead of the
+//! lookup. Per kind, because workers' statuses change all the time while a workload reboots
+//! them, and that must not throw away the Cluster and the Functions.
 //!
 //! The counter is read before the rows, so rows are never older than the version they are
 //! filed under (at worst newer, and the next lookup reads again). Inside a transaction
@@ -14,29 +16,35 @@
 use super::specs::SpecEntry;
 use super::{Result, SqliteStore, StoredObject};
 use crate::manifest::Kind;
+use rusqlite::OptionalExtension;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// What one version of `objects` answered.
+/// What each kind's objects answered, under the version they were read at.
 #[derive(Default)]
-pub(super) struct ReadCache {
-    version: Option<i64>,
-    objects: HashMap<(Kind, String), Option<StoredObject>>,
-    specs: HashMap<(Kind, String), Option<Arc<dyn Any + Send + Sync>>>,
-    kinds: HashMap<Kind, Arc<dyn Any + Send + Sync>>,
+pub(super) struct ReadCache(HashMap<Kind, KindCache>);
+
+/// What one version of one kind's objects answered.
+#[derive(Default)]
+struct KindCache {
+    version: i64,
+    objects: HashMap<String, Option<StoredObject>>,
+    specs: HashMap<String, Option<Arc<dyn Any + Send + Sync>>>,
+    all: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl ReadCache {
-    /// Forgets everything read under another version than `v`.
-    fn at(&mut self, v: i64) -> &mut ReadCache {
-        if self.version != Some(v) {
-            *self = ReadCache {
-                version: Some(v),
-                ..ReadCache::default()
+    /// `kind`'s entries, emptied first when they were read under another version than `v`.
+    fn at(&mut self, kind: Kind, v: i64) -> &mut KindCache {
+        let c = self.0.entry(kind).or_default();
+        if c.version != v {
+            *c = KindCache {
+                version: v,
+                ..KindCache::default()
             };
         }
-        self
+        c
     }
 }
 
@@ -44,48 +52,47 @@ impl ReadCache {
 struct KindEntries<T>(Vec<(String, Arc<T>, Option<String>)>);
 
 impl SqliteStore {
-    /// The counter's value now, or `None` inside a transaction (no caching there).
-    fn objects_version(&self) -> Result<Option<i64>> {
+    /// `kind`'s counter now (0 before its first object), or `None` inside a transaction (no
+    /// caching there).
+    fn objects_version(&self, kind: Kind) -> Result<Option<i64>> {
         if !self.conn.is_autocommit() {
             return Ok(None);
         }
         self.conn
-            .prepare_cached("SELECT v FROM objects_version")
-            .and_then(|mut st| st.query_row([], |r| r.get(0)))
-            .map(Some)
+            .prepare_cached("SELECT v FROM objects_version WHERE kind = ?1")
+            .and_then(|mut st| st.query_row([kind.as_str()], |r| r.get(0)).optional())
+            .map(|v| Some(v.unwrap_or(0)))
             .map_err(self.sq())
     }
 
-    /// `kind/name` as stored, from memory while `objects` is unchanged.
+    /// `kind/name` as stored, from memory while `kind`'s objects are unchanged.
     pub fn get(&self, kind: Kind, name: &str) -> Result<Option<StoredObject>> {
-        let Some(v) = self.objects_version()? else {
+        let Some(v) = self.objects_version(kind)? else {
             return self.get_uncached(kind, name);
         };
-        let key = (kind, name.to_string());
-        if let Some(hit) = self.reads.borrow_mut().at(v).objects.get(&key) {
+        if let Some(hit) = self.reads.borrow_mut().at(kind, v).objects.get(name) {
             return Ok(hit.clone());
         }
         let obj = self.get_uncached(kind, name)?;
         self.reads
             .borrow_mut()
-            .at(v)
+            .at(kind, v)
             .objects
-            .insert(key, obj.clone());
+            .insert(name.to_string(), obj.clone());
         Ok(obj)
     }
 
-    /// The spec of `kind/name` parsed as `T`, from memory while `objects` is unchanged;
-    /// `None` when there is no such object.
+    /// The spec of `kind/name` parsed as `T`, from memory while `kind`'s objects are
+    /// unchanged; `None` when there is no such object.
     pub fn spec_of<T: serde::de::DeserializeOwned + Send + Sync + 'static>(
         &mut self,
         kind: Kind,
         name: &str,
     ) -> Result<Option<Arc<T>>> {
-        let Some(v) = self.objects_version()? else {
+        let Some(v) = self.objects_version(kind)? else {
             return self.spec_of_uncached(kind, name);
         };
-        let key = (kind, name.to_string());
-        match self.reads.get_mut().at(v).specs.get(&key) {
+        match self.reads.get_mut().at(kind, v).specs.get(name) {
             Some(None) => return Ok(None),
             Some(Some(spec)) => {
                 if let Ok(spec) = spec.clone().downcast::<T>() {
@@ -96,20 +103,24 @@ impl SqliteStore {
         }
         let spec = self.spec_of_uncached::<T>(kind, name)?;
         let any = spec.clone().map(|s| s as Arc<dyn Any + Send + Sync>);
-        self.reads.get_mut().at(v).specs.insert(key, any);
+        self.reads
+            .get_mut()
+            .at(kind, v)
+            .specs
+            .insert(name.to_string(), any);
         Ok(spec)
     }
 
     /// Every object of `kind` by name, its spec parsed as `T` and its status's `health`, from
-    /// memory while `objects` is unchanged.
+    /// memory while `kind`'s objects are unchanged.
     pub fn specs_of_kind<T: serde::de::DeserializeOwned + Send + Sync + 'static>(
         &mut self,
         kind: Kind,
     ) -> Result<Vec<SpecEntry<T>>> {
-        let Some(v) = self.objects_version()? else {
+        let Some(v) = self.objects_version(kind)? else {
             return self.specs_of_kind_uncached(kind);
         };
-        if let Some(hit) = self.reads.get_mut().at(v).kinds.get(&kind)
+        if let Some(hit) = &self.reads.get_mut().at(kind, v).all
             && let Ok(entries) = hit.clone().downcast::<KindEntries<T>>()
         {
             return Ok(entries
@@ -129,11 +140,7 @@ impl SqliteStore {
                 .map(|e| (e.name.clone(), e.spec.clone(), e.health.clone()))
                 .collect(),
         );
-        self.reads
-            .get_mut()
-            .at(v)
-            .kinds
-            .insert(kind, Arc::new(kept));
+        self.reads.get_mut().at(kind, v).all = Some(Arc::new(kept));
         Ok(entries)
     }
 }
@@ -226,7 +233,7 @@ mod tests {
         )
         .expect("hidden change");
         assert_eq!(handler(&mut store).as_deref(), Some("one"));
-        raw.execute_batch("UPDATE objects_version SET v = v + 1")
+        raw.execute_batch("UPDATE objects_version SET v = v + 1 WHERE kind = 'Function'")
             .expect("bump");
         assert_eq!(handler(&mut store).as_deref(), Some("hidden"));
     }
