@@ -2,7 +2,7 @@
 //! services the orchestrator bound to it, or `wasm` and `exec` through [`super::user`]) on the
 //! function thread, waits at most its deadline, and turns what happened into a result.
 
-use std::sync::Mutex;
+use std::cell::RefCell;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,7 +30,11 @@ struct Runner {
     done: mpsc::Receiver<Done>,
 }
 
-static RUNNER: Mutex<Option<Runner>> = Mutex::new(None);
+thread_local! {
+    /// Per calling thread: one agent calls from one thread, and agents run as threads of
+    /// one process in tests and benches must not take each other's.
+    static RUNNER: RefCell<Option<Runner>> = const { RefCell::new(None) };
+}
 
 impl Runner {
     fn start() -> std::io::Result<Runner> {
@@ -52,13 +56,14 @@ impl Runner {
 
     /// The kept runner, or a new one.
     fn take() -> std::io::Result<Runner> {
-        let kept = RUNNER.lock().unwrap_or_else(|p| p.into_inner()).take();
-        kept.map_or_else(Runner::start, Ok)
+        RUNNER
+            .with_borrow_mut(Option::take)
+            .map_or_else(Runner::start, Ok)
     }
 
     /// Keeps this runner for the next call.
     fn keep(self) {
-        *RUNNER.lock().unwrap_or_else(|p| p.into_inner()) = Some(self);
+        RUNNER.set(Some(self));
     }
 }
 
