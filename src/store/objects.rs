@@ -323,22 +323,25 @@ impl SqliteStore {
     /// appended to its phase history, which energy attribution reads.
     pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
         let phase = status.get("phase").and_then(Value::as_str);
-        let n = self.observation(|conn| {
+        let (n, before, after) = self.observation(|conn| {
             let tx = rusqlite::Transaction::new_unchecked(conn, IMMEDIATE)?;
             if kind == Kind::Worker
                 && let Some(phase) = phase
             {
                 super::energy::note_phase(&tx, name, phase)?;
             }
+            let before = super::reads::kind_version(&tx, kind)?;
             let n = tx
                 .prepare_cached("UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2")?
                 .execute(params![kind.as_str(), name, json_text(status)])?;
+            let after = super::reads::kind_version(&tx, kind)?;
             tx.commit()?;
-            Ok(n)
+            Ok((n, before, after))
         })?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));
         }
+        self.status_written(kind, name, before, after, status);
         Ok(())
     }
 }

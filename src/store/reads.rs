@@ -48,21 +48,53 @@ impl ReadCache {
     }
 }
 
+/// `kind`'s counter as `conn` sees it (0 before its first object).
+pub(super) fn kind_version(conn: &rusqlite::Connection, kind: Kind) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT v FROM objects_version WHERE kind = ?1")?
+        .query_row([kind.as_str()], |r| r.get(0))
+        .optional()
+        .map(|v| v.unwrap_or(0))
+}
+
 /// `specs_of_kind`'s answer as the cache keeps it (cloned out per caller).
 struct KindEntries<T>(Vec<(String, Arc<T>, Option<String>)>);
 
 impl SqliteStore {
-    /// `kind`'s counter now (0 before its first object), or `None` inside a transaction (no
-    /// caching there).
+    /// `kind`'s counter now, or `None` inside a transaction (no caching there).
     fn objects_version(&self, kind: Kind) -> Result<Option<i64>> {
         if !self.conn.is_autocommit() {
             return Ok(None);
         }
-        self.conn
-            .prepare_cached("SELECT v FROM objects_version WHERE kind = ?1")
-            .and_then(|mut st| st.query_row([kind.as_str()], |r| r.get(0)).optional())
-            .map(|v| Some(v.unwrap_or(0)))
-            .map_err(self.sq())
+        kind_version(&self.conn, kind).map(Some).map_err(self.sq())
+    }
+
+    /// This connection just committed `status` as `kind/name`'s, the counter going from
+    /// `before` to `after`. When that write was the only change since what is cached was read
+    /// (`before` is its version and `after` one more), the cache moves to `after` with that
+    /// status in place instead of being read again: a workload rebooting v1 workers writes a
+    /// worker's status several times a job, and each write used to cost the next read of that
+    /// worker its record and the rest of the kind theirs.
+    pub(super) fn status_written(
+        &self,
+        kind: Kind,
+        name: &str,
+        before: i64,
+        after: i64,
+        status: &serde_json::Value,
+    ) {
+        let mut reads = self.reads.borrow_mut();
+        let Some(c) = reads.0.get_mut(&kind) else {
+            return;
+        };
+        if c.version != before || after != before + 1 {
+            return;
+        }
+        c.version = after;
+        // Listings carry each object's health, which is in its status.
+        c.all = None;
+        if let Some(Some(obj)) = c.objects.get_mut(name) {
+            obj.status = status.clone();
+        }
     }
 
     /// `kind/name` as stored, from memory while `kind`'s objects are unchanged.
@@ -215,6 +247,44 @@ mod tests {
                 .expect("kind")
                 .is_empty()
         );
+    }
+
+    /// This connection's own status writes keep the cache (patched in place) but never hide
+    /// what another connection changed before them.
+    #[test]
+    fn own_status_writes_patch_the_cache_and_others_changes_still_show() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut own = SqliteStore::open(dir.path()).expect("open");
+        let mut other = SqliteStore::open(dir.path()).expect("open");
+        function(&mut own, "one");
+        assert_eq!(handler(&mut own).as_deref(), Some("one"));
+        let health = |s: &mut SqliteStore| {
+            s.specs_of_kind::<Value>(Kind::Function).expect("kind")[0]
+                .health
+                .clone()
+        };
+        assert_eq!(health(&mut own), None);
+
+        own.set_status(Kind::Function, "f", &json!({"health": "Bad"}))
+            .expect("status");
+        let got = own.get(Kind::Function, "f").expect("get").expect("f");
+        assert_eq!(got.status, json!({"health": "Bad"}));
+        assert_eq!(health(&mut own).as_deref(), Some("Bad"));
+        assert_eq!(handler(&mut own).as_deref(), Some("one"));
+
+        // Another connection's change, then one of ours: both must show.
+        function(&mut other, "two");
+        own.set_status(Kind::Function, "f", &json!({"health": "Good"}))
+            .expect("status");
+        assert_eq!(handler(&mut own).as_deref(), Some("two"));
+        assert_eq!(
+            own.get(Kind::Function, "f")
+                .expect("get")
+                .expect("f")
+                .status,
+            json!({"health": "Good"})
+        );
+        assert_eq!(health(&mut own).as_deref(), Some("Good"));
     }
 
     /// While `objects` is unchanged the answer comes from memory: a change the counter does
