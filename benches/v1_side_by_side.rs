@@ -13,6 +13,11 @@
 //! microfaas-v1` board workers whose button presses go out as the same datagrams
 //! (tests/support/v1.rs `UdpOpener`) to the fake workers in `serve` mode.
 //!
+//! A last column runs ours once more against the tests' in-process Rust fake boards
+//! (`V1Fleet`, instant answers, back at once after a reboot, the same makespan): not the
+//! comparison the ratio is about, but what our side does when the Python workers' own CPU —
+//! on this 2-core machine half of it at ours's rate — is not in the way.
+//!
 //! Environment: `MICROFAAS_V1_FAKES` (the directory of `microfaas_v1_fakeworkers.py`),
 //! `MICROFAAS_V1_ORCH` (upstream's `orchestrator/` directory), `MICROFAAS_V1_PYTHON` (an
 //! interpreter with numpy for it), `MICROFAAS_V1_JOBS` (multiple of 17, default 170),
@@ -103,30 +108,45 @@ fn upstream(fakes: &Path, n: usize, jobs: usize, period: &str, out: &Path) -> Si
     }
 }
 
-/// Ours: the engine with `n` v1 board workers, the fake workers in `serve` mode.
-async fn ours(fakes: &Path, n: usize, jobs: usize, period: &str) -> Side {
+/// The fake workers our side drives: the Python ones v1 is measured against, or the in-process
+/// Rust fleet of the tests (tests/support/v1.rs), which costs next to no CPU and so shows what
+/// our orchestrator does when its peers are not the bound.
+#[derive(Clone, Copy)]
+enum Fakes<'a> {
+    Python(&'a Path),
+    Rust,
+}
+
+/// Ours: the engine with `n` v1 board workers against `fakes`.
+async fn ours(fakes: Fakes<'_>, n: usize, jobs: usize, period: &str) -> Side {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("state");
     let port = free_port(false);
     let gpio = free_port(true);
     let ids: Vec<u8> = (3..3 + n as u8).collect();
     let id_list: Vec<String> = ids.iter().map(u8::to_string).collect();
-    let fleet = Command::new("python3")
-        .arg(fakes_script(fakes))
-        .args(["serve", "--ids", &id_list.join(",")])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--gpio-port",
-            &gpio.to_string(),
-        ])
-        .args(["--count", &jobs.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the fake workers");
-    // Their UDP listener is up before the engine presses anything.
-    std::thread::sleep(Duration::from_millis(500));
+    let python = match fakes {
+        Fakes::Python(dir) => {
+            let fleet = Command::new("python3")
+                .arg(fakes_script(dir))
+                .args(["serve", "--ids", &id_list.join(",")])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--gpio-port",
+                    &gpio.to_string(),
+                ])
+                .args(["--count", &jobs.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the fake workers");
+            // Their UDP listener is up before the engine presses anything.
+            std::thread::sleep(Duration::from_millis(500));
+            Some(fleet)
+        }
+        Fakes::Rust => None,
+    };
 
     // v1's period 0 is a tight loop; the planner needs a period, so rounds are 1 ms apart.
     let period = if period.parse::<f64>().unwrap_or(0.0) <= 0.0 {
@@ -147,6 +167,7 @@ async fn ours(fakes: &Path, n: usize, jobs: usize, period: &str) -> Side {
         )
         .expect("apply");
     let names: HashMap<String, u8> = ids.iter().map(|id| (format!("v1-{id}"), *id)).collect();
+    let rust_fleet = std::sync::Mutex::new(None);
     let host = Host::start_with(
         &state,
         Arc::new(FakeDriver::default()),
@@ -155,13 +176,21 @@ async fn ours(fakes: &Path, n: usize, jobs: usize, period: &str) -> Side {
             token: "bench-token".into(),
             credentials: None,
         },
-        |engine, _| {
+        |engine, endpoint| {
             let workers: Vec<String> = names.keys().cloned().collect();
             v1::known_off(engine, &workers);
-            engine.set_buttons(Arc::new(GpioButtons::new(v1::UdpOpener {
-                to: format!("127.0.0.1:{gpio}").parse().expect("addr"),
-                ids: names,
-            })));
+            if python.is_some() {
+                engine.set_buttons(Arc::new(GpioButtons::new(v1::UdpOpener {
+                    to: format!("127.0.0.1:{gpio}").parse().expect("addr"),
+                    ids: names.clone(),
+                })));
+            } else {
+                let boards: Vec<(String, u8)> =
+                    names.iter().map(|(n, id)| (n.clone(), *id)).collect();
+                let f = v1::V1Fleet::start(&boards, endpoint.addr, true, Duration::ZERO);
+                engine.set_buttons(Arc::new(GpioButtons::new(v1::V1Opener(f.clone()))));
+                *rust_fleet.lock().expect("fleet") = Some(f);
+            }
             engine.set_board_timing(BoardTiming {
                 agent_timeout: Duration::from_secs(5),
                 ..BoardTiming::default()
@@ -182,6 +211,34 @@ async fn ours(fakes: &Path, n: usize, jobs: usize, period: &str) -> Side {
         assert!(Instant::now() < deadline, "our run did not finish");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let lost = run.counts.total.saturating_sub(run.counts.succeeded);
+    let retried = run.counts.retried;
+    let Some(fleet) = python else {
+        let fleet = rust_fleet
+            .into_inner()
+            .expect("fleet")
+            .expect("fleet started");
+        let done = fleet.jobs();
+        fleet.stop();
+        host.stop().await;
+        let first = done.iter().map(|j| j.received).min();
+        let last = done.iter().map(|j| j.followed).max();
+        let span = first
+            .zip(last)
+            .map_or(0.0, |(a, b)| b.duration_since(a).as_secs_f64());
+        return Side {
+            jobs_per_s: if span > 0.0 {
+                done.len() as f64 / span
+            } else {
+                0.0
+            },
+            completed: done.len() as u64,
+            lost,
+            retried,
+            accept_to_job_ms: f64::NAN,
+            reply_to_follow_ms: f64::NAN,
+        };
+    };
     // The fake workers exit once they have answered every job; a run that lost some leaves
     // them waiting, and Ctrl-C makes them report.
     let pid = fleet.id() as i32;
@@ -200,8 +257,8 @@ async fn ours(fakes: &Path, n: usize, jobs: usize, period: &str) -> Side {
     Side {
         jobs_per_s: stats["jobs_per_s"].as_f64().unwrap_or(0.0),
         completed: stats["completed_jobs"].as_u64().unwrap_or(0),
-        lost: run.counts.total.saturating_sub(run.counts.succeeded),
-        retried: run.counts.retried,
+        lost,
+        retried,
         accept_to_job_ms: stats["accept_to_job_ms"]["p50"]
             .as_f64()
             .unwrap_or(f64::NAN),
@@ -246,7 +303,7 @@ fn main() {
         "v1 side by side: {jobs} jobs, load period {period} s, instant fake v1 workers (Python)"
     );
     println!(
-        "{:>7} {:>12} {:>13} {:>8} {:>8} {:>10} {:>12} {:>16}",
+        "{:>7} {:>12} {:>13} {:>8} {:>8} {:>10} {:>12} {:>16} {:>15} {:>9}",
         "workers",
         "v1 jobs/s",
         "ours jobs/s",
@@ -254,7 +311,9 @@ fn main() {
         "v1 lost",
         "ours lost",
         "ours retried",
-        "ours p50 ms a/f"
+        "ours p50 ms a/f",
+        "ours, Rust fakes",
+        "lost"
     );
     for n in workers {
         let theirs = if sides != "ours" {
@@ -262,10 +321,13 @@ fn main() {
         } else {
             Side::default()
         };
-        let mine = if sides != "v1" {
-            rt.block_on(ours(&fakes, n, jobs, &period))
+        let (mine, alone) = if sides != "v1" {
+            (
+                rt.block_on(ours(Fakes::Python(&fakes), n, jobs, &period)),
+                rt.block_on(ours(Fakes::Rust, n, jobs, &period)),
+            )
         } else {
-            Side::default()
+            (Side::default(), Side::default())
         };
         let ratio = if theirs.jobs_per_s > 0.0 {
             mine.jobs_per_s / theirs.jobs_per_s
@@ -273,7 +335,7 @@ fn main() {
             f64::NAN
         };
         println!(
-            "{n:>7} {:>12.2} {:>13.1} {:>7.1}x {:>8} {:>10} {:>12} {:>16}",
+            "{n:>7} {:>12.2} {:>13.1} {:>7.1}x {:>8} {:>10} {:>12} {:>16} {:>15.1} {:>9}",
             theirs.jobs_per_s,
             mine.jobs_per_s,
             ratio,
@@ -283,8 +345,10 @@ fn main() {
             format!(
                 "{:.2}/{:.2}",
                 mine.accept_to_job_ms, mine.reply_to_follow_ms
-            )
+            ),
+            alone.jobs_per_s,
+            alone.lost
         );
-        let _ = (theirs.completed, mine.completed);
+        let _ = (theirs.completed, mine.completed, alone.completed);
     }
 }

@@ -48,6 +48,10 @@ pub struct Job {
     pub f_id: String,
     pub result: Value,
     pub follow: &'static str,
+    /// When the job line arrived and when the follow-up did (the side-by-side bench's makespan
+    /// runs from the first of the one to the last of the other, as the Python fakes count it).
+    pub received: Instant,
+    pub followed: Instant,
 }
 
 #[derive(Default)]
@@ -130,7 +134,10 @@ impl FakeBoard {
             match outcome {
                 Outcome::Reboot => {
                     lock(&self.state).reboots += 1;
-                    tokio::time::sleep(reboot).await;
+                    // Even a zero sleep waits for the timer's next millisecond tick.
+                    if !reboot.is_zero() {
+                        tokio::time::sleep(reboot).await;
+                    }
                 }
                 Outcome::Off => {
                     let mut st = lock(&self.state);
@@ -183,6 +190,7 @@ impl FakeBoard {
                 return Outcome::Reboot;
             }
         }
+        let received = Instant::now();
         let i_id = cmd["i_id"].as_str().unwrap_or_default().to_string();
         let f_id = cmd["f_id"].as_str().unwrap_or_default().to_string();
         let started = Instant::now();
@@ -217,6 +225,8 @@ impl FakeBoard {
             f_id,
             result,
             follow,
+            received,
+            followed: Instant::now(),
         });
         outcome
     }
