@@ -157,7 +157,8 @@ async fn metrics(h: &Host<AgentProcs>) -> BTreeMap<String, f64> {
     parse_openmetrics(&metrics_text(h).await)
 }
 
-fn ctl(state: &Path, args: &[&str]) -> Value {
+/// `microfaasctl ARGS` on `state`, which must succeed: its standard output.
+fn run_ctl(state: &Path, args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_microfaasctl"))
         .args(args)
         .env("MICROFAAS_STATE_DIR", state)
@@ -168,7 +169,12 @@ fn ctl(state: &Path, args: &[&str]) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("json")
+    out.stdout
+}
+
+/// [`run_ctl`] of a command that prints JSON.
+fn ctl(state: &Path, args: &[&str]) -> Value {
+    serde_json::from_slice(&run_ctl(state, args)).expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -946,6 +952,45 @@ async fn energy_metrics_match_the_report_with_a_model_meter() {
 
     let _ = stop_sampler.send(true);
     let _ = tokio::time::timeout(T, sampler).await;
+    h.stop().await;
+    driver.kill_all();
+}
+
+/// `microfaasctl apply` from another process while the gateway serves: the next call runs the
+/// Function as just applied. The gateway answers object reads from memory while their kind's
+/// counter is unchanged (src/store/reads.rs); the counter's triggers, in the database, are
+/// what tell it that another process wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_call_runs_what_another_process_just_applied() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let function = |handler: &str| {
+        format!(
+            "---\napiVersion: microfaas.dev/v1alpha1\nkind: Function\nmetadata: {{name: f}}\nspec: {{runtime: builtin, handler: {handler}}}\n"
+        )
+    };
+    cluster_with(&state, 1, &function("cascading_sha256"));
+    let driver = AgentProcs::new(agent());
+    let h = Host::start(&state, driver.clone(), &opts("127.0.0.1:0")).await;
+    let input = json!({"rounds": 3, "data": "another process"});
+    let local = |handler: &str| microfaas::functions::run(handler, &input).expect("local");
+
+    for _ in 0..2 {
+        let r = call(&h, "/function/f", &input).await;
+        assert_eq!(r.status, 200, "{}", body_text(&r));
+        assert_eq!(json_of(&r), local("cascading_sha256"));
+    }
+    let file = dir.path().join("f.yaml");
+    std::fs::write(&file, function("cascading_md5")).expect("write");
+    let file = file.to_str().expect("utf-8 temp path");
+    run_ctl(&state, &["apply", "-f", file, "--no-fs-checks"]);
+    let r = call(&h, "/function/f", &input).await;
+    assert_eq!(r.status, 200, "{}", body_text(&r));
+    assert_eq!(
+        json_of(&r),
+        local("cascading_md5"),
+        "the call ran the Function as it was before the apply"
+    );
     h.stop().await;
     driver.kill_all();
 }
