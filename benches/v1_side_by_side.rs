@@ -63,7 +63,6 @@ fn free_port(udp: bool) -> u16 {
 #[derive(Default, Clone, Copy)]
 struct Side {
     jobs_per_s: f64,
-    completed: u64,
     lost: u64,
     retried: u64,
     /// p50 of the fake workers' accept → job and result → follow-up (ours only), in ms: where
@@ -101,7 +100,6 @@ fn upstream(fakes: &Path, n: usize, jobs: usize, period: &str, out: &Path) -> Si
     let completed = r["completed_jobs"].as_u64().unwrap_or(0);
     Side {
         jobs_per_s: r["jobs_per_s"].as_f64().unwrap_or(0.0),
-        completed,
         lost: (jobs as u64).saturating_sub(completed),
         retried: 0,
         ..Side::default()
@@ -232,7 +230,6 @@ async fn ours(fakes: Fakes<'_>, n: usize, jobs: usize, period: &str) -> Side {
             } else {
                 0.0
             },
-            completed: done.len() as u64,
             lost,
             retried,
             accept_to_job_ms: f64::NAN,
@@ -256,7 +253,6 @@ async fn ours(fakes: Fakes<'_>, n: usize, jobs: usize, period: &str) -> Side {
     let stats: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
     Side {
         jobs_per_s: stats["jobs_per_s"].as_f64().unwrap_or(0.0),
-        completed: stats["completed_jobs"].as_u64().unwrap_or(0),
         lost,
         retried,
         accept_to_job_ms: stats["accept_to_job_ms"]["p50"]
@@ -349,6 +345,5 @@ fn main() {
             alone.jobs_per_s,
             alone.lost
         );
-        let _ = (theirs.completed, mine.completed, alone.completed);
     }
 }

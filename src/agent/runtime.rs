@@ -144,26 +144,19 @@ pub fn dispatch(inv: &Invoke) -> Dispatched {
     };
 
     let started = Instant::now();
-    // A kept runner that died since (it cannot have: it is dropped when its job fails to
-    // answer) gets one fresh successor before the call is failed.
-    let runner = Runner::take().and_then(|r| match r.jobs.send(job) {
-        Ok(()) => Ok(r),
-        Err(mpsc::SendError(job)) => {
-            let fresh = Runner::start()?;
-            fresh
-                .jobs
-                .send(job)
-                .map_err(|_| std::io::Error::other("the function thread ended at once"))?;
-            Ok(fresh)
-        }
-    });
-    let runner = match runner {
+    // A kept runner's thread is alive: it is kept only after its job answered, and then it
+    // only waits for the next one.
+    let runner = match Runner::take() {
         Ok(r) => r,
         Err(e) => {
             let msg = format!("cannot start a thread for the function: {e}");
             return failure(&inv.id, ErrorKind::Error, msg, 0);
         }
     };
+    if runner.jobs.send(job).is_err() {
+        let msg = "the function thread has ended".to_string();
+        return failure(&inv.id, ErrorKind::Error, msg, 0);
+    }
 
     let waited = if inv.deadline_ms == 0 {
         runner

@@ -126,9 +126,6 @@ fn busy_waiter() -> impl FnMut(i32) -> bool + Send + 'static {
     }
 }
 
-/// How much of the database file reads may map (a limit: only what exists is mapped).
-const MMAP_BYTES: i64 = 1 << 30;
-
 /// Switches the database to WAL. On a fresh file SQLite answers "database is locked" at once
 /// when another connection is doing the same (the busy handler does not cover it), so several
 /// processes opening a new state dir together would fail: retry within the busy timeout.
@@ -167,11 +164,6 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sq)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
-        // Pages read through a mapping, not one pread each: every commit by another
-        // connection (the recorder's, many a second) empties this connection's page cache, so
-        // reads right after refetch their pages.
-        conn.pragma_update(None, "mmap_size", MMAP_BYTES)
-            .map_err(sq)?;
         // Plans that do not depend on bound values. Without this, the bundled SQLite marks
         // statements such as `... WHERE kind = ?1 ORDER BY name` to be re-prepared whenever
         // they are bound again, so every cached statement was compiled anew on each use.

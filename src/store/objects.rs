@@ -323,7 +323,7 @@ impl SqliteStore {
     /// appended to its phase history, which energy attribution reads.
     pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
         let phase = status.get("phase").and_then(Value::as_str);
-        let (n, before, after) = self.observation(|conn| {
+        let (n, before) = self.observation(|conn| {
             let tx = rusqlite::Transaction::new_unchecked(conn, IMMEDIATE)?;
             if kind == Kind::Worker
                 && let Some(phase) = phase
@@ -334,14 +334,13 @@ impl SqliteStore {
             let n = tx
                 .prepare_cached("UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2")?
                 .execute(params![kind.as_str(), name, json_text(status)])?;
-            let after = super::reads::kind_version(&tx, kind)?;
             tx.commit()?;
-            Ok((n, before, after))
+            Ok((n, before))
         })?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));
         }
-        self.status_written(kind, name, before, after, status);
+        self.status_written(kind, name, before, status);
         Ok(())
     }
 }
