@@ -18,7 +18,7 @@ mod worker;
 use crate::manifest::Kind;
 use crate::manifest::types::{ClusterSpec, Defaults};
 use crate::store::committer::Committer;
-use crate::store::{EventType, Store, StoredObject};
+use crate::store::{EventNote, EventType, Store, StoredObject};
 use backoff::Backoff;
 use queue::WorkQueue;
 use std::collections::HashMap;
@@ -88,6 +88,8 @@ pub struct Engine<D: VmDriver, P: Presence> {
     storage_fault: Mutex<Option<(String, std::time::Instant)>>,
     /// On a store shared by several orchestrators: what this one holds (unset: everything).
     ownership: std::sync::OnceLock<Arc<ownership::Ownership>>,
+    /// Events noted by a reconcile, written with its status write ([`Self::note_event`]).
+    notes: Mutex<Vec<(Key, EventNote)>>,
 }
 
 /// Status field set by `microfaasctl rerun` and cleared when the new run starts.
@@ -95,6 +97,14 @@ pub const RERUN: &str = "rerunRequested";
 
 /// Called with a workload's name to start its run for the current generation.
 pub type Starter = Arc<dyn Fn(String) + Send + Sync>;
+
+fn log_event(kind: Kind, name: &str, t: EventType, reason: &str, message: &str) {
+    let object = format!("{}/{name}", kind.singular());
+    match t {
+        EventType::Normal => tracing::info!(object, reason, "{message}"),
+        EventType::Warning => tracing::warn!(object, reason, "{message}"),
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -134,6 +144,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             queue_depths: Mutex::new(HashMap::new()),
             storage_fault: Mutex::new(None),
             ownership: std::sync::OnceLock::new(),
+            notes: Mutex::new(Vec::new()),
         })
     }
 
@@ -332,21 +343,55 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     }
 
     pub fn event(&self, kind: Kind, name: &str, t: EventType, reason: &str, message: &str) {
-        match t {
-            EventType::Normal => {
-                tracing::info!(object = %format!("{}/{name}", kind.singular()), reason, "{message}")
-            }
-            EventType::Warning => {
-                tracing::warn!(object = %format!("{}/{name}", kind.singular()), reason, "{message}")
-            }
-        }
+        log_event(kind, name, t, reason, message);
         if let Err(e) = self.with_store(|s| s.record_event(kind, name, t, reason, message)) {
             tracing::warn!("cannot record event: {e}");
         }
     }
 
+    /// An event of the transition a reconcile is making: logged now, stored with that
+    /// reconcile's status write (one transaction for both), or at its end if it writes none.
+    /// Not for what must be on record before an action starts (a press): use [`Self::event`].
+    pub(crate) fn note_event(
+        &self,
+        kind: Kind,
+        name: &str,
+        t: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        log_event(kind, name, t, reason, message);
+        lock(&self.notes).push(((kind, name.to_string()), EventNote::now(t, reason, message)));
+    }
+
+    /// The noted events of `kind/name`, taken out of the queue.
+    fn take_notes(&self, kind: Kind, name: &str) -> Vec<EventNote> {
+        let mut notes = lock(&self.notes);
+        if notes.is_empty() {
+            return Vec::new();
+        }
+        let (mine, rest) = std::mem::take(&mut *notes)
+            .into_iter()
+            .partition::<Vec<_>, _>(|((k, n), _)| *k == kind && n == name);
+        *notes = rest;
+        mine.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Stores the events noted for `kind/name` that no status write took.
+    fn flush_notes(&self, kind: Kind, name: &str) {
+        for e in self.take_notes(kind, name) {
+            let r = self
+                .with_store(|s| s.record_event(kind, name, e.event_type, &e.reason, &e.message));
+            if let Err(e) = r {
+                tracing::warn!("cannot record event: {e}");
+            }
+        }
+    }
+
     pub fn write_status(&self, kind: Kind, name: &str, status: serde_json::Value) {
-        if let Err(e) = self.with_store(|s| s.set_status(kind, name, &status)) {
+        let events = self.take_notes(kind, name);
+        let r = self.with_store(|s| s.set_status_with_events(kind, name, &status, &events));
+        if let Err(e) = r {
             tracing::debug!("status of {}/{name} not written: {e}", kind.singular());
         }
         self.bump();
@@ -362,6 +407,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         status: serde_json::Value,
     ) {
         if *stored == status {
+            self.flush_notes(kind, name);
             self.bump();
         } else {
             self.write_status(kind, name, status);
@@ -425,6 +471,13 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     }
 
     async fn reconcile(self: &Arc<Self>, key: &Key) -> Result<Next, String> {
+        let next = self.reconcile_object(key).await;
+        // What a reconcile noted and did not write with a status (it ended early, or failed).
+        self.flush_notes(key.0, &key.1);
+        next
+    }
+
+    async fn reconcile_object(self: &Arc<Self>, key: &Key) -> Result<Next, String> {
         // Another orchestrator's, or no lease renewed lately (no etcd quorum): hands off.
         // The lease keeper queues what it gains or gets back.
         if self

@@ -7,8 +7,8 @@ use super::energy::{PhaseChange, Sample};
 use super::etcd::{EtcdLocation, EtcdStore};
 use super::gateway::{CallState, LogLine, LogQuery, QueuedCall};
 use super::{
-    ApplyOutcome, Attempt, DesiredObject, Event, EventType, Result, Run, RunCounts, RunPhase,
-    SqliteStore, StoredObject,
+    ApplyOutcome, Attempt, DesiredObject, Event, EventNote, EventType, Result, Run, RunCounts,
+    RunPhase, SqliteStore, StoredObject,
 };
 use crate::manifest::Kind;
 use serde_json::Value;
@@ -159,6 +159,8 @@ forward! {
     write fn delete(kind: Kind, name: &str) -> Result<Vec<(Kind, String)>>;
     /// Replaces an object's status; a worker's phase change also goes to its phase history.
     write fn set_status(kind: Kind, name: &str, status: &Value) -> Result<()>;
+    /// `set_status` and the events of the same transition (one SQLite transaction).
+    write fn set_status_with_events(kind: Kind, name: &str, status: &Value, events: &[EventNote]) -> Result<()>;
     write fn request_deletion(kind: Kind, name: &str) -> Result<()>;
     read fn deletion_requested(kind: Kind, name: &str) -> Result<bool>;
     read fn desired_revisions() -> Result<BTreeMap<(Kind, String), String>>;

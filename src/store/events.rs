@@ -32,6 +32,60 @@ pub struct Event {
     pub last_time: String,
 }
 
+/// An event noted during a reconcile, written with the status that reconcile writes (one
+/// transaction for the transition) and stamped with the time it was noted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventNote {
+    pub event_type: EventType,
+    pub reason: String,
+    pub message: String,
+    pub at: String,
+}
+
+impl EventNote {
+    pub fn now(event_type: EventType, reason: &str, message: &str) -> Self {
+        EventNote {
+            event_type,
+            reason: reason.to_string(),
+            message: message.to_string(),
+            at: clock::now(),
+        }
+    }
+}
+
+/// Writes `e` on `conn` (inside the caller's transaction): a repeat of the object's last
+/// event with the same type, reason and message bumps its count, anything else is a new row.
+pub(super) fn write_event(
+    conn: &rusqlite::Connection,
+    kind: Kind,
+    name: &str,
+    e: &EventNote,
+) -> rusqlite::Result<()> {
+    let args = params![
+        kind.as_str(),
+        name,
+        e.event_type.as_str(),
+        e.reason,
+        e.message,
+        e.at
+    ];
+    let updated = conn
+        .prepare_cached(
+            "UPDATE events SET count = count + 1, last_time = ?6
+             WHERE id = (SELECT id FROM events WHERE kind = ?1 AND name = ?2 AND type = ?3
+                         AND reason = ?4 AND message = ?5 ORDER BY id DESC LIMIT 1)",
+        )?
+        .execute(args)?;
+    if updated == 0 {
+        conn.prepare_cached(
+            "INSERT INTO events (kind, name, type, reason, message, count, first_time, last_time)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
+        )?
+        .execute(args)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn record_event(
         &mut self,
@@ -41,25 +95,8 @@ impl SqliteStore {
         reason: &str,
         message: &str,
     ) -> Result<()> {
-        let now = clock::now();
-        self.observation(|conn| {
-            let updated = conn
-                .prepare_cached(
-                    "UPDATE events SET count = count + 1, last_time = ?6
-                     WHERE id = (SELECT id FROM events WHERE kind = ?1 AND name = ?2 AND type = ?3
-                                 AND reason = ?4 AND message = ?5 ORDER BY id DESC LIMIT 1)",
-                )?
-                .execute(params![kind.as_str(), name, event_type.as_str(), reason, message, now])?;
-            if updated == 0 {
-                conn.prepare_cached(
-                    "INSERT INTO events (kind, name, type, reason, message, count, first_time, last_time)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
-                )?
-                .execute(params![kind.as_str(), name, event_type.as_str(), reason, message, now])?;
-            }
-            Ok(())
-        })?;
-        Ok(())
+        let e = EventNote::now(event_type, reason, message);
+        self.observation(|conn| write_event(conn, kind, name, &e))
     }
 
     /// How often each object of `kind` had an event with `reason` (e.g. boots: `PoweredOn`).

@@ -22,7 +22,7 @@ pub mod specs;
 
 pub use backend::{Store, select, select_declared, selected_etcd};
 pub use etcd::{ClientCert, EtcdLocation, TlsFiles};
-pub use events::{Event, EventType};
+pub use events::{Event, EventNote, EventType};
 pub use invocations::{Attempt, AttemptStatus, Run, RunCounts, RunPhase, output_digest};
 pub use lock::{LockError, StateLock};
 pub use objects::{ApplyOutcome, DesiredObject, StoredObject};
@@ -280,11 +280,9 @@ mod tests {
         );
     }
 
-    /// Observations skip the fsync; everything else must still be written with FULL.
-    #[test]
-    fn observation_writes_leave_full_durability_in_place() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let mut store = SqliteStore::open(dir.path()).expect("open");
+    /// A store in `dir` holding Function `f`.
+    fn with_function_f(dir: &Path) -> SqliteStore {
+        let mut store = SqliteStore::open(dir).expect("open");
         let obj = DesiredObject {
             kind: Kind::Function,
             name: "f".into(),
@@ -295,6 +293,14 @@ mod tests {
             source: None,
         };
         store.apply(&[obj], None, false, false).expect("apply");
+        store
+    }
+
+    /// Observations skip the fsync; everything else must still be written with FULL.
+    #[test]
+    fn observation_writes_leave_full_durability_in_place() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = with_function_f(dir.path());
         store
             .set_status(
                 Kind::Function,
@@ -317,6 +323,56 @@ mod tests {
                 .expect("f")
                 .status["phase"],
             "Accepted"
+        );
+    }
+
+    /// A transition's events go in with its status, seen by another connection together;
+    /// for an object that is gone, neither is written.
+    #[test]
+    fn a_status_and_its_events_are_written_together() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut store = with_function_f(dir.path());
+        let noted = |m: &str| EventNote::now(EventType::Normal, "Ready", m);
+        store
+            .set_status_with_events(
+                Kind::Function,
+                "f",
+                &serde_json::json!({"phase": "Ready"}),
+                &[noted("one"), noted("two"), noted("two")],
+            )
+            .expect("status");
+        let other = store.another_connection().expect("second connection");
+        assert_eq!(
+            other
+                .get(Kind::Function, "f")
+                .expect("get")
+                .expect("f")
+                .status["phase"],
+            "Ready"
+        );
+        let events = other.events(Kind::Function, "f", 10).expect("events");
+        let counts: Vec<(&str, i64)> = events
+            .iter()
+            .map(|e| (e.message.as_str(), e.count))
+            .collect();
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(
+            counts.contains(&("one", 1)) && counts.contains(&("two", 2)),
+            "{counts:?}"
+        );
+
+        let gone = store.set_status_with_events(
+            Kind::Function,
+            "nope",
+            &serde_json::json!({"phase": "Ready"}),
+            &[noted("lost")],
+        );
+        assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
+        assert!(
+            other
+                .events(Kind::Function, "nope", 10)
+                .expect("events")
+                .is_empty()
         );
     }
 }

@@ -322,6 +322,19 @@ impl SqliteStore {
     /// Replaces an object's status (written by the engine). A worker's phase change is also
     /// appended to its phase history, which energy attribution reads.
     pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
+        self.set_status_with_events(kind, name, status, &[])
+    }
+
+    /// [`Self::set_status`] and the events of the same transition, in one transaction: a
+    /// OneShot board goes through two transitions per invocation, and a commit for each
+    /// event beside its status was a quarter of the engine's store writes.
+    pub fn set_status_with_events(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        status: &Value,
+        events: &[super::EventNote],
+    ) -> Result<()> {
         let phase = status.get("phase").and_then(Value::as_str);
         let (n, before) = self.observation(|conn| {
             let tx = rusqlite::Transaction::new_unchecked(conn, IMMEDIATE)?;
@@ -334,6 +347,11 @@ impl SqliteStore {
             let n = tx
                 .prepare_cached("UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2")?
                 .execute(params![kind.as_str(), name, json_text(status)])?;
+            if n > 0 {
+                for e in events {
+                    super::events::write_event(&tx, kind, name, e)?;
+                }
+            }
             tx.commit()?;
             Ok((n, before))
         })?;

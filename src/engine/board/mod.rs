@@ -436,7 +436,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     }
                     None => "agent connected".to_string(),
                 };
-                self.event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
+                self.note_event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
             }
             st.set_phase(if busy { "Busy" } else { "Ready" })
                 .set("function", function)
@@ -875,7 +875,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let secs = at.saturating_duration_since(since).as_secs_f64();
         st.set("bootSeconds", json!(secs));
         let msg = format!("agent connected {secs:.2} s after power on, and has left");
-        self.event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
+        self.note_event(Kind::Worker, name, EventType::Normal, "Ready", &msg);
     }
 
     /// Whether the follow-up about to be sent to `name`'s agent tells it to reboot itself (a

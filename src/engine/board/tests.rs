@@ -231,6 +231,34 @@ async fn one_pulse_when_observed_off_then_ready() {
             .any(|ev| ev.reason == "PowerPulse" && ev.message.contains("observed off")),
         "{events:?}"
     );
+    // Noted by the reconcile that found the agent, stored with its Ready status.
+    assert!(
+        events
+            .iter()
+            .any(|ev| ev.reason == "Ready" && ev.message.contains("after power on")),
+        "{events:?}"
+    );
+}
+
+/// An event noted by a reconcile that writes no status is stored when the reconcile ends.
+#[tokio::test]
+async fn noted_events_are_stored_without_a_status_write() {
+    let w = World::default();
+    let (e, _d) = engine("On", None, &w);
+    e.note_event(
+        Kind::Worker,
+        "ghost",
+        EventType::Normal,
+        "Noted",
+        "by a reconcile",
+    );
+    // No such worker: its reconcile writes nothing.
+    let _ = e.reconcile(&(Kind::Worker, "ghost".into())).await;
+    let events = e
+        .with_store(|s| s.events(Kind::Worker, "ghost", 10))
+        .expect("events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, "Noted");
 }
 
 #[tokio::test]

@@ -7,10 +7,11 @@ use super::client::{self, RangeOpts};
 use super::{EtcdStore, decode, encode, segment};
 use crate::manifest::Kind;
 use crate::store::{
-    Attempt, AttemptStatus, Event, EventType, Result, Run, RunCounts, RunPhase, StoreError, clock,
+    Attempt, AttemptStatus, Event, EventNote, EventType, Result, Run, RunCounts, RunPhase,
+    StoreError, clock,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -147,23 +148,41 @@ impl EtcdStore {
         reason: &str,
         message: &str,
     ) -> Result<()> {
+        self.write_event(kind, name, &EventNote::now(event_type, reason, message))
+    }
+
+    /// The status, then each event of the same transition (etcd has no transaction spanning
+    /// the status key and the events' read-modify-writes).
+    pub fn set_status_with_events(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        status: &Value,
+        events: &[EventNote],
+    ) -> Result<()> {
+        self.set_status(kind, name, status)?;
+        events
+            .iter()
+            .try_for_each(|e| self.write_event(kind, name, e))
+    }
+
+    fn write_event(&mut self, kind: Kind, name: &str, e: &EventNote) -> Result<()> {
         segment("name", name)?;
-        let key = self.event_key(kind, name, event_type.as_str(), reason, message);
-        let now = clock::now();
-        self.update(&key, |e: Option<EventRecord>| {
-            let next = match e {
-                Some(mut e) => {
-                    e.count += 1;
-                    e.last_time = now.clone();
-                    e
+        let key = self.event_key(kind, name, e.event_type.as_str(), &e.reason, &e.message);
+        self.update(&key, |old: Option<EventRecord>| {
+            let next = match old {
+                Some(mut old) => {
+                    old.count += 1;
+                    old.last_time = e.at.clone();
+                    old
                 }
                 None => EventRecord {
-                    event_type: event_type.as_str().to_string(),
-                    reason: reason.to_string(),
-                    message: message.to_string(),
+                    event_type: e.event_type.as_str().to_string(),
+                    reason: e.reason.clone(),
+                    message: e.message.clone(),
                     count: 1,
-                    first_time: now.clone(),
-                    last_time: now.clone(),
+                    first_time: e.at.clone(),
+                    last_time: e.at.clone(),
                 },
             };
             Ok((Some(next), ()))
