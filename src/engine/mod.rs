@@ -379,7 +379,11 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
 
     /// Stores the events noted for `kind/name` that no status write took.
     fn flush_notes(&self, kind: Kind, name: &str) {
-        for e in self.take_notes(kind, name) {
+        self.record_events(kind, name, self.take_notes(kind, name));
+    }
+
+    fn record_events(&self, kind: Kind, name: &str, events: Vec<EventNote>) {
+        for e in events {
             let r = self
                 .with_store(|s| s.record_event(kind, name, e.event_type, &e.reason, &e.message));
             if let Err(e) = r {
@@ -393,6 +397,8 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let r = self.with_store(|s| s.set_status_with_events(kind, name, &status, &events));
         if let Err(e) = r {
             tracing::debug!("status of {}/{name} not written: {e}", kind.singular());
+            // The events stand without the status (an object deleted meanwhile keeps them).
+            self.record_events(kind, name, events);
         }
         self.bump();
     }

@@ -240,7 +240,8 @@ async fn one_pulse_when_observed_off_then_ready() {
     );
 }
 
-/// An event noted by a reconcile that writes no status is stored when the reconcile ends.
+/// An event noted by a reconcile that writes no status is stored when the reconcile ends, and
+/// one whose status write fails is stored without it.
 #[tokio::test]
 async fn noted_events_are_stored_without_a_status_write() {
     let w = World::default();
@@ -259,6 +260,14 @@ async fn noted_events_are_stored_without_a_status_write() {
         .expect("events");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].reason, "Noted");
+
+    // A status write that fails (no such object) still leaves its events on record.
+    e.note_event(Kind::Worker, "ghost", EventType::Normal, "Noted", "again");
+    e.write_status(Kind::Worker, "ghost", json!({"phase": "Ready"}));
+    let events = e
+        .with_store(|s| s.events(Kind::Worker, "ghost", 10))
+        .expect("events");
+    assert!(events.iter().any(|ev| ev.message == "again"), "{events:?}");
 }
 
 #[tokio::test]
