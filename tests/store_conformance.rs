@@ -9,8 +9,8 @@ use microfaas::manifest::Kind;
 use microfaas::store::energy::Sample;
 use microfaas::store::gateway::{CallState, LogQuery};
 use microfaas::store::{
-    ApplyOutcome, Attempt, AttemptStatus, DesiredObject, EventType, RunCounts, RunPhase, Store,
-    StoreError,
+    ApplyOutcome, Attempt, AttemptStatus, DesiredObject, EventNote, EventType, RunCounts, RunPhase,
+    Store, StoreError,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -161,6 +161,32 @@ fn conformance(s: &mut Store) {
         phases,
         ["Booting", "Ready"],
         "a repeated phase was recorded twice"
+    );
+
+    // a status with the events of its transition: both written, or neither for a missing object
+    let noted = |m: &str| EventNote::now(EventType::Normal, "Ready", m);
+    s.set_status_with_events(
+        Kind::Worker,
+        "ws-0",
+        &json!({"phase": "Ready", "x": 2}),
+        &[noted("agent connected"), noted("agent connected")],
+    )
+    .expect("status with events");
+    assert_eq!(
+        s.get(Kind::Worker, "ws-0").expect("get").expect("w").status["x"],
+        2
+    );
+    let ev = s.events(Kind::Worker, "ws-0", 10).expect("events");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].reason.as_str(), ev[0].count), ("Ready", 2));
+    assert!(matches!(
+        s.set_status_with_events(Kind::Worker, "ghost", &json!({}), &[noted("lost")]),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        s.events(Kind::Worker, "ghost", 10)
+            .expect("events")
+            .is_empty()
     );
 
     // desired revisions: a status write is not a change, a rerun request and a deletion mark are

@@ -179,7 +179,9 @@ impl EtcdStore {
         &self.location
     }
 
-    /// The change feed: starts the watch on the prefix if none runs in this process.
+    /// The change feed: starts the watch on the prefix if none runs in this process. A new
+    /// watch starts after the store's revision as of this call, so a write made as soon as
+    /// this returns is announced even if the watch connects after it.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         let rx = super::feed::subscribe(&self.path);
         watch::ensure(
@@ -188,8 +190,20 @@ impl EtcdStore {
             &self.connector,
             &self.root,
             super::feed::sender(&self.path),
+            || self.revision_now(),
         );
         rx
+    }
+
+    /// The store's revision now, or 0 when no member answers (the watch then starts at
+    /// whatever revision it connects at). Serializable: no wait for a quorum, and a member
+    /// behind the leader only makes the feed announce a few changes twice.
+    fn revision_now(&self) -> i64 {
+        let mut req = client::range_req(&self.root, false, client::RangeOpts::default());
+        req["serializable"] = serde_json::Value::Bool(true);
+        self.client
+            .call("/v3/kv/range", &req)
+            .map_or(0, |answer| client::revision(&answer))
     }
 
     fn key(&self, rest: &str) -> String {

@@ -15,13 +15,15 @@ use tokio::sync::watch;
 /// The locations a watcher thread runs for (one each).
 static RUNNING: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Starts the watcher for `location` unless one runs; it publishes on `tx`.
+/// Starts the watcher for `location` unless one runs; it publishes on `tx` every change after
+/// the revision `seen` returns (asked only when a watcher starts; 0: from when it connects).
 pub fn ensure(
     location: &str,
     endpoints: &[String],
     connector: &Connector,
     prefix: &str,
     tx: watch::Sender<u64>,
+    seen: impl FnOnce() -> i64,
 ) {
     {
         let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
@@ -30,6 +32,9 @@ pub fn ensure(
         }
         running.push(location.to_string());
     }
+    // Before the thread: its connection (a TLS handshake on a loaded machine) can take longer
+    // than the caller takes to write, and a watch created after a write never reports it.
+    let seen = seen();
     let endpoints = endpoints.to_vec();
     let connector = connector.clone();
     let prefix = prefix.to_string();
@@ -37,7 +42,7 @@ pub fn ensure(
     let spawned = std::thread::Builder::new()
         .name("microfaas-etcd-watch".into())
         .spawn(move || {
-            run(&endpoints, &connector, &prefix, &tx);
+            run(&endpoints, &connector, &prefix, &tx, seen);
             RUNNING
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -48,8 +53,14 @@ pub fn ensure(
     }
 }
 
-fn run(endpoints: &[String], connector: &Connector, prefix: &str, tx: &watch::Sender<u64>) {
-    let mut next_rev = 0i64;
+fn run(
+    endpoints: &[String],
+    connector: &Connector,
+    prefix: &str,
+    tx: &watch::Sender<u64>,
+    seen: i64,
+) {
+    let mut next_rev = if seen > 0 { seen + 1 } else { 0 };
     let mut i = 0usize;
     // The last TLS failure told at warn level: a wrong CA fails every retry alike.
     let mut told = String::new();
