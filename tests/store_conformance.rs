@@ -148,9 +148,15 @@ fn conformance(s: &mut Store) {
     assert_eq!(w.generation, 1);
     assert_eq!(w.owner.as_deref(), Some("ws"));
     assert!(matches!(
-        s.set_status(Kind::Worker, "ghost", &json!({})),
+        s.set_status(Kind::Worker, "ghost", &json!({"phase": "Ready"})),
         Err(StoreError::NotFound(_))
     ));
+    assert!(
+        s.phase_history("ghost", 0, i64::MAX)
+            .expect("phases")
+            .is_empty(),
+        "a missing worker's status write left a phase"
+    );
     let phases: Vec<String> = s
         .phase_history("ws-0", 0, i64::MAX)
         .expect("phases")

@@ -338,16 +338,17 @@ impl SqliteStore {
         let phase = status.get("phase").and_then(Value::as_str);
         let (n, before) = self.observation(|conn| {
             let tx = rusqlite::Transaction::new_unchecked(conn, IMMEDIATE)?;
-            if kind == Kind::Worker
-                && let Some(phase) = phase
-            {
-                super::energy::note_phase(&tx, name, phase)?;
-            }
             let before = super::reads::kind_version(&tx, kind)?;
             let n = tx
                 .prepare_cached("UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2")?
                 .execute(params![kind.as_str(), name, json_text(status)])?;
+            // A missing object gets nothing: no phase history, no events.
             if n > 0 {
+                if kind == Kind::Worker
+                    && let Some(phase) = phase
+                {
+                    super::energy::note_phase(&tx, name, phase)?;
+                }
                 for e in events {
                     super::events::write_event(&tx, kind, name, e)?;
                 }
