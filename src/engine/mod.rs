@@ -413,7 +413,6 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         status: serde_json::Value,
     ) {
         if *stored == status {
-            self.flush_notes(kind, name);
             self.bump();
         } else {
             self.write_status(kind, name, status);

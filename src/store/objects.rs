@@ -327,7 +327,7 @@ impl SqliteStore {
 
     /// [`Self::set_status`] and the events of the same transition, in one transaction: a
     /// OneShot board goes through two transitions per invocation, and a commit for each
-    /// event beside its status was a quarter of the engine's store writes.
+    /// event beside its status was 29 % of the engine's status and event commits.
     pub fn set_status_with_events(
         &mut self,
         kind: Kind,
