@@ -302,3 +302,50 @@ async fn only_a_call_that_lasts_is_shown_busy() {
     assert_eq!(phases(&w, "vm-0"), want);
     let _ = w.stop.send(true);
 }
+
+/// While something holds the engine's store (a status write waiting for the recorder's fsync
+/// does), a call's worker lookup still answers (it reads through a connection of its own),
+/// and a task waiting for the store leaves the runtime's only worker thread to the others:
+/// on 2 cores, two reconciles waiting had stalled every agent session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_held_store_stalls_neither_dispatch_reads_nor_the_runtime() {
+    let w = world(&workers(1, "Off"));
+    until(&w, Duration::from_secs(5), |p, _| p == "Off").await;
+    let (held, is_held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let engine = w.engine.clone();
+    // Released by the test once it saw both, or after 10 s: only the order is asserted.
+    let holder = std::thread::spawn(move || {
+        engine.with_store(|_| {
+            held.send(()).expect("held");
+            released.recv_timeout(Duration::from_secs(10)).is_ok()
+        })
+    });
+    is_held.recv().expect("the store is held");
+
+    let read = w.engine.read(Kind::Worker, "vm-0");
+    assert!(read.is_some(), "the dispatch read found no worker");
+
+    let waiter = {
+        let engine = w.engine.clone();
+        tokio::spawn(async move { engine.with_store(|s| s.get(Kind::Worker, "vm-0").is_ok()) })
+    };
+    // Give the waiter the worker thread first, then ask another task to run.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (ping, pinged) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = ping.send(());
+    });
+    let ran = tokio::time::timeout(Duration::from_secs(5), pinged).await;
+    release.send(()).expect("release");
+    assert!(
+        holder.join().expect("holder"),
+        "the store was held until the timeout: a read or the runtime waited for it"
+    );
+    assert!(
+        matches!(ran, Ok(Ok(()))),
+        "no other task ran while one waited for the store"
+    );
+    assert!(waiter.await.expect("waiter"), "the waiting read failed");
+    let _ = w.stop.send(true);
+}

@@ -57,6 +57,12 @@ pub struct Engine<D: VmDriver, P: Presence> {
     /// Commits invocation attempts in groups, on its own SQLite connection (through `store`
     /// on etcd).
     pub recorder: Committer,
+    /// A read-only use of its own SQLite connection for the dispatch path (a call's worker
+    /// and function lookups), so a call never waits behind a status write that itself waits
+    /// for the recorder's fsync (WAL readers do not wait for writers). Every write the engine
+    /// makes is committed before it returns, so this connection sees it at its next read.
+    /// `None` on etcd: reads go through `store`.
+    reader: Option<Mutex<Store>>,
     pub driver: Arc<D>,
     pub presence: Arc<P>,
     pub queue: Arc<WorkQueue<Key>>,
@@ -106,6 +112,18 @@ fn log_event(kind: Kind, name: &str, t: EventType, reason: &str, message: &str) 
     }
 }
 
+/// Runs `f`, which may wait (for SQLite's write lock), off the async runtime's worker threads
+/// when it runs on one: the runtime hands that thread's other tasks to another thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -120,8 +138,17 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
             None => None,
         };
+        let reader = match store.recorder_connection() {
+            Some(Ok(own)) => Some(Mutex::new(own)),
+            Some(Err(e)) => {
+                tracing::warn!("dispatch reads share the engine's connection: {e}");
+                None
+            }
+            None => None,
+        };
         let store = Arc::new(Mutex::new(store));
         Arc::new(Engine {
+            reader,
             recorder: Committer::start(writer.unwrap_or_else(|| store.clone())),
             store,
             driver,
@@ -317,8 +344,30 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Runs `f` on the engine's store. A reconcile's write can wait for the recorder's fsync
+    /// (one SQLite writer at a time), and a read for that write: when the store is taken, the
+    /// wait happens off the async runtime's worker threads, so agent sessions and calls go on
+    /// meanwhile (on 2 cores, two reconciles waiting had stalled every session).
     pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        f(&mut lock(&self.store))
+        match self.store.try_lock() {
+            Ok(mut s) => f(&mut s),
+            Err(std::sync::TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => blocking(|| f(&mut lock(&self.store))),
+        }
+    }
+
+    /// Reads through the dispatch path's own connection ([`Self::reader`]); `f` must not
+    /// write.
+    pub fn with_reader<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        match &self.reader {
+            Some(r) => f(&mut lock(r)),
+            None => self.with_store(f),
+        }
+    }
+
+    /// [`Self::get`] through the dispatch path's own connection.
+    pub fn read(&self, kind: Kind, name: &str) -> Option<StoredObject> {
+        self.with_reader(|s| s.get(kind, name)).ok().flatten()
     }
 
     /// Cluster-wide defaults: the declared Cluster's, or the built-in ones.
@@ -344,7 +393,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
 
     pub fn event(&self, kind: Kind, name: &str, t: EventType, reason: &str, message: &str) {
         log_event(kind, name, t, reason, message);
-        if let Err(e) = self.with_store(|s| s.record_event(kind, name, t, reason, message)) {
+        if let Err(e) =
+            blocking(|| self.with_store(|s| s.record_event(kind, name, t, reason, message)))
+        {
             tracing::warn!("cannot record event: {e}");
         }
     }
@@ -394,7 +445,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
 
     pub fn write_status(&self, kind: Kind, name: &str, status: serde_json::Value) {
         let events = self.take_notes(kind, name);
-        let r = self.with_store(|s| s.set_status_with_events(kind, name, &status, &events));
+        let r = blocking(|| {
+            self.with_store(|s| s.set_status_with_events(kind, name, &status, &events))
+        });
         if let Err(e) = r {
             tracing::debug!("status of {}/{name} not written: {e}", kind.singular());
             // The events stand without the status (an object deleted meanwhile keeps them).

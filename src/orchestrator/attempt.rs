@@ -176,7 +176,7 @@ pub async fn fresh_session<D: VmDriver>(
         }
         if checked.is_none_or(|at| at.elapsed() >= RECHECK) {
             checked = Some(Instant::now());
-            let Some(obj) = engine.get(Kind::Worker, worker) else {
+            let Some(obj) = engine.read(Kind::Worker, worker) else {
                 return Err(NoSession::Unhealthy("gone".into()));
             };
             if !health_good(&obj) {
@@ -303,7 +303,7 @@ fn bind_services<D: VmDriver>(
     function: &str,
 ) -> Result<std::collections::BTreeMap<String, crate::protocol::ServiceBinding>, String> {
     let Some(spec) = engine
-        .with_store(|s| s.spec_of::<FunctionSpec>(Kind::Function, function))
+        .with_reader(|s| s.spec_of::<FunctionSpec>(Kind::Function, function))
         .ok()
         .flatten()
     else {
@@ -313,7 +313,7 @@ fn bind_services<D: VmDriver>(
         return Ok(Default::default());
     }
     let worker_spec = engine
-        .with_store(|s| s.spec_of::<WorkerSpec>(Kind::Worker, worker))
+        .with_reader(|s| s.spec_of::<WorkerSpec>(Kind::Worker, worker))
         .ok()
         .flatten();
     super::services::bind(
