@@ -163,8 +163,11 @@ pub async fn fresh_session<D: VmDriver>(
     // When the stored worker was last read. Every agent event wakes every waiter; reading and
     // parsing the worker's record on each other worker's event made a fleet of N OneShot
     // boards cost N record reads per job. Its record is read when the wait starts (so a
-    // live session is never reused past a stored quarantine), on its own events, and at
-    // least every `RECHECK`, as when the wait was a plain 200 ms poll.
+    // live session is never reused past a stored quarantine), at least every `RECHECK`, as
+    // when the wait was a plain 200 ms poll, and on a rejection. Not on its own connects and
+    // disconnects: the reconcile they trigger has not written anything yet when the waiter
+    // hears them, and a quarantine decided here is seen at once (`quarantine_pending`).
+    // Reading on them made a rebooting v1 worker cost three record reads per job.
     let mut checked: Option<Instant> = None;
     loop {
         // A quarantine decided a moment ago may not be stored yet, and its session still live.
@@ -203,8 +206,9 @@ pub async fn fresh_session<D: VmDriver>(
         }
         let wait = RECHECK.min(limit.saturating_sub(started.elapsed()));
         match tokio::time::timeout(wait, events.recv()).await {
-            Ok(Ok(ev)) if !concerns(&ev, worker) => {}
-            // Its own event, a lagged or closed feed, or the tick: look at its record again.
+            Ok(Ok(ev)) if rejects(&ev, worker) => checked = None,
+            Ok(Ok(_)) => {}
+            // A lagged or closed feed, or the tick: look at its record again.
             _ => checked = None,
         }
     }
@@ -213,13 +217,11 @@ pub async fn fresh_session<D: VmDriver>(
 /// How often a waiter re-reads its worker's record when nothing about it was heard.
 const RECHECK: Duration = Duration::from_millis(200);
 
-/// Whether an agent event is about `worker`.
-fn concerns(ev: &AgentEvent, worker: &str) -> bool {
+/// Whether an agent event is a rejection of a connection that may be `worker`'s.
+fn rejects(ev: &AgentEvent, worker: &str) -> bool {
     match ev {
-        AgentEvent::Connected { worker: w, .. } | AgentEvent::Disconnected { worker: w, .. } => {
-            w == worker
-        }
         AgentEvent::Rejected { worker: w, .. } => w.as_deref().is_none_or(|w| w == worker),
+        AgentEvent::Connected { .. } | AgentEvent::Disconnected { .. } => false,
     }
 }
 
