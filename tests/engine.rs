@@ -323,8 +323,11 @@ async fn a_held_store_stalls_neither_dispatch_reads_nor_the_runtime() {
     });
     is_held.recv().expect("the store is held");
 
-    let read = w.engine.read(Kind::Worker, "vm-0");
-    assert!(read.is_some(), "the dispatch read found no worker");
+    let read = w.engine.with_reader(|s| s.get(Kind::Worker, "vm-0"));
+    assert!(
+        matches!(read, Ok(Some(_))),
+        "the dispatch read found no worker: {read:?}"
+    );
 
     let waiter = {
         let engine = w.engine.clone();

@@ -168,6 +168,22 @@ fn conformance(s: &mut Store) {
         ["Booting", "Ready"],
         "a repeated phase was recorded twice"
     );
+    // a status read alone, as the type asks for it (other fields skipped)
+    #[derive(serde::Deserialize)]
+    struct Phase {
+        phase: String,
+    }
+    let p: Option<Phase> = s.status_of(Kind::Worker, "ws-0").expect("status");
+    assert_eq!(p.map(|p| p.phase).as_deref(), Some("Ready"));
+    assert!(
+        s.status_of::<Phase>(Kind::Worker, "ghost")
+            .expect("status")
+            .is_none()
+    );
+    assert!(matches!(
+        s.status_of::<Vec<i64>>(Kind::Worker, "ws-0"),
+        Err(StoreError::Corrupt { .. })
+    ));
 
     // a status with the events of its transition: both written, or neither for a missing object
     let noted = |m: &str| EventNote::now(EventType::Normal, "Ready", m);

@@ -365,11 +365,6 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         }
     }
 
-    /// [`Self::get`] through the dispatch path's own connection.
-    pub fn read(&self, kind: Kind, name: &str) -> Option<StoredObject> {
-        self.with_reader(|s| s.get(kind, name)).ok().flatten()
-    }
-
     /// Cluster-wide defaults: the declared Cluster's, or the built-in ones.
     pub fn defaults(&self) -> Defaults {
         self.cluster_spec()

@@ -97,28 +97,51 @@ impl std::fmt::Display for NoSession {
     }
 }
 
-/// `health H (Reason: message)` of an unhealthy worker, from its `Healthy` condition.
-fn unhealthy_because(o: &StoredObject) -> String {
-    let health = o
-        .status
-        .get("health")
-        .and_then(Value::as_str)
-        .unwrap_or("?");
-    let cond = o
-        .status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .and_then(|c| {
-            c.iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some("Healthy"))
-        });
-    match cond {
-        Some(c) => format!(
-            "health {health} ({}: {})",
-            c.get("reason").and_then(Value::as_str).unwrap_or(""),
-            c.get("message").and_then(Value::as_str).unwrap_or("")
-        ),
-        None => format!("health {health}"),
+/// What a call waiting for its worker checks of its status: its health and why it is (not)
+/// ready. Only these fields are parsed (`Store::status_of`), not the whole record.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Gate {
+    #[serde(default)]
+    health: Option<String>,
+    #[serde(default)]
+    conditions: Vec<GateCondition>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct GateCondition {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl Gate {
+    fn condition(&self, kind: &str) -> Option<&GateCondition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+
+    /// Not quarantined, not cordoned (no `health` is Good).
+    pub fn healthy(&self) -> bool {
+        self.health.as_deref().unwrap_or("Good") == "Good"
+    }
+
+    /// `health H (Reason: message)` of an unhealthy worker, from its `Healthy` condition.
+    fn unhealthy_because(&self) -> String {
+        let health = self.health.as_deref().unwrap_or("?");
+        match self.condition("Healthy") {
+            Some(c) => format!("health {health} ({}: {})", c.reason, c.message),
+            None => format!("health {health}"),
+        }
+    }
+
+    /// `reason: message` of its `Ready` condition when that is one of [`UNPOWERABLE`].
+    pub fn unpowerable(&self) -> Option<String> {
+        let ready = self.condition("Ready")?;
+        UNPOWERABLE
+            .contains(&ready.reason.as_str())
+            .then(|| format!("{}: {}", ready.reason, ready.message))
     }
 }
 
@@ -129,21 +152,6 @@ pub const UNPOWERABLE: &[&str] = &["PowerUnknown", "NoPowerControl"];
 /// How long a wanted worker's status may say it cannot be powered before the wait ends: the
 /// status read first may predate the reconcile the `want` triggered.
 const UNPOWERABLE_GRACE: Duration = Duration::from_secs(2);
-
-/// `reason: message` of a stored worker's `Ready` condition when it is one of [`UNPOWERABLE`].
-pub fn unpowerable(o: &StoredObject) -> Option<String> {
-    let ready = o
-        .status
-        .get("conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))?;
-    let reason = ready.get("reason").and_then(Value::as_str)?;
-    let message = ready.get("message").and_then(Value::as_str).unwrap_or("");
-    UNPOWERABLE
-        .contains(&reason)
-        .then(|| format!("{reason}: {message}"))
-}
 
 /// Waits until `worker` has a session other than `stale` (one that failed) and not told to
 /// power off (by anyone: the engine releasing it, or a OneShot follow-up), the worker turns
@@ -179,15 +187,20 @@ pub async fn fresh_session<D: VmDriver>(
         }
         if checked.is_none_or(|at| at.elapsed() >= RECHECK) {
             checked = Some(Instant::now());
-            let Some(obj) = engine.read(Kind::Worker, worker) else {
+            let gate = engine
+                .with_reader(|s| s.status_of::<Gate>(Kind::Worker, worker))
+                .ok()
+                .flatten();
+            let Some(gate) = gate else {
                 return Err(NoSession::Unhealthy("gone".into()));
             };
-            if !health_good(&obj) {
-                return Err(NoSession::Unhealthy(unhealthy_because(&obj)));
+            if !gate.healthy() {
+                return Err(NoSession::Unhealthy(gate.unhealthy_because()));
             }
             let since = unpowerable_since.map(|(t, _)| t);
-            unpowerable_since =
-                unpowerable(&obj).map(|why| (since.unwrap_or_else(Instant::now), why));
+            unpowerable_since = gate
+                .unpowerable()
+                .map(|why| (since.unwrap_or_else(Instant::now), why));
         }
         if let Some(s) = engine.presence.get(worker)
             && Some(s.id) != stale
@@ -492,4 +505,37 @@ pub fn cold_start_ms(cold: bool, waited: Duration, queued_ms: i64) -> Option<i64
         let since = clock::now_millis() - queued_ms;
         (waited.as_millis() as i64).min(since.max(0))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn gate(status: Value) -> Gate {
+        serde_json::from_value(status).expect("gate")
+    }
+
+    #[test]
+    fn a_gate_reads_health_and_readiness_from_a_status() {
+        let ready = gate(json!({"phase": "Ready", "observedPower": {"state": "On"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "AgentConnected",
+                            "lastTransitionTime": "t"}]}));
+        assert!(ready.healthy());
+        assert_eq!(ready.unpowerable(), None);
+
+        let bad = gate(json!({"health": "Bad", "conditions": [
+            {"type": "Healthy", "status": "False", "reason": "AgentFaults", "message": "3 in a row"},
+            {"type": "Ready", "status": "False", "reason": "PowerUnknown", "message": "no link"}]}));
+        assert!(!bad.healthy());
+        assert_eq!(
+            bad.unhealthy_because(),
+            "health Bad (AgentFaults: 3 in a row)"
+        );
+        assert_eq!(bad.unpowerable().as_deref(), Some("PowerUnknown: no link"));
+
+        let cordoned = gate(json!({"health": "Cordoned"}));
+        assert_eq!(cordoned.unhealthy_because(), "health Cordoned");
+        assert!(gate(json!({})).healthy());
+    }
 }

@@ -85,6 +85,26 @@ impl Store {
         }
     }
 
+    /// `kind/name`'s status alone, parsed as `T`; `None` when there is no such object.
+    pub fn status_of<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<T>> {
+        match self {
+            Store::Sqlite(s) => s.status_of(kind, name),
+            Store::Etcd(e) => e
+                .get(kind, name)?
+                .map(|o| {
+                    serde_json::from_value(o.status).map_err(|e| super::StoreError::Corrupt {
+                        what: format!("status of {}/{name}", kind.singular()),
+                        detail: e.to_string(),
+                    })
+                })
+                .transpose(),
+        }
+    }
+
     /// Every object of `kind`, by name, with its spec parsed as `T` and its status's `health`.
     pub fn specs_of_kind<T: serde::de::DeserializeOwned + Send + Sync + 'static>(
         &mut self,

@@ -150,6 +150,31 @@ impl SqliteStore {
         row.transpose()
     }
 
+    /// `kind/name`'s status alone, parsed as `T` (fields it does not name are skipped): a
+    /// call waiting for its worker checks only its health and readiness, and reading and
+    /// parsing the whole record was most of that wait's cost.
+    pub fn status_of<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<T>> {
+        let text: Option<String> = self
+            .conn
+            .prepare_cached("SELECT status FROM objects WHERE kind = ?1 AND name = ?2")
+            .and_then(|mut st| {
+                st.query_row(params![kind.as_str(), name], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(self.sq())?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
+                what: format!("status of {}/{name}", kind.singular()),
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
     /// Objects of a kind (all kinds when `None`), ordered by kind then name.
     pub fn list(&self, kind: Option<Kind>) -> Result<Vec<StoredObject>> {
         // Two statements, not `?1 IS NULL OR kind = ?1`: SQLite cannot use the primary key
