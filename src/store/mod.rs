@@ -326,13 +326,19 @@ mod tests {
         );
     }
 
-    /// A transition's events go in with its status, seen by another connection together;
-    /// for an object that is gone, neither is written.
+    /// A transition's events go in with its status, in one transaction, seen by another
+    /// connection together; for an object that is gone, neither is written.
     #[test]
     fn a_status_and_its_events_are_written_together() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut store = with_function_f(dir.path());
         let noted = |m: &str| EventNote::now(EventType::Normal, "Ready", m);
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = commits.clone();
+        store.conn.commit_hook(Some(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            false
+        }));
         store
             .set_status_with_events(
                 Kind::Function,
@@ -341,6 +347,11 @@ mod tests {
                 &[noted("one"), noted("two"), noted("two")],
             )
             .expect("status");
+        assert_eq!(
+            commits.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the status and its three events took more than one transaction"
+        );
         let other = store.another_connection().expect("second connection");
         assert_eq!(
             other
