@@ -335,10 +335,13 @@ mod tests {
         let noted = |m: &str| EventNote::now(EventType::Normal, "Ready", m);
         let commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = commits.clone();
-        store.conn.commit_hook(Some(move || {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            false
-        }));
+        store
+            .conn
+            .commit_hook(Some(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                false
+            }))
+            .expect("commit hook");
         store
             .set_status_with_events(
                 Kind::Function,
