@@ -210,6 +210,17 @@ fn conformance(s: &mut Store) {
             .expect("events")
             .is_empty()
     );
+    // events noted earlier keep the times they were noted
+    let mut early = noted("noted early");
+    early.at = "2026-01-02T03:04:05.006Z".into();
+    s.record_events(Kind::Worker, "ws-1", &[early.clone(), early])
+        .expect("noted events");
+    let ev = s.events(Kind::Worker, "ws-1", 10).expect("events");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (ev[0].count, ev[0].first_time.as_str()),
+        (2, "2026-01-02T03:04:05.006Z")
+    );
 
     // desired revisions: a status write is not a change, a rerun request and a deletion mark are
     let key = (Kind::Function, "f1".to_string());

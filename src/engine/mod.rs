@@ -428,13 +428,13 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         self.record_events(kind, name, self.take_notes(kind, name));
     }
 
+    /// Stores noted events on their own, with the times they were noted.
     fn record_events(&self, kind: Kind, name: &str, events: Vec<EventNote>) {
-        for e in events {
-            let r = self
-                .with_store(|s| s.record_event(kind, name, e.event_type, &e.reason, &e.message));
-            if let Err(e) = r {
-                tracing::warn!("cannot record event: {e}");
-            }
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = blocking(|| self.with_store(|s| s.record_events(kind, name, &events))) {
+            tracing::warn!("cannot record events: {e}");
         }
     }
 

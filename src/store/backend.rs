@@ -185,6 +185,8 @@ forward! {
     read fn deletion_requested(kind: Kind, name: &str) -> Result<bool>;
     read fn desired_revisions() -> Result<BTreeMap<(Kind, String), String>>;
     write fn record_event(kind: Kind, name: &str, event_type: EventType, reason: &str, message: &str) -> Result<()>;
+    /// Events noted earlier, each with the time it was noted, in one transaction on SQLite.
+    write fn record_events(kind: Kind, name: &str, events: &[EventNote]) -> Result<()>;
     read fn event_counts(kind: Kind, reason: &str) -> Result<Vec<(String, u64)>>;
     read fn events(kind: Kind, name: &str, limit: usize) -> Result<Vec<Event>>;
     read fn recent_events(limit: usize) -> Result<Vec<Event>>;

@@ -99,6 +99,24 @@ impl SqliteStore {
         self.observation(|conn| write_event(conn, kind, name, &e))
     }
 
+    /// Events noted earlier (a reconcile's, left without a status write to go with), each
+    /// stamped with the time it was noted, in one transaction.
+    pub fn record_events(&mut self, kind: Kind, name: &str, events: &[EventNote]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.observation(|conn| {
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            for e in events {
+                write_event(&tx, kind, name, e)?;
+            }
+            tx.commit()
+        })
+    }
+
     /// How often each object of `kind` had an event with `reason` (e.g. boots: `PoweredOn`).
     pub fn event_counts(&self, kind: Kind, reason: &str) -> Result<Vec<(String, u64)>> {
         let mut stmt = self

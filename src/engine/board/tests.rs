@@ -253,6 +253,9 @@ async fn noted_events_are_stored_without_a_status_write() {
         "Noted",
         "by a reconcile",
     );
+    let noted_at = crate::store::clock::now();
+    // Stamped with the time it was noted, not the (later) time it is stored.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     // No such worker: its reconcile writes nothing.
     let _ = e.reconcile(&(Kind::Worker, "ghost".into())).await;
     let events = e
@@ -260,6 +263,11 @@ async fn noted_events_are_stored_without_a_status_write() {
         .expect("events");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].reason, "Noted");
+    assert!(
+        events[0].first_time <= noted_at,
+        "stored at {}, noted by {noted_at}",
+        events[0].first_time
+    );
 
     // A status write that fails (no such object) still leaves its events on record.
     e.note_event(Kind::Worker, "ghost", EventType::Normal, "Noted", "again");

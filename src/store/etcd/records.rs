@@ -151,6 +151,13 @@ impl EtcdStore {
         self.write_event(kind, name, &EventNote::now(event_type, reason, message))
     }
 
+    /// Events noted earlier, each with the time it was noted.
+    pub fn record_events(&mut self, kind: Kind, name: &str, events: &[EventNote]) -> Result<()> {
+        events
+            .iter()
+            .try_for_each(|e| self.write_event(kind, name, e))
+    }
+
     /// The status, then each event of the same transition (etcd has no transaction spanning
     /// the status key and the events' read-modify-writes).
     pub fn set_status_with_events(
