@@ -451,6 +451,8 @@ fn warm_worker_heartbeats_while_idle_and_serves_repeatedly() {
         "seq must count up: {beats:?}"
     );
 
+    // The function thread is kept from one call to the next (the same thread id each time).
+    let mut first_fn_thread = None;
     for i in 0..3 {
         let r = c.invoke(
             &format!("w{i}"),
@@ -459,6 +461,14 @@ fn warm_worker_heartbeats_while_idle_and_serves_repeatedly() {
             5000,
         );
         assert!(matches!(r.outcome, Outcome::Output(_)));
+        let threads = fn_threads(agent.child.id());
+        assert_eq!(
+            threads.len(),
+            1,
+            "function threads after call {i}: {threads:?}"
+        );
+        let first = first_fn_thread.get_or_insert_with(|| threads.clone());
+        assert_eq!(&threads, first, "call {i} ran on a new function thread");
         c.send(&Message::Idle);
     }
     // Still heartbeating after the work.
@@ -469,6 +479,20 @@ fn warm_worker_heartbeats_while_idle_and_serves_repeatedly() {
     assert!(c.handshake(TOKEN, Some(100)).1);
     c.send(&Message::Reboot);
     assert_eq!(agent.wait_exit(Duration::from_secs(5)).code(), Some(0));
+}
+
+/// The ids of the threads named `fn` (the agent's function thread) of process `pid`.
+fn fn_threads(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "fn"))
+        .map(|t| t.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[test]
