@@ -461,3 +461,128 @@ pub fn responses(answer: &Value) -> &[Value] {
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A loopback stand-in for one etcd member's JSON gateway that answers every request with
+    /// `status` and `body`, on kept-alive connections; counts the requests it served.
+    fn member(status: u16, body: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = listener.local_addr().expect("addr").to_string();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut w = match conn.try_clone() {
+                        Ok(w) => w,
+                        Err(_) => return,
+                    };
+                    let mut r = BufReader::new(conn);
+                    loop {
+                        let mut length = 0;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line.trim_end().is_empty() {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut request = vec![0; length];
+                        if r.read_exact(&mut request).is_err() {
+                            return;
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let answer = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if w.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (endpoint, served)
+    }
+
+    const LEADER_CHANGED: &str = r#"{"error":"etcdserver: leader changed","code":14,"message":"etcdserver: leader changed"}"#;
+    const OK: &str = r#"{"header":{"revision":"7"}}"#;
+
+    /// A member answering "leader changed" (its leader is being replaced) is passed over for
+    /// the next member within the same call, which is then asked first.
+    #[test]
+    fn a_member_whose_leader_changed_is_passed_over() {
+        let (a, at_a) = member(503, LEADER_CHANGED);
+        let (b, at_b) = member(200, OK);
+        let client = Client::new(vec![a, b], Connector::plain());
+        let answer = client.call("/v3/kv/range", &json!({})).expect("answer");
+        assert_eq!(revision(&answer), 7);
+        assert_eq!(
+            (at_a.load(Ordering::SeqCst), at_b.load(Ordering::SeqCst)),
+            (1, 1)
+        );
+        client.call("/v3/kv/range", &json!({})).expect("answer");
+        assert_eq!(
+            (at_a.load(Ordering::SeqCst), at_b.load(Ordering::SeqCst)),
+            (1, 2),
+            "the member that answered was not asked first"
+        );
+    }
+
+    /// When every member says its leader changed, they are asked again (an election takes
+    /// a timeout or two) and then the call fails naming the lost quorum.
+    #[test]
+    fn members_without_a_leader_are_asked_again_then_no_quorum() {
+        let (a, at_a) = member(503, LEADER_CHANGED);
+        let (b, at_b) = member(503, LEADER_CHANGED);
+        let client = Client::new(vec![a, b], Connector::plain());
+        let err = client
+            .call("/v3/kv/range", &json!({}))
+            .expect_err("no leader anywhere");
+        assert!(matches!(err, EtcdError::NoQuorum { .. }), "{err}");
+        assert!(err.to_string().contains("leader changed"), "{err}");
+        assert!(
+            at_a.load(Ordering::SeqCst) > 1 && at_b.load(Ordering::SeqCst) > 1,
+            "asked once only: {} / {}",
+            at_a.load(Ordering::SeqCst),
+            at_b.load(Ordering::SeqCst)
+        );
+    }
+
+    /// Any other refusal is the answer: not retried, not sent to another member.
+    #[test]
+    fn a_refusal_is_not_retried_elsewhere() {
+        let (a, at_a) = member(
+            400,
+            r#"{"error":"etcdserver: mvcc: required revision has been compacted","code":11}"#,
+        );
+        let (b, at_b) = member(200, OK);
+        let client = Client::new(vec![a, b], Connector::plain());
+        let err = client
+            .call("/v3/kv/range", &json!({}))
+            .expect_err("refused");
+        assert!(matches!(err, EtcdError::Refused { .. }), "{err}");
+        assert_eq!(
+            (at_a.load(Ordering::SeqCst), at_b.load(Ordering::SeqCst)),
+            (1, 0)
+        );
+    }
+}
