@@ -198,3 +198,94 @@ fn on_message(line: &[u8], next_rev: &mut i64, tx: &watch::Sender<u64>) -> std::
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    /// One chunk of a chunked HTTP body.
+    fn chunk(text: &str) -> String {
+        format!("{:x}\r\n{text}\r\n", text.len())
+    }
+
+    /// The watch asks etcd for every change after the revision current when the feed was
+    /// asked for, so a write made before its connection is up (a slow TLS handshake) is
+    /// still announced. A loopback stand-in for the member records the create request and
+    /// streams a change at that very revision.
+    #[test]
+    fn a_watch_starts_right_after_the_revision_seen_when_the_feed_was_asked_for() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = listener.local_addr().expect("addr").to_string();
+        let (got, request) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok((conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut w = conn.try_clone().expect("clone");
+            let mut r = BufReader::new(conn);
+            let mut length = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line.trim_end().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+            let _ = got.send(body);
+            // Created at the member's revision (50, later writes included), then the
+            // change at 42 made before the watch connected.
+            let created = r#"{"result":{"header":{"revision":"50"},"created":true}}"#;
+            let change = r#"{"result":{"header":{"revision":"50"},"events":[{"kv":{"key":"L3Av","mod_revision":"42"}}]}}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}{}",
+                chunk(&format!("{created}\n")),
+                chunk(&format!("{change}\n"))
+            );
+            let _ = w.write_all(answer.as_bytes());
+            // Held open until the test has seen the change (the thread ends with the test).
+            std::thread::sleep(Duration::from_secs(10));
+        });
+
+        let (tx, mut rx) = watch::channel(0u64);
+        rx.borrow_and_update();
+        let location = format!("test-watch-{endpoint}");
+        ensure(
+            &location,
+            std::slice::from_ref(&endpoint),
+            &Connector::plain(),
+            "/p/",
+            tx,
+            || 41,
+        );
+        let body = request
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the watch was not created");
+        let create: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            create.pointer("/create_request/start_revision"),
+            Some(&json!("42")),
+            "{create}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !rx.has_changed().unwrap_or(false) {
+            assert!(
+                Instant::now() < deadline,
+                "the change at 42 was not announced"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
