@@ -318,6 +318,51 @@ fn command_meter_reads_each_interval_and_skips_a_hung_reading() {
     assert_eq!(st.status["phase"], "Sampling", "{}", st.status);
 }
 
+/// A meter's status overwritten by another writer (the engine's first reconcile of a new
+/// meter writes phase Accepted, and could land just after the sampler's first Sampling) is
+/// put back at the next sample, not left wrong for good.
+#[test]
+fn a_sampling_meter_puts_back_a_status_written_over_its_own() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    let script = dir.path().join("plug.sh");
+    std::fs::write(&script, "#!/bin/sh\necho 'Power: 5 W'\n").expect("script");
+    let _store = store_with_meter(
+        &state,
+        "plug",
+        serde_json::json!({"command": {"command": ["sh", script.display().to_string()], "interval": "200ms", "timeout": "1s"}, "covers": {"matchLabels": {}}}),
+    );
+    let sampler = Sampler::start(&state);
+    let phase = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = Store::open(&state)
+                .expect("open")
+                .get(Kind::PowerMeter, "plug")
+                .expect("get")
+                .expect("meter")
+                .status;
+            if st["phase"] == want {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "phase never {want}: {st}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    phase("Sampling");
+    Store::open(&state)
+        .expect("open")
+        .set_status(
+            Kind::PowerMeter,
+            "plug",
+            &serde_json::json!({"phase": "Accepted", "observedGeneration": 1}),
+        )
+        .expect("overwrite");
+    let st = phase("Sampling");
+    drop(sampler);
+    assert_eq!(st["observedGeneration"], 1, "{st}");
+}
+
 #[test]
 fn command_meter_that_prints_no_number_warns_and_stores_nothing() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -80,7 +80,6 @@ async fn supervise(store: Shared, mut stop: watch::Receiver<bool>) {
                 store: store.clone(),
                 name: m.name.clone(),
                 generation: m.generation,
-                phase: None,
             };
             let task = tokio::spawn(meter.run(spec, stop.clone()));
             running.insert(m.name, (m.spec, task));
@@ -105,8 +104,6 @@ struct Meter {
     store: Shared,
     name: String,
     generation: i64,
-    /// The phase last written to the status.
-    phase: Option<&'static str>,
 }
 
 fn duration(d: &crate::manifest::quantity::Duration, fallback: Duration) -> Duration {
@@ -161,18 +158,20 @@ impl Meter {
         .await;
     }
 
-    /// Writes the meter's phase to its status when it changes.
-    async fn set_phase(&mut self, phase: &'static str, why: &str) {
-        if self.phase == Some(phase) {
-            return;
-        }
-        self.phase = Some(phase);
+    /// Writes the meter's phase to its status unless the stored status already says it. The
+    /// stored status is checked each time, not a phase remembered here: the engine's first
+    /// reconcile of a new meter can write its status (phase Accepted) over the first
+    /// Sampling, and a remembered phase then never wrote it again.
+    async fn set_phase(&self, phase: &'static str, why: &str) {
         let (name, generation, why) = (self.name.clone(), self.generation, why.to_string());
         db(&self.store, move |s| {
             let Ok(Some(obj)) = s.get(Kind::PowerMeter, &name) else {
                 return;
             };
             let mut st = Status::from_value(&obj.status);
+            if st.phase() == Some(phase) && st.observed_generation() == generation {
+                return;
+            }
             let ok = phase == "Sampling";
             st.set_phase(phase).observed(generation).condition(
                 "Sampling",
