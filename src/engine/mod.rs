@@ -130,7 +130,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl<D: VmDriver, P: Presence> Engine<D, P> {
     pub fn new(store: Store, driver: Arc<D>, presence: Arc<P>, cfg: Config) -> Arc<Self> {
-        let writer = match store.recorder_connection() {
+        let writer = match store.own_connection() {
             Some(Ok(own)) => Some(Arc::new(Mutex::new(own))),
             Some(Err(e)) => {
                 tracing::warn!("invocation recorder shares the engine's connection: {e}");
@@ -138,7 +138,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
             None => None,
         };
-        let reader = match store.recorder_connection() {
+        let reader = match store.own_connection() {
             Some(Ok(own)) => Some(Mutex::new(own)),
             Some(Err(e)) => {
                 tracing::warn!("dispatch reads share the engine's connection: {e}");

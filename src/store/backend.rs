@@ -139,10 +139,11 @@ impl Store {
         Ok(Store::Etcd(Box::new(EtcdStore::open(location)?)))
     }
 
-    /// A second connection for the invocation recorder, so its fsyncs do not hold up this
-    /// store's users: SQLite's WAL lets them read (and wait only briefly to write) meanwhile.
-    /// `None` for etcd, whose writes are remote calls the recorder may as well share.
-    pub fn recorder_connection(&self) -> Option<Result<Store>> {
+    /// Another connection to the same SQLite file, for a user that must not wait behind this
+    /// store's: the invocation recorder (its fsyncs) and the dispatch path's reads. SQLite's
+    /// WAL lets readers go on during a commit (writers wait only briefly). `None` for etcd,
+    /// whose requests are remote calls that may as well share one client.
+    pub fn own_connection(&self) -> Option<Result<Store>> {
         match self {
             Store::Sqlite(s) => Some(s.another_connection().map(Store::Sqlite)),
             Store::Etcd(_) => None,

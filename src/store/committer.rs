@@ -2,7 +2,7 @@
 //! commit, writes them in one IMMEDIATE transaction — one fsync under `synchronous=FULL` — and
 //! answers each caller only then: an acknowledged record survives a crash, and N callers
 //! recording together share one fsync instead of paying N. The engine gives it a connection of
-//! its own (`Store::recorder_connection`): on the engine's, every reconcile and every call's
+//! its own (`Store::own_connection`): on the engine's, every reconcile and every call's
 //! reads waited behind its fsyncs. Under WAL readers go on during a commit; writers (status,
 //! events) wait for it in the store's short-sleep busy handler.
 
