@@ -463,9 +463,8 @@ pub fn responses(answer: &Value) -> &[Value] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use std::io::Read;
     use std::net::TcpListener;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -487,27 +486,7 @@ mod tests {
                         Err(_) => return,
                     };
                     let mut r = BufReader::new(conn);
-                    loop {
-                        let mut length = 0;
-                        let mut line = String::new();
-                        loop {
-                            line.clear();
-                            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line.trim_end().is_empty() {
-                                break;
-                            }
-                            if let Some(v) =
-                                line.to_ascii_lowercase().strip_prefix("content-length:")
-                            {
-                                length = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                        let mut request = vec![0; length];
-                        if r.read_exact(&mut request).is_err() {
-                            return;
-                        }
+                    while let Some(_request) = read_request(&mut r) {
                         count.fetch_add(1, Ordering::SeqCst);
                         let answer = format!(
                             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -521,6 +500,28 @@ mod tests {
             }
         });
         (endpoint, served)
+    }
+
+    /// One HTTP request (head and body) from a test stand-in's connection: its body, or
+    /// `None` once the client is gone.
+    pub(in crate::store::etcd) fn read_request(r: &mut impl BufRead) -> Option<Vec<u8>> {
+        let mut length = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.trim_end().is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        r.read_exact(&mut body).ok()?;
+        Some(body)
     }
 
     const LEADER_CHANGED: &str = r#"{"error":"etcdserver: leader changed","code":14,"message":"etcdserver: leader changed"}"#;

@@ -202,7 +202,7 @@ fn on_message(line: &[u8], next_rev: &mut i64, tx: &watch::Sender<u64>) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     use std::net::TcpListener;
     use std::time::Instant;
 
@@ -226,24 +226,9 @@ mod tests {
             };
             let mut w = conn.try_clone().expect("clone");
             let mut r = BufReader::new(conn);
-            let mut length = 0;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                if line.trim_end().is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if r.read_exact(&mut body).is_err() {
+            let Some(body) = super::super::client::tests::read_request(&mut r) else {
                 return;
-            }
+            };
             let _ = got.send(body);
             // Created at the member's revision (50, later writes included), then the
             // change at 42 made before the watch connected.
