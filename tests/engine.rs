@@ -186,6 +186,33 @@ async fn a_worker_that_never_boots_is_quarantined() {
     // Bad workers stay Bad: no further launches
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(w.driver.launches.lock().expect("lock").len(), 2);
+
+    // Uncordoned, it gets the whole ladder again (the count starts over), not one boot.
+    w.engine
+        .with_store(|s| microfaas::engine::operator::set_health(s, "vm-0", "Good"))
+        .expect("uncordon");
+    w.engine.enqueue_all();
+    until(&w, Duration::from_secs(10), |_, h| h == "Bad").await;
+    assert_eq!(
+        w.driver.launches.lock().expect("lock").len(),
+        4,
+        "two more boot attempts after uncordon"
+    );
+    let events = w
+        .engine
+        .with_store(|s| s.events(Kind::Worker, "vm-0", 50))
+        .expect("events");
+    let quarantined: Vec<&str> = events
+        .iter()
+        .filter(|e| e.reason == "Quarantined")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert!(
+        quarantined
+            .iter()
+            .all(|m| m.starts_with("2 failed recoveries in a row")),
+        "{quarantined:?}"
+    );
     let _ = w.stop.send(true);
 }
 

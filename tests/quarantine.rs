@@ -158,7 +158,14 @@ async fn a_worker_whose_agent_keeps_dropping_calls_is_quarantined_until_uncordon
         attempts
             .iter()
             .any(|a| a.worker.as_deref() == Some("vm-0") && a.status == AttemptStatus::Succeeded),
-        "vm-0 works again after uncordon: {attempts:?}"
+        "vm-0 works again after uncordon: {attempts:?} health {:?} events {:?}",
+        healthy(&h, "vm-0"),
+        h.engine
+            .with_store(|s| s.events(Kind::Worker, "vm-0", 1000))
+            .expect("events")
+            .into_iter()
+            .map(|e| (e.reason, e.message))
+            .collect::<Vec<_>>()
     );
     assert_eq!(healthy(&h, "vm-0").0, "Good");
     h.stop().await;

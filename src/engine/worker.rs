@@ -27,8 +27,6 @@ pub struct WorkerRuntime {
     pub adopt_error_since: Option<Instant>,
     /// Since when a VM another engine left running keeps resisting being stopped.
     pub retire_error_since: Option<Instant>,
-    /// Consecutive failed boots (reset when the agent connects).
-    pub failures: u32,
     /// When the VM last stopped, for the power-on holdoff.
     pub stopped_at: Option<Instant>,
     pub busy: bool,
@@ -438,7 +436,6 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 let first = {
                     let mut rt = lock(&self.runtime);
                     let r = rt.entry(name.to_string()).or_default();
-                    r.failures = 0;
                     let first = !std::mem::replace(&mut r.was_ready, true);
                     first.then(|| r.boot_started.map(|t| t.elapsed())).flatten()
                 };
@@ -462,6 +459,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 )
                 .set_phase(if busy { "Busy" } else { "Ready" })
                 .set("function", function)
+                .set("failedBoots", serde_json::Value::Null)
                 .condition("PoweredOn", CondStatus::True, "Running", "")
                 .condition("AgentConnected", CondStatus::True, "Connected", "")
                 .condition("Ready", CondStatus::True, "AgentConnected", "")
@@ -522,6 +520,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 written = Some(st.clone().into_value());
                 self.write_status(Kind::Worker, name, st.clone().into_value());
                 self.power_off(name, connected).await;
+            }
+            // A boot this engine no longer wants is over, however it ended (a quarantined
+            // worker's VM may stop on its own): it is no failed boot once wanted again.
+            if let Some(r) = lock(&self.runtime).get_mut(name) {
+                r.boot_started = None;
+                r.was_ready = false;
             }
             let phase = if health == "Good" { "Off" } else { "Failed" };
             // Likely wanted again soon: let the driver get a VM ready for that (a standby).
@@ -585,12 +589,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         quarantine_after: u32,
         why: &str,
     ) -> Result<Next, String> {
-        let failures = {
-            let mut rt = lock(&self.runtime);
-            let r = rt.entry(name.to_string()).or_default();
-            r.failures += 1;
-            r.failures
-        };
+        let failures = failed_boots(&st) + 1;
         st.set("failedBoots", json!(failures));
         if failures >= quarantine_after {
             self.event(Kind::Worker, name, EventType::Warning, "Quarantined", &format!("{failures} failed recoveries in a row ({why}); marked Bad until `microfaasctl uncordon worker {name}`"));
@@ -687,6 +686,15 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         crate::drivers::qemu::snapshot::remove(&self.run_dir(name));
         lock(&self.runtime).remove(name);
     }
+}
+
+/// Failed recoveries in a row, as stored (`failedBoots`): the stored count is the one an
+/// operator's `uncordon` clears, so a returned worker starts its ladder again.
+pub(super) fn failed_boots(st: &Status) -> u32 {
+    st.get("failedBoots")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 /// Identity of what a VM was started with: a change means a new VM. The endpoint's port is

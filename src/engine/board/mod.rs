@@ -422,10 +422,6 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 let first = !std::mem::replace(&mut r.was_ready, true);
                 (first, r.on.take().map(|a| a.since))
             });
-            lock(&self.runtime)
-                .entry(name.to_string())
-                .or_default()
-                .failures = 0;
             let (busy, function) = self.busy_for_status(name);
             if first {
                 let msg = match since {
@@ -481,7 +477,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         if let Some(attempt) = self.board_rt(name, |r| r.on) {
             return self.board_booting(t, st, attempt).await;
         }
-        let failures = lock(&self.runtime).get(name).map_or(0, |r| r.failures);
+        let failures = super::worker::failed_boots(st);
         let why = &t.why;
         match t.observed {
             Power::Unknown => {
@@ -869,9 +865,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             r.on = None;
             r.was_ready = true;
         });
-        if let Some(r) = lock(&self.runtime).get_mut(name) {
-            r.failures = 0;
-        }
+        st.set("failedBoots", Value::Null);
         let secs = at.saturating_duration_since(since).as_secs_f64();
         st.set("bootSeconds", json!(secs));
         let msg = format!("agent connected {secs:.2} s after power on, and has left");
