@@ -216,6 +216,37 @@ async fn a_worker_that_never_boots_is_quarantined() {
     let _ = w.stop.send(true);
 }
 
+/// A cordon stored while a reconcile is between its read and its write (here: launching the
+/// VM) is merged with that write, not overwritten by it, and so takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordon_during_a_reconcile_is_kept() {
+    let driver = FakeDriver::default();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *driver.launch_gate.lock().expect("lock") = Some(gate.clone());
+    let w = world_with(&workers(1, "On"), driver);
+    // The reconcile has written PoweringOn and waits in the launch.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while w.engine.get(Kind::Worker, "vm-0").expect("vm-0").status["phase"] != "PoweringOn" {
+        assert!(tokio::time::Instant::now() < deadline, "no launch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w.engine
+        .with_store(|s| microfaas::engine::operator::set_health(s, "vm-0", "Maintenance"))
+        .expect("cordon");
+    w.engine.enqueue_all();
+    gate.notify_one();
+    until(&w, Duration::from_secs(10), |p, h| {
+        p == "Failed" && h == "Maintenance"
+    })
+    .await;
+    assert_eq!(
+        w.driver.running(),
+        0,
+        "a cordoned worker's VM must be stopped"
+    );
+    let _ = w.stop.send(true);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_follows_demand() {
     let w = world(&workers(2, "OnDemand"));

@@ -187,9 +187,10 @@ fn conformance(s: &mut Store) {
 
     // a status with the events of its transition: both written, or neither for a missing object
     let noted = |m: &str| EventNote::now(EventType::Normal, "Ready", m);
-    s.set_status_with_events(
+    s.update_status(
         Kind::Worker,
         "ws-0",
+        None,
         &json!({"phase": "Ready", "x": 2}),
         &[noted("agent connected"), noted("agent connected")],
     )
@@ -201,14 +202,40 @@ fn conformance(s: &mut Store) {
     let ev = s.events(Kind::Worker, "ws-0", 10).expect("events");
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!((ev[0].reason.as_str(), ev[0].count), ("Ready", 2));
-    assert!(matches!(
-        s.set_status_with_events(Kind::Worker, "ghost", &json!({}), &[noted("lost")]),
-        Err(StoreError::NotFound(_))
-    ));
+    for base in [None, Some(&json!({}))] {
+        assert!(matches!(
+            s.update_status(Kind::Worker, "ghost", base, &json!({}), &[noted("lost")]),
+            Err(StoreError::NotFound(_))
+        ));
+    }
     assert!(
         s.events(Kind::Worker, "ghost", 10)
             .expect("events")
             .is_empty()
+    );
+    // a write of the status its writer read keeps what another writer stored since (an
+    // operator's uncordon between a reconcile's read and its write)
+    let read = s.get(Kind::Worker, "ws-0").expect("get").expect("w").status;
+    let mut uncordoned = read.clone();
+    uncordoned["health"] = json!("Good");
+    s.update_status(Kind::Worker, "ws-0", Some(&read), &uncordoned, &[])
+        .expect("operator's write");
+    let mut reconciled = read.clone();
+    reconciled["x"] = json!(3);
+    let stored = s
+        .update_status(Kind::Worker, "ws-0", Some(&read), &reconciled, &[])
+        .expect("reconcile's write");
+    assert_eq!(stored, json!({"phase": "Ready", "x": 3, "health": "Good"}));
+    assert_eq!(
+        s.get(Kind::Worker, "ws-0").expect("get").expect("w").status,
+        stored
+    );
+    // without a base, a plain overwrite
+    s.set_status(Kind::Worker, "ws-0", &read)
+        .expect("overwrite");
+    assert_eq!(
+        s.get(Kind::Worker, "ws-0").expect("get").expect("w").status,
+        read
     );
     // events noted earlier keep the times they were noted
     let mut early = noted("noted early");

@@ -179,7 +179,13 @@ impl Meter {
                 phase,
                 &why,
             );
-            let _ = s.set_status(Kind::PowerMeter, &name, &st.into_value());
+            let _ = s.update_status(
+                Kind::PowerMeter,
+                &name,
+                Some(st.base()),
+                &st.to_value(),
+                &[],
+            );
         })
         .await;
     }

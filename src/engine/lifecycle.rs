@@ -93,7 +93,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             "EngineStopped",
             "powered off when the engine stopped (shutdownPolicy PowerOff)",
         );
-        self.write_status(Kind::Worker, name, st.into_value());
+        self.write_status(Kind::Worker, name, &mut st);
         self.event(
             Kind::Worker,
             name,

@@ -305,7 +305,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             st.set_phase("Cancelled")
                 .set("run", serde_json::json!(run.run))
                 .condition("Complete", status::CondStatus::True, "Cancelled", msg);
-            self.write_status(Kind::Workload, name, st.into_value());
+            self.write_status(Kind::Workload, name, &mut st);
             self.event(
                 Kind::Workload,
                 name,
@@ -329,7 +329,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 let mut st = status::Status::from_value(&obj.status);
                 if st.phase().is_none() {
                     st.set_phase("Pending");
-                    self.write_status(Kind::Workload, name, st.into_value());
+                    self.write_status(Kind::Workload, name, &mut st);
                 }
             }
         }
@@ -438,32 +438,33 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         }
     }
 
-    pub fn write_status(&self, kind: Kind, name: &str, status: serde_json::Value) {
+    /// Writes `st`, merged with what another writer stored since `st` was read (an operator's
+    /// uncordon or power request, a meter's sampler), and carries `st` on from the result.
+    pub fn write_status(&self, kind: Kind, name: &str, st: &mut status::Status) {
         let events = self.take_notes(kind, name);
+        let status = st.to_value();
         let r = blocking(|| {
-            self.with_store(|s| s.set_status_with_events(kind, name, &status, &events))
+            self.with_store(|s| s.update_status(kind, name, Some(st.base()), &status, &events))
         });
-        if let Err(e) = r {
-            tracing::debug!("status of {}/{name} not written: {e}", kind.singular());
-            // The events stand without the status (an object deleted meanwhile keeps them).
-            self.record_events(kind, name, events);
+        match r {
+            Ok(stored) => st.rebase(stored),
+            Err(e) => {
+                tracing::debug!("status of {}/{name} not written: {e}", kind.singular());
+                // The events stand without the status (an object deleted meanwhile keeps them).
+                self.record_events(kind, name, events);
+            }
         }
         self.bump();
     }
 
-    /// [`Self::write_status`] when `status` differs from `stored`; only the waiters are told
-    /// otherwise (a reconcile that changed nothing still counts as one for them).
-    pub fn write_changed_status(
-        &self,
-        kind: Kind,
-        name: &str,
-        stored: &serde_json::Value,
-        status: serde_json::Value,
-    ) {
-        if *stored == status {
-            self.bump();
+    /// [`Self::write_status`] when `st` differs from the status it was read or last written
+    /// as; only the waiters are told otherwise (a reconcile that changed nothing still counts
+    /// as one for them).
+    pub fn write_changed_status(&self, kind: Kind, name: &str, st: &mut status::Status) {
+        if st.changed() {
+            self.write_status(kind, name, st);
         } else {
-            self.write_status(kind, name, status);
+            self.bump();
         }
     }
 
@@ -561,7 +562,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                             st.set_phase(phase);
                         }
                         st.observed(o.generation);
-                        self.write_status(key.0, &key.1, st.into_value());
+                        self.write_status(key.0, &key.1, &mut st);
                     }
                 }
                 Ok(Next::Done)

@@ -227,7 +227,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         let mut vm = st.get("vm").cloned().unwrap_or_else(|| json!({}));
         here.extend(&mut vm);
         st.set("vm", vm);
-        self.write_status(Kind::Worker, name, st.clone().into_value());
+        self.write_status(Kind::Worker, name, st);
         None
     }
 }

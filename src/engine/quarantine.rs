@@ -76,7 +76,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .set_phase("Failed")
             .condition("Healthy", CondStatus::False, AGENT_FAULTS, &why)
             .condition("Ready", CondStatus::False, "Quarantined", &why);
-        self.write_status(Kind::Worker, name, st.clone().into_value());
+        self.write_status(Kind::Worker, name, st);
         true
     }
 }

@@ -30,16 +30,39 @@ impl CondStatus {
 }
 
 /// A status being edited; start from the stored one so unchanged conditions keep their times.
+/// It remembers the status it started from (its base): a write sends both, so what another
+/// writer stored meanwhile is merged in rather than overwritten (`Store::update_status`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Status(Map<String, Value>);
+pub struct Status(Map<String, Value>, Value);
 
 impl Status {
     pub fn from_value(v: &Value) -> Self {
-        Status(v.as_object().cloned().unwrap_or_default())
+        Status(v.as_object().cloned().unwrap_or_default(), v.clone())
     }
 
     pub fn into_value(self) -> Value {
         Value::Object(self.0)
+    }
+
+    /// The status as edited so far.
+    pub fn to_value(&self) -> Value {
+        Value::Object(self.0.clone())
+    }
+
+    /// The status this one was read as (or last written as).
+    pub fn base(&self) -> &Value {
+        &self.1
+    }
+
+    /// Whether it differs from its base.
+    pub fn changed(&self) -> bool {
+        self.1.as_object() != Some(&self.0)
+    }
+
+    /// Carries on from `stored`, the status a write stored (its edits merged with others').
+    pub fn rebase(&mut self, stored: Value) {
+        self.0 = stored.as_object().cloned().unwrap_or_default();
+        self.1 = stored;
     }
 
     pub fn phase(&self) -> Option<&str> {

@@ -125,7 +125,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
         }
         st.observed(obj.generation);
-        self.write_status(Kind::Switch, name, st.into_value());
+        self.write_status(Kind::Switch, name, &mut st);
         for (_, w) in ports {
             self.queue.add((Kind::Worker, w));
         }

@@ -107,6 +107,8 @@ pub struct FakeDriver {
     pub launches: Mutex<Vec<String>>,
     /// Workers whose VM starts but whose agent never connects (boot failures).
     pub never_boot: Mutex<HashSet<String>>,
+    /// When set, a launch waits for it to be notified (a reconcile held mid-way).
+    pub launch_gate: Mutex<Option<std::sync::Arc<tokio::sync::Notify>>>,
 }
 
 impl Default for FakeDriver {
@@ -116,6 +118,7 @@ impl Default for FakeDriver {
             exits: broadcast::channel(4096).0,
             launches: Mutex::new(Vec::new()),
             never_boot: Mutex::new(HashSet::new()),
+            launch_gate: Mutex::new(None),
         }
     }
 }
@@ -138,6 +141,10 @@ impl FakeDriver {
 
 impl VmDriver for FakeDriver {
     async fn launch(&self, spec: &VmConfig) -> Result<Launched, String> {
+        let gate = lock(&self.launch_gate).clone();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
         lock(&self.launches).push(spec.name.clone());
         lock(&self.running).insert(spec.name.clone());
         // The real world's "agent connected" trigger: the instantly booted agent says hello.

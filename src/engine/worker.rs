@@ -308,9 +308,6 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             .min(Duration::from_secs(2));
         let quarantine_after = u32::try_from(defaults.quarantine_after).unwrap_or(3);
         let running = self.driver.is_running(name);
-        // The status this reconcile last wrote, when it wrote one on the way (the stored one
-        // otherwise): the final write is skipped only when it would change nothing.
-        let mut written: Option<serde_json::Value> = None;
         let connected = running && self.presence.is_connected(name);
         // An operator's request (`microfaasctl power`, the web view) wins over the policy until
         // it is done; what it leaves holds until the spec changes, as on boards.
@@ -381,8 +378,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 // lets the next engine adopt this VM rather than start a second one.
                 st.set_phase("PoweringOn")
                     .set("vm", self.vm_record(name, &uuid, &want_hash));
-                written = Some(st.clone().into_value());
-                self.write_status(Kind::Worker, name, st.clone().into_value());
+                self.write_status(Kind::Worker, name, &mut st);
                 let how = match self.driver.launch(&launch).await {
                     Ok(how) => how,
                     Err(e) => {
@@ -517,8 +513,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             st.set("power", json!("Off"));
             if running {
                 st.set_phase("PoweringOff");
-                written = Some(st.clone().into_value());
-                self.write_status(Kind::Worker, name, st.clone().into_value());
+                self.write_status(Kind::Worker, name, &mut st);
                 self.power_off(name, connected).await;
             }
             // A boot this engine no longer wants is over, however it ended (a quarantined
@@ -566,8 +561,9 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             }
         }
         st.observed(obj.generation);
-        let stored = written.as_ref().unwrap_or(&obj.status);
-        self.write_changed_status(Kind::Worker, name, stored, st.into_value());
+        // `st` carries on from any write on the way: the final one goes only when it changes
+        // something.
+        self.write_changed_status(Kind::Worker, name, &mut st);
         Ok(next)
     }
 
@@ -598,12 +594,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 .condition("Healthy", CondStatus::False, "Quarantined", why)
                 .condition("Ready", CondStatus::False, "Quarantined", why)
                 .observed(generation);
-            self.write_status(Kind::Worker, name, st.into_value());
+            self.write_status(Kind::Worker, name, &mut st);
             return Ok(Next::Done);
         }
         st.set_phase("Failed")
             .condition("Ready", CondStatus::False, "BootFailed", why);
-        self.write_status(Kind::Worker, name, st.into_value());
+        self.write_status(Kind::Worker, name, &mut st);
         Err(format!("{why} ({failures}/{quarantine_after})"))
     }
 

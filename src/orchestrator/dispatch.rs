@@ -236,7 +236,7 @@ async fn run_workload<D: VmDriver>(
             .set("run", json!(run))
             .condition("Scheduled", CondStatus::False, "Unschedulable", msg)
             .observed(obj.generation);
-        engine.write_status(Kind::Workload, name, st.into_value());
+        engine.write_status(Kind::Workload, name, &mut st);
         engine.event(
             Kind::Workload,
             name,
@@ -271,7 +271,7 @@ async fn run_workload<D: VmDriver>(
                 .set("run", json!(run))
                 .condition("Scheduled", CondStatus::False, "PlanFailed", &e.to_string())
                 .observed(obj.generation);
-            engine.write_status(Kind::Workload, name, st.into_value());
+            engine.write_status(Kind::Workload, name, &mut st);
             return Ok(());
         }
     };
@@ -484,7 +484,7 @@ impl<D: VmDriver> Run<D> {
             )
             .observed(self.generation);
         self.engine
-            .write_status(Kind::Workload, &self.workload, st.into_value());
+            .write_status(Kind::Workload, &self.workload, &mut st);
     }
 
     /// Puts a job on `target`'s queue, or on the shortest queue of a worker that has not tried

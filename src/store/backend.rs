@@ -180,8 +180,10 @@ forward! {
     write fn delete(kind: Kind, name: &str) -> Result<Vec<(Kind, String)>>;
     /// Replaces an object's status; a worker's phase change also goes to its phase history.
     write fn set_status(kind: Kind, name: &str, status: &Value) -> Result<()>;
-    /// `set_status` and the events of the same transition (one SQLite transaction).
-    write fn set_status_with_events(kind: Kind, name: &str, status: &Value, events: &[EventNote]) -> Result<()>;
+    /// A status edited from `base` (the one its writer read), merged with what was stored
+    /// since, and the events of the same transition (one SQLite transaction). Returns the
+    /// status stored.
+    write fn update_status(kind: Kind, name: &str, base: Option<&Value>, status: &Value, events: &[EventNote]) -> Result<Value>;
     write fn request_deletion(kind: Kind, name: &str) -> Result<()>;
     read fn deletion_requested(kind: Kind, name: &str) -> Result<bool>;
     read fn desired_revisions() -> Result<BTreeMap<(Kind, String), String>>;

@@ -14,6 +14,7 @@ pub mod feed;
 pub mod gateway;
 pub mod invocations;
 pub mod lock;
+mod merge;
 mod migrations;
 mod objects;
 mod reads;
@@ -343,9 +344,10 @@ mod tests {
             }))
             .expect("commit hook");
         store
-            .set_status_with_events(
+            .update_status(
                 Kind::Function,
                 "f",
+                Some(&serde_json::json!({})),
                 &serde_json::json!({"phase": "Ready"}),
                 &[noted("one"), noted("two"), noted("two")],
             )
@@ -375,9 +377,10 @@ mod tests {
             "{counts:?}"
         );
 
-        let gone = store.set_status_with_events(
+        let gone = store.update_status(
             Kind::Function,
             "nope",
+            Some(&serde_json::json!({})),
             &serde_json::json!({"phase": "Ready"}),
             &[noted("lost")],
         );

@@ -347,30 +347,50 @@ impl SqliteStore {
     /// Replaces an object's status (written by the engine). A worker's phase change is also
     /// appended to its phase history, which energy attribution reads.
     pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
-        self.set_status_with_events(kind, name, status, &[])
+        self.update_status(kind, name, None, status, &[]).map(drop)
     }
 
-    /// [`Self::set_status`] and the events of the same transition, in one transaction: a
-    /// OneShot board goes through two transitions per invocation, and a commit for each
-    /// event beside its status was 29 % of the engine's status and event commits.
-    pub fn set_status_with_events(
+    /// Writes `status`, edited from `base` (the status its writer read), merged with what was
+    /// stored since (`merge::three_way`; no `base`: a plain overwrite), with the events of the
+    /// same transition, in one transaction: a OneShot board goes through two transitions per
+    /// invocation, and a commit for each event beside its status was 29 % of the engine's
+    /// status and event commits. Returns the status stored.
+    pub fn update_status(
         &mut self,
         kind: Kind,
         name: &str,
+        base: Option<&Value>,
         status: &Value,
         events: &[super::EventNote],
-    ) -> Result<()> {
-        let phase = status.get("phase").and_then(Value::as_str);
-        let (n, before) = self.observation(|conn| {
+    ) -> Result<Value> {
+        let (stored, before) = self.observation(|conn| {
             let tx = rusqlite::Transaction::new_unchecked(conn, IMMEDIATE)?;
             let before = super::reads::kind_version(&tx, kind)?;
-            let n = tx
-                .prepare_cached("UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2")?
-                .execute(params![kind.as_str(), name, json_text(status)])?;
+            let stored = match base {
+                None => Some(status.clone()),
+                Some(base) => tx
+                    .prepare_cached("SELECT status FROM objects WHERE kind = ?1 AND name = ?2")?
+                    .query_row(params![kind.as_str(), name], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map(|text| {
+                        // An unreadable stored status has nothing worth keeping.
+                        let theirs = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        super::merge::three_way(base, status, &theirs)
+                    }),
+            };
+            let n = match &stored {
+                Some(stored) => tx
+                    .prepare_cached("UPDATE objects SET status = ?3 WHERE kind = ?1 AND name = ?2")?
+                    .execute(params![kind.as_str(), name, json_text(stored)])?,
+                None => 0,
+            };
             // A missing object gets nothing: no phase history, no events.
             if n > 0 {
                 if kind == Kind::Worker
-                    && let Some(phase) = phase
+                    && let Some(phase) = stored
+                        .as_ref()
+                        .and_then(|s| s.get("phase"))
+                        .and_then(Value::as_str)
                 {
                     super::energy::note_phase(&tx, name, phase)?;
                 }
@@ -379,12 +399,12 @@ impl SqliteStore {
                 }
             }
             tx.commit()?;
-            Ok((n, before))
+            Ok((stored.filter(|_| n > 0), before))
         })?;
-        if n == 0 {
+        let Some(stored) = stored else {
             return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));
-        }
-        self.status_written(kind, name, before, status);
-        Ok(())
+        };
+        self.status_written(kind, name, before, &stored);
+        Ok(stored)
     }
 }

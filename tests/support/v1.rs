@@ -485,10 +485,10 @@ pub fn known_off<D: microfaas::engine::vm::VmDriver>(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     for name in names {
-        engine.write_status(
-            microfaas::manifest::Kind::Worker,
-            name,
-            json!({"commanded": {"state": "Off", "atMs": now, "reason": "off before the test"}}),
-        );
+        let st =
+            json!({"commanded": {"state": "Off", "atMs": now, "reason": "off before the test"}});
+        engine
+            .with_store(|s| s.set_status(microfaas::manifest::Kind::Worker, name, &st))
+            .expect("status");
     }
 }

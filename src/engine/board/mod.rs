@@ -320,7 +320,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                         &e.to_string(),
                     )
                     .observed(generation);
-                self.write_status(Kind::Worker, name, st.into_value());
+                self.write_status(Kind::Worker, name, &mut st);
                 return Ok(Next::Done);
             }
         };
@@ -372,7 +372,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             let msg = format!("health is {health}: `microfaasctl uncordon worker {name}` first");
             self.finish_request(&t, &mut st, false, &msg, None);
             st.observed(generation);
-            self.write_status(Kind::Worker, name, st.into_value());
+            self.write_status(Kind::Worker, name, &mut st);
             return Ok(Next::RequeueAfter(Duration::ZERO));
         }
         if let Err(e) = &control {
@@ -395,7 +395,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 );
             }
             self.finish_request(&t, &mut st, false, &format!("no power control: {e}"), None);
-            self.write_status(Kind::Worker, name, st.into_value());
+            self.write_status(Kind::Worker, name, &mut st);
             return Ok(Next::Done);
         }
         let next = if want_on {
@@ -404,7 +404,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
             self.board_off(&t, &mut st).await
         };
         st.observed(generation);
-        self.write_status(Kind::Worker, name, st.into_value());
+        self.write_status(Kind::Worker, name, &mut st);
         Ok(next)
     }
 
@@ -543,7 +543,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     format!("recovery: re-pulse after a failed boot, observed off ({why})")
                 };
                 st.set_phase("PoweringOn");
-                self.write_status(Kind::Worker, name, st.clone().into_value());
+                self.write_status(Kind::Worker, name, st);
                 // The attempt starts with the press: an agent may say hello before the press
                 // has returned.
                 self.board_rt(name, |r| {
@@ -576,7 +576,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
         what: &str,
     ) -> Result<Next, String> {
         st.set_phase("PoweringOff");
-        self.write_status(Kind::Worker, t.name, st.clone().into_value());
+        self.write_status(Kind::Worker, t.name, st);
         self.press(t, Press::Hold, what).await?;
         self.command(st, false, "forced off (recovery)");
         Ok(Next::RequeueAfter(t.holdoff))
@@ -793,7 +793,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 timing.agent_timeout
             )
         };
-        self.write_status(Kind::Worker, name, st.clone().into_value());
+        self.write_status(Kind::Worker, name, st);
         let pressed = self.press(t, Press::Hold, &what).await;
         self.board_rt(name, |r| {
             r.off = None;

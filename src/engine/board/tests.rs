@@ -271,7 +271,9 @@ async fn noted_events_are_stored_without_a_status_write() {
 
     // A status write that fails (no such object) still leaves its events on record.
     e.note_event(Kind::Worker, "ghost", EventType::Normal, "Noted", "again");
-    e.write_status(Kind::Worker, "ghost", json!({"phase": "Ready"}));
+    let mut st = crate::engine::status::Status::from_value(&json!({}));
+    st.set_phase("Ready");
+    e.write_status(Kind::Worker, "ghost", &mut st);
     let events = e
         .with_store(|s| s.events(Kind::Worker, "ghost", 10))
         .expect("events");

@@ -231,44 +231,91 @@ impl EtcdStore {
     }
 
     /// Replaces an object's status; a worker's phase change is also appended to its phase
-    /// history. The put and the old status come back from one transaction guarded by the
-    /// object's existence.
+    /// history.
     pub fn set_status(&mut self, kind: Kind, name: &str, status: &Value) -> Result<()> {
+        self.put_status(kind, name, None, status).map(drop)
+    }
+
+    /// Writes `status`, edited from `base`, merged with what was stored since (see the SQLite
+    /// store's `update_status`): a compare-and-swap on the status key, guarded by the
+    /// object's existence; the old status comes back from the same transaction.
+    pub(super) fn put_status(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        base: Option<&Value>,
+        status: &Value,
+    ) -> Result<Value> {
         segment("name", name)?;
         let prefix = self.object_prefix(kind, name);
-        let status_key = format!("{prefix}status");
-        let answer = self.txn(
-            vec![client::present(&format!("{prefix}spec"))],
-            vec![
-                client::range_op(&status_key, false),
-                client::put_op(&status_key, &encode(status)),
-            ],
-            vec![],
-        )?;
-        if !client::succeeded(&answer) {
-            return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));
-        }
-        if kind == Kind::Worker
-            && let Some(phase) = status.get("phase").and_then(Value::as_str)
-        {
-            let old: Option<Value> = client::responses(&answer)
-                .first()
-                .and_then(|r| r.get("response_range"))
-                .map(client::kvs)
-                .transpose()
-                .map_err(|e| super::corrupt(&status_key, e))?
-                .and_then(|kvs| kvs.into_iter().next())
-                .map(|kv| decode(&kv))
-                .transpose()?;
-            let old_phase = old
-                .as_ref()
-                .and_then(|s| s.get("phase"))
-                .and_then(Value::as_str);
-            if old_phase != Some(phase) {
-                self.note_phase(name, clock::now_millis(), phase)?;
+        let (spec_key, status_key) = (format!("{prefix}spec"), format!("{prefix}status"));
+        for _ in 0..super::CAS_TRIES {
+            let mut compares = vec![client::present(&spec_key)];
+            let stored = match base {
+                None => status.clone(),
+                Some(base) => {
+                    let kv = self.get_kv(&status_key)?;
+                    compares.push(client::unchanged_since(
+                        &status_key,
+                        kv.as_ref().map_or(0, |k| k.mod_revision),
+                    ));
+                    // No status key is the empty status; an unreadable one has nothing worth
+                    // keeping.
+                    let theirs = match &kv {
+                        None => json!({}),
+                        Some(kv) => decode::<Value>(kv).unwrap_or(Value::Null),
+                    };
+                    crate::store::merge::three_way(base, status, &theirs)
+                }
+            };
+            let answer = self.txn(
+                compares,
+                vec![
+                    client::range_op(&status_key, false),
+                    client::put_op(&status_key, &encode(&stored)),
+                ],
+                vec![client::range_op(&spec_key, false)],
+            )?;
+            if !client::succeeded(&answer) {
+                let spec = Self::first_kv(&answer, &spec_key)?;
+                if spec.is_none() {
+                    return Err(StoreError::NotFound(format!("{}/{name}", kind.singular())));
+                }
+                // Written by another writer since it was read: merge again.
+                continue;
             }
+            if kind == Kind::Worker
+                && let Some(phase) = stored.get("phase").and_then(Value::as_str)
+            {
+                let old: Option<Value> = Self::first_kv(&answer, &status_key)?
+                    .map(|kv| decode(&kv))
+                    .transpose()?;
+                let old_phase = old
+                    .as_ref()
+                    .and_then(|s| s.get("phase"))
+                    .and_then(Value::as_str);
+                if old_phase != Some(phase) {
+                    self.note_phase(name, clock::now_millis(), phase)?;
+                }
+            }
+            return Ok(stored);
         }
-        Ok(())
+        Err(StoreError::Etcd(format!(
+            "status of {}/{name}: still contended after {} compare-and-swap attempts",
+            kind.singular(),
+            super::CAS_TRIES
+        )))
+    }
+
+    /// The key a txn's first range answer holds, if any.
+    fn first_kv(answer: &Value, key: &str) -> Result<Option<Kv>> {
+        Ok(client::responses(answer)
+            .first()
+            .and_then(|r| r.get("response_range"))
+            .map(client::kvs)
+            .transpose()
+            .map_err(|e| super::corrupt(key, e))?
+            .and_then(|kvs| kvs.into_iter().next()))
     }
 
     /// Marks an object for deletion; `NotFound` when there is no such object.

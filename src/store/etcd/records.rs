@@ -158,19 +158,21 @@ impl EtcdStore {
             .try_for_each(|e| self.write_event(kind, name, e))
     }
 
-    /// The status, then each event of the same transition (etcd has no transaction spanning
-    /// the status key and the events' read-modify-writes).
-    pub fn set_status_with_events(
+    /// The status (see `put_status`), then each event of the same transition (etcd has no
+    /// transaction spanning the status key and the events' read-modify-writes).
+    pub fn update_status(
         &mut self,
         kind: Kind,
         name: &str,
+        base: Option<&Value>,
         status: &Value,
         events: &[EventNote],
-    ) -> Result<()> {
-        self.set_status(kind, name, status)?;
+    ) -> Result<Value> {
+        let stored = self.put_status(kind, name, base, status)?;
         events
             .iter()
-            .try_for_each(|e| self.write_event(kind, name, e))
+            .try_for_each(|e| self.write_event(kind, name, e))?;
+        Ok(stored)
     }
 
     fn write_event(&mut self, kind: Kind, name: &str, e: &EventNote) -> Result<()> {
