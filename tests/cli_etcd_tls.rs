@@ -229,13 +229,15 @@ fn serve_on_a_tls_store_and_a_cli_from_another_state_dir() {
     let state_a = tempfile::tempdir().expect("tmp");
     let elsewhere = tempfile::tempdir().expect("tmp");
     let log = dir.path().join("serve.log");
-    let mut serve = support::testbed::serve_command(state_a.path(), &log)
+    let serve = support::testbed::serve_command(state_a.path(), &log)
         .current_dir(elsewhere.path())
         .args(["serve", "-f"])
         .arg(&m)
         .args(["--no-fs-checks", "--name", "orch-a", "--lease-ttl", "5s"])
         .spawn()
         .expect("serve");
+    // Killed by its PID if the test fails before the SIGTERM at its end.
+    let mut serve = support::testbed::Daemon(Some(serve));
     let serve_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let machine_b = tempfile::tempdir().expect("tmp");
     let files = Files::Env(&pki.ca, client(&pki));
@@ -244,7 +246,7 @@ fn serve_on_a_tls_store_and_a_cli_from_another_state_dir() {
     // the serve's status of vm-0 (once the engine has written one: `get` shows a status it
     // has not written yet as Pending), read over TLS from machine B
     let status = loop {
-        if let Ok(Some(st)) = serve.try_wait() {
+        if let Some(Ok(Some(st))) = serve.0.as_mut().map(std::process::Child::try_wait) {
             panic!("serve exited ({st}):\n{}", serve_log());
         }
         assert!(started.elapsed() < limit, "no status:\n{}", serve_log());
@@ -305,10 +307,5 @@ fn serve_on_a_tls_store_and_a_cli_from_another_state_dir() {
         !state_a.path().join("state.db").exists() && !machine_b.path().join("state.db").exists(),
         "a SQLite store was written"
     );
-    // SAFETY: signalling the child this test started (and has not reaped).
-    unsafe {
-        libc::kill(i32::try_from(serve.id()).expect("pid"), libc::SIGTERM);
-    }
-    let st = serve.wait().expect("wait");
-    assert!(st.success(), "serve exited {st}:\n{}", serve_log());
+    support::testbed::stop(serve);
 }
