@@ -442,6 +442,11 @@ pub fn present(key: &str) -> Value {
     json!({ "key": b64(key.as_bytes()), "target": "VERSION", "result": "GREATER", "version": "0" })
 }
 
+/// Compare: the key holds exactly `value` (false when it does not exist).
+pub fn holds(key: &str, value: &[u8]) -> Value {
+    json!({ "key": b64(key.as_bytes()), "target": "VALUE", "result": "EQUAL", "value": b64(value) })
+}
+
 /// Compare: the key was last written at `rev` (0: it does not exist).
 pub fn unchanged_since(key: &str, rev: i64) -> Value {
     json!({ "key": b64(key.as_bytes()), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string() })
