@@ -43,15 +43,17 @@ spec:
     );
     let f = env.write("m.yaml", &manifest);
     let log = env.dir.path().join("serve.log");
-    let mut serve = support::testbed::serve_command(&env.state, &log)
+    let serve = support::testbed::serve_command(&env.state, &log)
         .args(["serve", "-f", &f])
         .spawn()
         .expect("serve");
+    // Killed by its PID if the test fails before the SIGTERM at its end.
+    let mut serve = support::testbed::Daemon(Some(serve));
     let serve_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let machine_b = tempfile::tempdir().expect("tmp");
     let started = Instant::now();
     let report = loop {
-        if let Ok(Some(st)) = serve.try_wait() {
+        if let Some(Ok(Some(st))) = serve.0.as_mut().map(std::process::Child::try_wait) {
             panic!("serve exited ({st}):\n{}", serve_log());
         }
         assert!(
@@ -100,10 +102,5 @@ spec:
         !env.state.join("state.db").exists(),
         "serve wrote a SQLite store"
     );
-    // SAFETY: signalling the child this test started (and has not reaped).
-    unsafe {
-        libc::kill(i32::try_from(serve.id()).expect("pid"), libc::SIGTERM);
-    }
-    let st = serve.wait().expect("wait");
-    assert!(st.success(), "serve exited {st}:\n{}", serve_log());
+    support::testbed::stop(serve);
 }
