@@ -179,13 +179,7 @@ impl Meter {
                 phase,
                 &why,
             );
-            let _ = s.update_status(
-                Kind::PowerMeter,
-                &name,
-                Some(st.base()),
-                &st.to_value(),
-                &[],
-            );
+            let _ = st.save(s, Kind::PowerMeter, &name, &[]);
         })
         .await;
     }

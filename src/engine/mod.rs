@@ -442,17 +442,10 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     /// uncordon or power request, a meter's sampler), and carries `st` on from the result.
     pub fn write_status(&self, kind: Kind, name: &str, st: &mut status::Status) {
         let events = self.take_notes(kind, name);
-        let status = st.to_value();
-        let r = blocking(|| {
-            self.with_store(|s| s.update_status(kind, name, Some(st.base()), &status, &events))
-        });
-        match r {
-            Ok(stored) => st.rebase(stored),
-            Err(e) => {
-                tracing::debug!("status of {}/{name} not written: {e}", kind.singular());
-                // The events stand without the status (an object deleted meanwhile keeps them).
-                self.record_events(kind, name, events);
-            }
+        if let Err(e) = blocking(|| self.with_store(|s| st.save(s, kind, name, &events))) {
+            tracing::debug!("status of {}/{name} not written: {e}", kind.singular());
+            // The events stand without the status (an object deleted meanwhile keeps them).
+            self.record_events(kind, name, events);
         }
         self.bump();
     }

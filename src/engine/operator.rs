@@ -24,7 +24,7 @@ pub fn store_power_request(store: &mut Store, worker: &str, req: &Value) -> Resu
         .ok_or_else(|| StoreError::NotFound(format!("worker/{worker}")))?;
     let mut st = Status::from_value(&obj.status);
     st.set(POWER_REQUEST, req.clone());
-    write(store, Kind::Worker, worker, &st)
+    st.save(store, Kind::Worker, worker, &[])
 }
 
 /// The result of the request `id`, once the engine has carried it out.
@@ -70,7 +70,7 @@ pub fn set_health(
             "set to Maintenance by an operator",
         );
     }
-    write(store, Kind::Worker, worker, &st)?;
+    st.save(store, Kind::Worker, worker, &[])?;
     let reason = if good { "Uncordoned" } else { "Cordoned" };
     store.record_event(
         Kind::Worker,
@@ -89,13 +89,5 @@ pub fn request_rerun(store: &mut Store, workload: &str) -> Result<(), StoreError
         .ok_or_else(|| StoreError::NotFound(format!("workload/{workload}")))?;
     let mut st = Status::from_value(&obj.status);
     st.set(super::RERUN, json!(true));
-    write(store, Kind::Workload, workload, &st)
-}
-
-/// Writes what the operator changed in `st`: a reconcile's write that lands between this
-/// read and this write is merged with it, not overwritten (nor, later, it with this).
-fn write(store: &mut Store, kind: Kind, name: &str, st: &Status) -> Result<(), StoreError> {
-    store
-        .update_status(kind, name, Some(st.base()), &st.to_value(), &[])
-        .map(drop)
+    st.save(store, Kind::Workload, workload, &[])
 }

@@ -1,7 +1,8 @@
 //! Object status as the engine writes it: phase, observedGeneration, conditions whose
 //! lastTransitionTime only moves when their status does, plus free-form fields.
 
-use crate::store::clock;
+use crate::manifest::Kind;
+use crate::store::{EventNote, Store, StoreError, clock};
 use serde_json::{Map, Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,7 @@ impl CondStatus {
 /// A status being edited; start from the stored one so unchanged conditions keep their times.
 /// It remembers the status it started from (its base): a write sends both, so what another
 /// writer stored meanwhile is merged in rather than overwritten (`Store::update_status`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Status(Map<String, Value>, Value);
 
 impl Status {
@@ -44,25 +45,25 @@ impl Status {
         Value::Object(self.0)
     }
 
-    /// The status as edited so far.
-    pub fn to_value(&self) -> Value {
-        Value::Object(self.0.clone())
-    }
-
-    /// The status this one was read as (or last written as).
-    pub fn base(&self) -> &Value {
-        &self.1
-    }
-
     /// Whether it differs from its base.
     pub fn changed(&self) -> bool {
         self.1.as_object() != Some(&self.0)
     }
 
-    /// Carries on from `stored`, the status a write stored (its edits merged with others').
-    pub fn rebase(&mut self, stored: Value) {
+    /// Writes it with the events of the same transition, merged with what another writer
+    /// stored since its base (`Store::update_status`), and carries on from what was stored.
+    pub fn save(
+        &mut self,
+        store: &mut Store,
+        kind: Kind,
+        name: &str,
+        events: &[EventNote],
+    ) -> Result<(), StoreError> {
+        let edited = Value::Object(self.0.clone());
+        let stored = store.update_status(kind, name, Some(&self.1), &edited, events)?;
         self.0 = stored.as_object().cloned().unwrap_or_default();
         self.1 = stored;
+        Ok(())
     }
 
     pub fn phase(&self) -> Option<&str> {

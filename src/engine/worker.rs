@@ -358,7 +358,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                     return self
                         .boot_failed(
                             name,
-                            st,
+                            &mut st,
                             obj.generation,
                             quarantine_after,
                             "VM stopped while booting",
@@ -386,7 +386,7 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                         return self
                             .boot_failed(
                                 name,
-                                st,
+                                &mut st,
                                 obj.generation,
                                 quarantine_after,
                                 &format!("launch failed: {e}"),
@@ -502,7 +502,13 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                         .await;
                     self.stopped(name);
                     return self
-                        .boot_failed(name, st, obj.generation, quarantine_after, "boot timeout")
+                        .boot_failed(
+                            name,
+                            &mut st,
+                            obj.generation,
+                            quarantine_after,
+                            "boot timeout",
+                        )
                         .await;
                 } else {
                     st.set_phase("Booting");
@@ -580,12 +586,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     pub(super) async fn boot_failed(
         &self,
         name: &str,
-        mut st: Status,
+        st: &mut Status,
         generation: i64,
         quarantine_after: u32,
         why: &str,
     ) -> Result<Next, String> {
-        let failures = failed_boots(&st) + 1;
+        let failures = failed_boots(st) + 1;
         st.set("failedBoots", json!(failures));
         if failures >= quarantine_after {
             self.event(Kind::Worker, name, EventType::Warning, "Quarantined", &format!("{failures} failed recoveries in a row ({why}); marked Bad until `microfaasctl uncordon worker {name}`"));
@@ -594,12 +600,12 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
                 .condition("Healthy", CondStatus::False, "Quarantined", why)
                 .condition("Ready", CondStatus::False, "Quarantined", why)
                 .observed(generation);
-            self.write_status(Kind::Worker, name, &mut st);
+            self.write_status(Kind::Worker, name, st);
             return Ok(Next::Done);
         }
         st.set_phase("Failed")
             .condition("Ready", CondStatus::False, "BootFailed", why);
-        self.write_status(Kind::Worker, name, &mut st);
+        self.write_status(Kind::Worker, name, st);
         Err(format!("{why} ({failures}/{quarantine_after})"))
     }
 

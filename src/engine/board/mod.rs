@@ -686,12 +686,8 @@ impl<D: VmDriver, P: Presence> Engine<D, P> {
     async fn board_failed(&self, t: &Turn<'_>, st: &mut Status, why: &str) -> Result<Next, String> {
         // The press stays on record as "commanded on": the ladder's next step reads it.
         let r = self
-            .boot_failed(t.name, st.clone(), t.generation, t.quarantine_after, why)
+            .boot_failed(t.name, st, t.generation, t.quarantine_after, why)
             .await;
-        // boot_failed wrote the status; keep our copy in step with it.
-        if let Some(o) = self.get(Kind::Worker, t.name) {
-            *st = Status::from_value(&o.status);
-        }
         if st.get("health").and_then(Value::as_str) == Some("Bad") {
             self.finish_request(t, st, false, &format!("quarantined: {why}"), None);
         }
